@@ -1,0 +1,48 @@
+//! Every bound the protocol enforces, in one place, units last in the names.
+//!
+//! A limit is checked where data enters (the codec, message validation); the
+//! relations between limits are asserted at compile time below, so raising one
+//! cannot silently make another unreachable. `proto-spec/PROTOCOL.md` quotes
+//! these numbers; change both together.
+
+/// Largest frame body (bincode) or JSON line a peer may send after the
+/// handshake. Checked from the frame header, before the body is buffered.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Largest frame body or JSON line accepted before the handshake has
+/// succeeded: an unauthenticated peer must not make us hold much memory.
+pub const PREAUTH_FRAME_BYTES_MAX: usize = 4 * 1024;
+
+/// Largest task payload or task output.
+pub const PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Largest text field (task kind, node id, error message, reason).
+pub const TEXT_BYTES_MAX: usize = 64 * 1024;
+
+/// Most tasks (or results) one frame may carry.
+pub const BATCH_TASKS_MAX: usize = 16 * 1024;
+
+/// Most entries in any other list of a message (kinds, workers, queues, ...).
+pub const LIST_ITEMS_MAX: usize = 16 * 1024;
+
+/// Most retries a task may ask for (so at most `RETRIES_MAX + 1` attempts).
+pub const RETRIES_MAX: u8 = 100;
+
+/// Longest per-task timeout a client may ask for: one day.
+pub const TASK_TIMEOUT_MS_MAX: u32 = 24 * 60 * 60 * 1000;
+
+/// Deadline for the whole handshake (hello, proofs), counted from accept or
+/// connect. A peer that has not finished by then is disconnected.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Smallest shared secret accepted, in bytes (128 bits).
+pub const SECRET_BYTES_MIN: usize = 16;
+
+const _: () = assert!(PREAUTH_FRAME_BYTES_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(PAYLOAD_BYTES_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(TEXT_BYTES_MAX < PAYLOAD_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+
+/// How long we try to deliver a farewell error to a peer we are dropping:
+/// that peer may be the reason (it does not read), so we do not wait on it.
+pub const ERROR_SEND_TIMEOUT_MS: u64 = 1_000;

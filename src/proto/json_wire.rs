@@ -1,0 +1,68 @@
+//! Message bodies on the JSON wire: one object per line, `"type"` naming the
+//! message, the body's fields beside it (PROTOCOL.md, "JSON mode").
+
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::error::ProtoError;
+
+/// Appends `{"type":"<name>", ...fields}\n` to `dst`. The body is serialized
+/// straight into `dst`; its opening brace is then overwritten by the comma
+/// after the type, so nothing is buffered twice.
+pub(crate) fn encode_body<T: Serialize>(
+    name: &str,
+    msg: &T,
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    dst.put_slice(b"{\"type\":\"");
+    dst.put_slice(name.as_bytes());
+    dst.put_u8(b'"');
+    let body_at = dst.len();
+    serde_json::to_writer(dst.writer(), msg).map_err(|e| ProtoError::Encode(e.to_string()))?;
+    if &dst[body_at..] == b"{}" {
+        dst.truncate(body_at);
+        dst.put_u8(b'}');
+    } else if dst.get(body_at) == Some(&b'{') {
+        dst[body_at] = b',';
+    } else {
+        return Err(ProtoError::Encode(format!(
+            "{name} body is not a JSON object"
+        )));
+    }
+    dst.put_u8(b'\n');
+    Ok(())
+}
+
+/// The value of the line's `"type"` field. Lines written by this crate start
+/// with it and are read without a parse; any other order costs one skim.
+pub(crate) fn message_name(line: &[u8]) -> Result<&str, ProtoError> {
+    const PREFIX: &[u8] = b"{\"type\":\"";
+    if let Some(rest) = line.strip_prefix(PREFIX) {
+        if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
+            if rest[end] == b'"' {
+                return std::str::from_utf8(&rest[..end])
+                    .map_err(|e| ProtoError::Malformed(format!("type: {e}")));
+            }
+        }
+    }
+    #[derive(Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+    }
+    let t: TypeOnly = serde_json::from_slice(line).map_err(|e| {
+        ProtoError::Malformed(format!("expected a JSON object with a \"type\" field: {e}"))
+    })?;
+    match t.ty {
+        std::borrow::Cow::Borrowed(s) => Ok(s),
+        std::borrow::Cow::Owned(_) => Err(ProtoError::Malformed(
+            "the \"type\" field must not contain escapes".into(),
+        )),
+    }
+}
+
+/// Decodes a message body from its whole line (the `"type"` field and any
+/// field this version does not know are ignored).
+pub(crate) fn decode_body<'de, T: Deserialize<'de>>(line: &'de [u8]) -> Result<T, ProtoError> {
+    serde_json::from_slice(line).map_err(|e| ProtoError::Malformed(e.to_string()))
+}

@@ -1,0 +1,102 @@
+//! The wire protocol: frames, messages, the two encodings and the handshake.
+//!
+//! `proto-spec/PROTOCOL.md` is the normative description; this module is its
+//! implementation and `proto-spec/vectors/` pins the two together. Nothing
+//! here opens a socket: the codec works on byte buffers and the handshake is
+//! a state machine that the network layer drives.
+
+mod bincode_wire;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+mod json_wire;
+pub mod messages;
+pub mod types;
+
+pub use codec::WireCodec;
+pub use error::ProtoError;
+pub use messages::*;
+pub use types::{Bytes32, Payload, Text};
+
+use bytes::BytesMut;
+use serde::Serialize;
+
+/// The protocol version this build speaks (and the only one, so far).
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Oldest version this build speaks.
+pub const PROTOCOL_VERSION_MIN: u8 = 1;
+/// Newest version this build speaks.
+pub const PROTOCOL_VERSION_MAX: u8 = 1;
+
+/// Which encoding a connection uses. Both carry the same messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Wire {
+    /// Length-prefixed binary frames with bincode bodies (the default).
+    #[default]
+    Bincode,
+    /// Newline-delimited JSON objects, for tools and other languages.
+    Json,
+}
+
+impl Wire {
+    /// Lowercase name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::Bincode => "bincode",
+            Wire::Json => "json",
+        }
+    }
+}
+
+impl std::fmt::Display for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Wire {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Wire, String> {
+        match s {
+            "bincode" => Ok(Wire::Bincode),
+            "json" => Ok(Wire::Json),
+            other => Err(format!("unknown wire {other:?}: expected bincode or json")),
+        }
+    }
+}
+
+/// A direction's message enum: how each message is numbered, named, encoded
+/// and checked. Implemented by the `direction!` macro in [`messages`].
+pub trait Message: Sized + Send + 'static {
+    /// `"client->master"` and so on, for error messages.
+    const DIRECTION: &'static str;
+    /// Every `(type number, JSON name)` of this direction.
+    const TYPES: &'static [(u8, &'static str)];
+    /// The message's type number (frame header byte 3).
+    fn msg_type(&self) -> u8;
+    /// The message's JSON `"type"`.
+    fn name(&self) -> &'static str;
+    /// Appends the body (bincode) or the whole line (JSON) to `dst`.
+    fn encode_body(&self, wire: Wire, dst: &mut BytesMut) -> Result<(), ProtoError>;
+    /// Decodes a bincode body of message type `ty`.
+    fn decode_bincode(ty: u8, body: &[u8]) -> Result<Self, ProtoError>;
+    /// Decodes a JSON line whose `"type"` is `name`.
+    fn decode_json(name: &str, line: &[u8]) -> Result<Self, ProtoError>;
+    /// Checks every field against its limit.
+    fn validate(&self) -> Result<(), ProtoError>;
+    /// The shared handshake/liveness message inside, or `self` back.
+    fn into_common(self) -> Result<Common, Self>;
+}
+
+fn encode_body<T: Serialize>(
+    wire: Wire,
+    name: &str,
+    msg: &T,
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    match wire {
+        Wire::Bincode => bincode_wire::encode_body(msg, dst),
+        Wire::Json => json_wire::encode_body(name, msg, dst),
+    }
+}
