@@ -25,6 +25,9 @@ pub const BATCH_TASKS_MAX: usize = 16 * 1024;
 /// Most entries in any other list of a message (kinds, workers, queues, ...).
 pub const LIST_ITEMS_MAX: usize = 16 * 1024;
 
+/// Task priorities: 0 to 255, higher first.
+pub const PRIORITY_LEVELS: usize = 256;
+
 /// Most retries a task may ask for (so at most `RETRIES_MAX + 1` attempts).
 pub const RETRIES_MAX: u8 = 100;
 
@@ -32,8 +35,10 @@ pub const RETRIES_MAX: u8 = 100;
 pub const TASK_TIMEOUT_MS_MAX: u32 = 24 * 60 * 60 * 1000;
 
 /// Deadline for the whole handshake (hello, proofs), counted from accept or
-/// connect. A peer that has not finished by then is disconnected.
-pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// connect. A peer that has not finished by then is disconnected. Long enough
+/// for a person to paste a hello into `nc`; short enough that idle
+/// unauthenticated connections do not pile up.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 15_000;
 
 /// Smallest shared secret accepted, in bytes (128 bits).
 pub const SECRET_BYTES_MIN: usize = 16;
@@ -46,3 +51,6 @@ const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 /// How long we try to deliver a farewell error to a peer we are dropping:
 /// that peer may be the reason (it does not read), so we do not wait on it.
 pub const ERROR_SEND_TIMEOUT_MS: u64 = 1_000;
+
+/// Most attempts of one task: the first plus every retry.
+pub const ATTEMPTS_MAX: usize = RETRIES_MAX as usize + 1;

@@ -201,42 +201,55 @@ fn batch_over_the_maximum_is_invalid() {
     );
 }
 
+fn admission(line: &[u8]) -> Result<(), ProtoError> {
+    let msgs = common::decode_all::<FromClient>(None, line)?;
+    match &msgs[..] {
+        [FromClient::Submit(s)] => s.check_admission(),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
-fn absurd_retries_and_timeouts_are_invalid() {
+fn absurd_retries_and_timeouts_fail_admission_without_failing_the_frame() {
     let mut t = common::new_task("noop", Payload::empty());
     t.retries = limits::RETRIES_MAX + 1;
     let bytes = common::encode(
         Wire::Bincode,
         &FromClient::Submit(Submit { tasks: vec![t] }),
     );
-    let err = common::decode_all::<FromClient>(Some(Wire::Bincode), &bytes).unwrap_err();
+    let msgs = common::decode_all::<FromClient>(Some(Wire::Bincode), &bytes).unwrap();
+    let FromClient::Submit(s) = &msgs[0] else {
+        panic!()
+    };
+    let err = s.check_admission().unwrap_err();
     assert!(
-        matches!(
-            err,
-            ProtoError::Limit {
-                what: "task.retries",
-                ..
-            }
-        ),
+        err.to_string()
+            .contains("task 0 of the batch: task.retries is 101"),
         "{err}"
     );
 
+    let err = admission(
+        b"{\"type\":\"submit\",\"tasks\":[{\"kind\":\"noop\",\"timeout_ms\":4000000000}]}\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("task.timeout_ms"), "{err}");
+    assert_eq!(err.code(), ErrorCode::INVALID);
+    let err = admission(b"{\"type\":\"submit\",\"tasks\":[{\"kind\":\"noop\"},{\"kind\":\"\"}]}\n")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("task 1 of the batch: task.kind is empty"),
+        "{err}"
+    );
+    let err = admission(b"{\"type\":\"submit\",\"tasks\":[]}\n").unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[test]
+fn a_negative_timeout_is_malformed_json() {
     let line = b"{\"type\":\"submit\",\"tasks\":[{\"kind\":\"noop\",\"timeout_ms\":-5}]}\n";
     let err = common::decode_all::<FromClient>(None, line).unwrap_err();
     assert!(matches!(err, ProtoError::Malformed(_)), "{err}");
-
-    let line = b"{\"type\":\"submit\",\"tasks\":[{\"kind\":\"noop\",\"timeout_ms\":4000000000}]}\n";
-    let err = common::decode_all::<FromClient>(None, line).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ProtoError::Limit {
-                what: "task.timeout_ms",
-                ..
-            }
-        ),
-        "{err}"
-    );
 }
 
 #[test]
@@ -463,16 +476,6 @@ fn json_line_over_the_limit_is_rejected_before_its_end_arrives() {
     ));
 }
 
-#[test]
-fn empty_kind_is_invalid() {
-    let err = common::decode_all::<FromClient>(
-        None,
-        b"{\"type\":\"submit\",\"tasks\":[{\"kind\":\"\"}]}\n",
-    )
-    .unwrap_err();
-    assert!(matches!(err, ProtoError::Invalid(_)), "{err}");
-}
-
 fn check_split_reads<M: Message + PartialEq + std::fmt::Debug + Clone>(samples: Vec<(&str, M)>) {
     for wire in [Wire::Bincode, Wire::Json] {
         let mut stream = BytesMut::new();
@@ -512,4 +515,24 @@ fn frames_split_at_every_byte_decode_as_whole_ones() {
     check_split_reads(common::to_client());
     check_split_reads(common::to_worker());
     check_split_reads(common::from_worker());
+}
+
+#[test]
+fn attempt_zero_and_zero_nonces_are_invalid() {
+    for line in [
+        &b"{\"type\":\"cancel\",\"task_id\":1,\"attempt\":0}\n"[..],
+        b"{\"type\":\"run\",\"tasks\":[{\"task_id\":1,\"attempt\":0,\"kind\":\"noop\"}]}\n",
+    ] {
+        let err = common::decode_all::<ToWorker>(None, line).unwrap_err();
+        assert!(matches!(err, ProtoError::Invalid(_)), "{err}");
+    }
+    let err = common::decode_all::<FromClient>(
+        None,
+        b"{\"type\":\"hello\",\"role\":\"client\",\"auth\":true}\n",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ProtoError::Invalid(ref m) if m.contains("nonce")),
+        "{err}"
+    );
 }

@@ -23,6 +23,10 @@ fn bytes32() -> impl Strategy<Value = Bytes32> {
     any::<[u8; 32]>().prop_map(Bytes32)
 }
 
+fn attempt() -> impl Strategy<Value = u32> {
+    1..=runner::limits::ATTEMPTS_MAX as u32
+}
+
 fn role() -> impl Strategy<Value = Role> {
     prop_oneof![Just(Role::Client), Just(Role::Worker), Just(Role::Master)]
 }
@@ -78,7 +82,7 @@ fn new_task() -> impl Strategy<Value = NewTask> {
 fn from_client() -> impl Strategy<Value = FromClient> {
     prop_oneof![
         common_msg().prop_map(FromClient::from),
-        vec(new_task(), 0..6).prop_map(|tasks| FromClient::Submit(Submit { tasks })),
+        vec(new_task(), 1..6).prop_map(|tasks| FromClient::Submit(Submit { tasks })),
         any::<bool>().prop_map(|histograms| FromClient::Status(StatusRequest { histograms })),
     ]
 }
@@ -191,10 +195,10 @@ fn to_client() -> impl Strategy<Value = ToClient> {
 fn to_worker() -> impl Strategy<Value = ToWorker> {
     let assignment = (
         any::<u64>(),
-        any::<u32>(),
-        "[a-z]{0,8}",
+        attempt(),
+        "[a-z]{1,8}",
         payload(),
-        any::<u32>(),
+        0..=runner::limits::TASK_TIMEOUT_MS_MAX,
     )
         .prop_map(|(task_id, attempt, kind, payload, timeout_ms)| Assignment {
             task_id,
@@ -206,35 +210,35 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
         common_msg().prop_map(ToWorker::from),
         vec(assignment, 0..6).prop_map(|tasks| ToWorker::Run(Run { tasks })),
-        (any::<u64>(), any::<u32>())
+        (any::<u64>(), attempt())
             .prop_map(|(task_id, attempt)| ToWorker::Cancel(Cancel { task_id, attempt })),
     ]
 }
 
 fn from_worker() -> impl Strategy<Value = FromWorker> {
-    let result = (
-        any::<u64>(),
-        any::<u32>(),
-        attempt_status(),
-        payload(),
-        text(),
-    )
-        .prop_map(|(task_id, attempt, status, output, error)| AttemptResult {
+    let result = (any::<u64>(), attempt(), attempt_status(), payload(), text()).prop_map(
+        |(task_id, attempt, status, output, error)| AttemptResult {
             task_id,
             attempt,
             status,
             output,
             error,
-        });
+        },
+    );
     prop_oneof![
         common_msg().prop_map(FromWorker::from),
-        (1..=u32::MAX, vec(text(), 0..4), text()).prop_map(|(slots, kinds, listen)| {
-            FromWorker::Register(Register {
-                slots,
-                kinds,
-                listen,
-            })
-        }),
+        (
+            1..=u32::MAX,
+            vec("[a-z]{1,8}".prop_map(Text::from), 0..4),
+            text()
+        )
+            .prop_map(|(slots, kinds, listen)| {
+                FromWorker::Register(Register {
+                    slots,
+                    kinds,
+                    listen,
+                })
+            }),
         vec(result, 0..6).prop_map(|results| FromWorker::Done(Done { results })),
     ]
 }

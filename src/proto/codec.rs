@@ -94,6 +94,7 @@ impl<Tx: Message, Rx: Message> WireCodec<Tx, Rx> {
                 max: PROTOCOL_VERSION_MAX,
             });
         }
+        header.check_flags()?;
         let body_len = header.body_len as usize;
         if body_len > self.frame_bytes_max {
             return Err(ProtoError::FrameTooLarge {

@@ -37,8 +37,9 @@ pub struct Header {
 
 impl Header {
     /// Parses the first [`HEADER_LEN`] bytes of `buf` (which must hold them),
-    /// checking the magic and flags; the version and length are the caller's
-    /// to check against what it accepts.
+    /// checking the magic only: flags mean what the version says they mean, so
+    /// the caller checks the version first, then [`Header::check_flags`], then
+    /// the length against the limit in force.
     pub fn parse(buf: &[u8]) -> Result<Header, ProtoError> {
         let h: &[u8; HEADER_LEN] = buf
             .get(..HEADER_LEN)
@@ -48,15 +49,21 @@ impl Header {
             return Err(ProtoError::BadMagic([h[0], h[1]]));
         }
         let flags = u16::from_le_bytes([h[4], h[5]]);
-        if flags & FLAGS_MUST_UNDERSTAND != 0 {
-            return Err(ProtoError::UnknownFlags(flags & FLAGS_MUST_UNDERSTAND));
-        }
         Ok(Header {
             version: h[2],
             msg_type: h[3],
             flags,
             body_len: u32::from_le_bytes([h[6], h[7], h[8], h[9]]),
         })
+    }
+
+    /// Rejects must-understand flags this version does not define (none, in
+    /// version 1); may-ignore flags pass.
+    pub fn check_flags(&self) -> Result<(), ProtoError> {
+        match self.flags & FLAGS_MUST_UNDERSTAND {
+            0 => Ok(()),
+            unknown => Err(ProtoError::UnknownFlags(unknown)),
+        }
     }
 
     /// The header's bytes.

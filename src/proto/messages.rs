@@ -131,6 +131,30 @@ fn check_payload(what: &'static str, p: &Payload) -> Result<(), ProtoError> {
     check_len(what, p.len(), limits::PAYLOAD_BYTES_MAX)
 }
 
+fn check_kind(what: &'static str, kind: &Text) -> Result<(), ProtoError> {
+    if kind.is_empty() {
+        return Err(ProtoError::Invalid(format!("{what} is empty")));
+    }
+    check_text(what, kind)
+}
+
+fn check_attempt(what: &'static str, attempt: u32) -> Result<(), ProtoError> {
+    if attempt == 0 {
+        return Err(ProtoError::Invalid(format!(
+            "{what} is 0; attempts count from 1"
+        )));
+    }
+    check_len(what, attempt as usize, limits::ATTEMPTS_MAX)
+}
+
+fn check_timeout(what: &'static str, timeout_ms: u32) -> Result<(), ProtoError> {
+    check_len(
+        what,
+        timeout_ms as usize,
+        limits::TASK_TIMEOUT_MS_MAX as usize,
+    )
+}
+
 fn default_version() -> u8 {
     super::PROTOCOL_VERSION
 }
@@ -161,7 +185,13 @@ pub struct Hello {
 
 impl Validate for Hello {
     fn validate(&self) -> Result<(), ProtoError> {
-        check_text("hello.node", &self.node)
+        check_text("hello.node", &self.node)?;
+        if self.auth && self.nonce == Bytes32::default() {
+            return Err(ProtoError::Invalid(
+                "hello.nonce must be 32 random bytes when auth is true".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -220,6 +250,7 @@ impl Validate for Pong {}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Goodbye {
     /// Why, for the log.
+    #[serde(default)]
     pub reason: Text,
 }
 impl Validate for Goodbye {
@@ -263,20 +294,23 @@ pub struct NewTask {
 impl Validate for NewTask {
     fn validate(&self) -> Result<(), ProtoError> {
         check_text("task.kind", &self.kind)?;
-        if self.kind.is_empty() {
-            return Err(ProtoError::Invalid("task.kind is empty".into()));
-        }
-        check_payload("task.payload", &self.payload)?;
+        check_payload("task.payload", &self.payload)
+    }
+}
+
+impl NewTask {
+    /// The master's admission rules for one task. Unlike [`Validate`] (sizes
+    /// that guard memory, checked by the codec and fatal to the connection),
+    /// breaking one of these rejects only the batch, with an `invalid` error,
+    /// and the client's connection stays open.
+    pub fn check_admission(&self) -> Result<(), ProtoError> {
+        check_kind("task.kind", &self.kind)?;
         check_len(
             "task.retries",
             self.retries as usize,
             limits::RETRIES_MAX as usize,
         )?;
-        check_len(
-            "task.timeout_ms",
-            self.timeout_ms as usize,
-            limits::TASK_TIMEOUT_MS_MAX as usize,
-        )
+        check_timeout("task.timeout_ms", self.timeout_ms)
     }
 }
 
@@ -292,6 +326,27 @@ impl Validate for Submit {
     fn validate(&self) -> Result<(), ProtoError> {
         check_len("submit.tasks", self.tasks.len(), limits::BATCH_TASKS_MAX)?;
         self.tasks.iter().try_for_each(Validate::validate)
+    }
+}
+
+impl Submit {
+    /// The admission rules for the whole batch ([`NewTask::check_admission`]
+    /// for each task, and at least one task); the error names the first task
+    /// that breaks one.
+    pub fn check_admission(&self) -> Result<(), ProtoError> {
+        if self.tasks.is_empty() {
+            return Err(ProtoError::Invalid("submit.tasks is empty".into()));
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            t.check_admission().map_err(|e| {
+                let why = match e {
+                    ProtoError::Invalid(why) => why,
+                    other => other.to_string(),
+                };
+                ProtoError::Invalid(format!("task {i} of the batch: {why}"))
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -358,11 +413,7 @@ pub struct TaskResult {
 impl Validate for TaskResult {
     fn validate(&self) -> Result<(), ProtoError> {
         check_payload("result.output", &self.output)?;
-        check_len(
-            "result.errors",
-            self.errors.len(),
-            limits::RETRIES_MAX as usize + 1,
-        )?;
+        check_len("result.errors", self.errors.len(), limits::ATTEMPTS_MAX)?;
         for e in &self.errors {
             check_text("result.errors.worker", &e.worker)?;
             check_text("result.errors.reason", &e.reason)?;
@@ -459,7 +510,7 @@ pub struct StatusReport {
 impl Validate for StatusReport {
     fn validate(&self) -> Result<(), ProtoError> {
         check_len("status.workers", self.workers.len(), limits::LIST_ITEMS_MAX)?;
-        check_len("status.queues", self.queues.len(), 256)?;
+        check_len("status.queues", self.queues.len(), limits::PRIORITY_LEVELS)?;
         check_len(
             "status.histograms",
             self.histograms.len(),
@@ -469,7 +520,9 @@ impl Validate for StatusReport {
             check_text("status.workers.id", &w.id)?;
             check_text("status.workers.addr", &w.addr)?;
         }
-        Ok(())
+        self.histograms
+            .iter()
+            .try_for_each(|h| check_text("status.histograms.name", &h.name))
     }
 }
 
@@ -492,8 +545,10 @@ pub struct Assignment {
 
 impl Validate for Assignment {
     fn validate(&self) -> Result<(), ProtoError> {
-        check_text("run.kind", &self.kind)?;
-        check_payload("run.payload", &self.payload)
+        check_kind("run.kind", &self.kind)?;
+        check_attempt("run.attempt", self.attempt)?;
+        check_payload("run.payload", &self.payload)?;
+        check_timeout("run.timeout_ms", self.timeout_ms)
     }
 }
 
@@ -520,7 +575,11 @@ pub struct Cancel {
     /// The attempt to stop.
     pub attempt: u32,
 }
-impl Validate for Cancel {}
+impl Validate for Cancel {
+    fn validate(&self) -> Result<(), ProtoError> {
+        check_attempt("cancel.attempt", self.attempt)
+    }
+}
 
 /// A worker introduces itself after the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -584,6 +643,7 @@ pub struct AttemptResult {
 
 impl Validate for AttemptResult {
     fn validate(&self) -> Result<(), ProtoError> {
+        check_attempt("done.attempt", self.attempt)?;
         check_payload("done.output", &self.output)?;
         check_text("done.error", &self.error)
     }
