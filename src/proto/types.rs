@@ -13,8 +13,9 @@
 //! (standard alphabet, padded); so a JSON payload is never more than 4/3 of
 //! its size, and a maximum-size payload fits in a maximum-size line.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Deref;
 
 use base64::Engine as _;
@@ -24,39 +25,45 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 thread_local! {
-    static FRAME: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    /// The frame being decoded on this thread, or null. A raw pointer rather
+    /// than an `Option<Bytes>`: a thread-local without a destructor is a
+    /// plain load, and this one is read for every payload and text decoded.
+    static FRAME: Cell<*const Bytes> = const { Cell::new(std::ptr::null()) };
 }
 
 /// While alive, decoded payloads and texts that point into `frame` become
 /// slices of it instead of copies. Scopes do not nest; dropping one ends it.
-pub(crate) struct FrameScope(());
+pub(crate) struct FrameScope<'a>(PhantomData<&'a Bytes>);
 
-impl FrameScope {
-    pub(crate) fn enter(frame: &Bytes) -> FrameScope {
-        FRAME.with(|f| *f.borrow_mut() = Some(frame.clone()));
-        FrameScope(())
+impl<'a> FrameScope<'a> {
+    pub(crate) fn enter(frame: &'a Bytes) -> FrameScope<'a> {
+        FRAME.with(|f| f.set(frame));
+        FrameScope(PhantomData)
     }
 }
 
-impl Drop for FrameScope {
+impl Drop for FrameScope<'_> {
     fn drop(&mut self) {
-        FRAME.with(|f| *f.borrow_mut() = None);
+        FRAME.with(|f| f.set(std::ptr::null()));
     }
 }
 
 /// A `Bytes` for `slice`: a slice of the current frame when `slice` lies in
 /// it, else a copy.
 fn bytes_for(slice: &[u8]) -> Bytes {
-    FRAME.with(|f| {
-        if let Some(frame) = f.borrow().as_ref() {
-            let start = frame.as_ptr() as usize;
-            let at = slice.as_ptr() as usize;
-            if at >= start && at + slice.len() <= start + frame.len() {
-                return frame.slice_ref(slice);
-            }
+    let frame = FRAME.with(Cell::get);
+    if !frame.is_null() {
+        // SAFETY: `frame` was set from a `&'a Bytes` by a `FrameScope<'a>`
+        // that is still alive (its drop resets the pointer to null), so the
+        // `Bytes` it points to is alive and borrowed, not moved or mutated.
+        let frame = unsafe { &*frame };
+        let start = frame.as_ptr() as usize;
+        let at = slice.as_ptr() as usize;
+        if at >= start && at + slice.len() <= start + frame.len() {
+            return frame.slice_ref(slice);
         }
-        Bytes::copy_from_slice(slice)
-    })
+    }
+    Bytes::copy_from_slice(slice)
 }
 
 /// Opaque task input or output bytes.
