@@ -1,0 +1,160 @@
+//! [`PriorityQueue`]: the lock-free scheduler queue between the connections
+//! that accept tasks and the ones that dispatch them.
+//!
+//! 256 FIFO levels, one per priority, each a lock-free segmented queue, plus a
+//! 256-bit occupancy bitmap in four atomic words. A push appends to its level
+//! and then sets the level's bit; a pop scans the bitmap from the highest bit
+//! down and pops from the first level that has an item. No lock is taken on
+//! either path, so client connections pushing and worker connections popping
+//! on different threads never wait for each other.
+//!
+//! The one subtle step is clearing a bit: a popper that finds a level empty
+//! clears its bit, then looks at the level again and sets the bit back if a
+//! push landed in between. Since a pusher sets the bit only after its item is
+//! in the level, every item is either seen by that second look or followed by
+//! its pusher's own bit-set: no item is ever stranded behind a clear bit. The
+//! loom model in `tests/loom_scheduler.rs` checks exactly this.
+
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+
+/// Number of priority levels (0-255).
+pub const LEVELS: usize = crate::limits::PRIORITY_LEVELS;
+const WORDS: usize = LEVELS / 64;
+
+#[cfg(not(loom))]
+type Level<T> = crossbeam_queue::SegQueue<T>;
+
+/// Under loom the per-level FIFO is a loom mutex around a `VecDeque`: the
+/// level queue itself is crossbeam's (and tested there); what loom checks is
+/// our bitmap protocol around it.
+#[cfg(loom)]
+struct Level<T>(loom::sync::Mutex<std::collections::VecDeque<T>>);
+
+#[cfg(loom)]
+impl<T> Level<T> {
+    fn new() -> Self {
+        Level(loom::sync::Mutex::new(std::collections::VecDeque::new()))
+    }
+    fn push(&self, v: T) {
+        self.0.lock().unwrap().push_back(v)
+    }
+    fn pop(&self) -> Option<T> {
+        self.0.lock().unwrap().pop_front()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.lock().unwrap().is_empty()
+    }
+}
+
+/// A multi-producer, multi-consumer priority queue: higher priority first,
+/// FIFO within a priority.
+pub struct PriorityQueue<T> {
+    levels: Box<[Level<T>]>,
+    bitmap: [AtomicU64; WORDS],
+    depth: Box<[AtomicUsize]>,
+}
+
+impl<T> Default for PriorityQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> PriorityQueue<T> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        PriorityQueue {
+            levels: (0..LEVELS).map(|_| Level::new()).collect(),
+            bitmap: std::array::from_fn(|_| AtomicU64::new(0)),
+            depth: (0..LEVELS).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Appends `item` at `priority`.
+    pub fn push(&self, priority: u8, item: T) {
+        let p = priority as usize;
+        self.depth[p].fetch_add(1, Ordering::Relaxed);
+        self.levels[p].push(item);
+        // Release: a popper that sees the bit also sees the item.
+        self.bitmap[p / 64].fetch_or(1 << (p % 64), Ordering::Release);
+    }
+
+    /// Removes the oldest item of the highest non-empty priority.
+    pub fn pop(&self) -> Option<(u8, T)> {
+        for w in (0..WORDS).rev() {
+            let mut bits = self.bitmap[w].load(Ordering::Acquire);
+            while bits != 0 {
+                let b = 63 - bits.leading_zeros() as usize;
+                let p = w * 64 + b;
+                if let Some(item) = self.levels[p].pop() {
+                    self.depth[p].fetch_sub(1, Ordering::Relaxed);
+                    return Some((p as u8, item));
+                }
+                // The level looked empty: clear its bit, then look again, in
+                // case a push slipped in before the clear (see module doc).
+                self.bitmap[w].fetch_and(!(1 << b), Ordering::AcqRel);
+                if !self.levels[p].is_empty() {
+                    self.bitmap[w].fetch_or(1 << b, Ordering::Release);
+                    continue;
+                }
+                bits &= !(1 << b);
+            }
+        }
+        None
+    }
+
+    /// Items waiting at each non-empty priority, highest first. A snapshot:
+    /// exact when no push or pop runs concurrently.
+    pub fn depths(&self) -> Vec<(u8, usize)> {
+        (0..LEVELS)
+            .rev()
+            .filter_map(|p| {
+                let d = self.depth[p].load(Ordering::Relaxed);
+                (d > 0).then_some((p as u8, d))
+            })
+            .collect()
+    }
+
+    /// Items waiting in all.
+    pub fn len(&self) -> usize {
+        self.depth.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Whether nothing is waiting (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.bitmap.iter().all(|w| w.load(Ordering::Acquire) == 0)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn higher_priority_first_and_fifo_within_one() {
+        let q = PriorityQueue::new();
+        q.push(1, "low-a");
+        q.push(200, "high-a");
+        q.push(1, "low-b");
+        q.push(255, "top");
+        q.push(200, "high-b");
+        q.push(0, "bottom");
+        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, v)| v)).collect();
+        assert_eq!(
+            order,
+            ["top", "high-a", "high-b", "low-a", "low-b", "bottom"]
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn depths_count_each_priority() {
+        let q = PriorityQueue::new();
+        for _ in 0..3 {
+            q.push(7, ());
+        }
+        q.push(130, ());
+        assert_eq!(q.depths(), vec![(130, 1), (7, 3)]);
+        assert_eq!(q.len(), 4);
+    }
+}

@@ -1,0 +1,184 @@
+//! A task's life in the master, as plain data: what was asked, which attempt
+//! is out, what failed, and whether another attempt is allowed.
+//!
+//! A [`TaskRecord`] is owned by exactly one place at a time (the queue, one
+//! worker's in-flight table, or a retry timer), so exactly one place can
+//! finish it: that is how each task gets exactly one result.
+
+use std::time::{Duration, Instant};
+
+use crate::proto::{AttemptError, NewTask, Payload, TaskResult, TaskStatus, Text};
+
+/// How failed attempts are retried: exponential back-off from `base`, capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry.
+    pub base: Duration,
+    /// Longest delay between attempts.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `n` (1 = first retry).
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32 << n.saturating_sub(1).min(16);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// What to do with a task after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Queue it again after `delay`.
+    Retry {
+        /// Back-off before the next attempt.
+        delay: Duration,
+    },
+    /// No retries left: report it failed.
+    Exhausted,
+}
+
+/// One accepted task, with `R` the route its result takes back to its client.
+#[derive(Debug)]
+pub struct TaskRecord<R> {
+    /// Its id.
+    pub id: u64,
+    /// What the client asked for.
+    pub spec: NewTask,
+    /// The number of the latest attempt handed out (0: none yet).
+    pub attempt: u32,
+    /// Every failed attempt, oldest first.
+    pub errors: Vec<AttemptError>,
+    /// Where its result goes.
+    pub reply: R,
+    /// When the master accepted it.
+    pub accepted_at: Instant,
+    /// When it last entered the queue.
+    pub queued_at: Instant,
+}
+
+impl<R> TaskRecord<R> {
+    /// A newly accepted task.
+    pub fn new(id: u64, spec: NewTask, reply: R, now: Instant) -> Self {
+        TaskRecord {
+            id,
+            spec,
+            attempt: 0,
+            errors: Vec::new(),
+            reply,
+            accepted_at: now,
+            queued_at: now,
+        }
+    }
+
+    /// Starts the next attempt; returns its number.
+    pub fn next_attempt(&mut self) -> u32 {
+        self.attempt += 1;
+        self.attempt
+    }
+
+    /// Records that the current attempt failed on `worker` because of
+    /// `reason`, and says whether another is allowed.
+    pub fn fail(&mut self, worker: Text, reason: Text, policy: &RetryPolicy) -> Verdict {
+        self.errors.push(AttemptError {
+            attempt: self.attempt,
+            worker,
+            reason,
+        });
+        let failures = self.errors.len() as u32;
+        if failures > self.spec.retries as u32 {
+            Verdict::Exhausted
+        } else {
+            Verdict::Retry {
+                delay: policy.delay(failures),
+            }
+        }
+    }
+
+    /// The final result of a successful attempt.
+    pub fn succeeded(self, output: Payload) -> (TaskResult, R) {
+        self.finish(TaskStatus::Ok, output)
+    }
+
+    /// The final result of a task out of retries.
+    pub fn failed(self) -> (TaskResult, R) {
+        self.finish(TaskStatus::Failed, Payload::empty())
+    }
+
+    /// The final result of a task stopped by shutdown.
+    pub fn cancelled(mut self, reason: Text) -> (TaskResult, R) {
+        self.errors.push(AttemptError {
+            attempt: self.attempt,
+            worker: Text::empty(),
+            reason,
+        });
+        self.finish(TaskStatus::Cancelled, Payload::empty())
+    }
+
+    fn finish(self, status: TaskStatus, output: Payload) -> (TaskResult, R) {
+        (
+            TaskResult {
+                id: self.id,
+                status,
+                output,
+                attempts: self.attempt,
+                errors: self.errors,
+            },
+            self.reply,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(retries: u8) -> TaskRecord<()> {
+        let spec = NewTask {
+            kind: Text::from_static("fail"),
+            payload: Payload::empty(),
+            priority: 1,
+            retries,
+            timeout_ms: 0,
+        };
+        TaskRecord::new(1, spec, (), Instant::now())
+    }
+
+    #[test]
+    fn a_task_gets_one_plus_retries_attempts() {
+        let p = RetryPolicy::default();
+        let mut r = record(2);
+        for expected in [
+            Verdict::Retry { delay: p.delay(1) },
+            Verdict::Retry { delay: p.delay(2) },
+        ] {
+            r.next_attempt();
+            assert_eq!(r.fail("w".into(), "boom".into(), &p), expected);
+        }
+        r.next_attempt();
+        assert_eq!(r.fail("w".into(), "boom".into(), &p), Verdict::Exhausted);
+        let (result, ()) = r.failed();
+        assert_eq!(result.attempts, 3);
+        assert_eq!(result.errors.len(), 3);
+        assert_eq!(result.status, TaskStatus::Failed);
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(350),
+        };
+        let delays: Vec<_> = (1..=4).map(|n| p.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 350, 350]);
+    }
+}
