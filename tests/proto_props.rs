@@ -111,13 +111,15 @@ fn task_result() -> impl Strategy<Value = TaskResult> {
         task_status(),
         payload(),
         any::<u32>(),
+        text(),
         vec((any::<u32>(), text(), text()), 0..3),
     )
-        .prop_map(|(id, status, output, attempts, errors)| TaskResult {
+        .prop_map(|(id, status, output, attempts, worker, errors)| TaskResult {
             id,
             status,
             output,
             attempts,
+            worker,
             errors: errors
                 .into_iter()
                 .map(|(attempt, worker, reason)| AttemptError {

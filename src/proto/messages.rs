@@ -405,6 +405,9 @@ pub struct TaskResult {
     pub output: Payload,
     /// How many attempts were made.
     pub attempts: u32,
+    /// The worker that ran the last attempt (empty if none ran).
+    #[serde(default)]
+    pub worker: Text,
     /// Every failed attempt, oldest first.
     #[serde(default)]
     pub errors: Vec<AttemptError>,
@@ -413,6 +416,7 @@ pub struct TaskResult {
 impl Validate for TaskResult {
     fn validate(&self) -> Result<(), ProtoError> {
         check_payload("result.output", &self.output)?;
+        check_text("result.worker", &self.worker)?;
         check_len("result.errors", self.errors.len(), limits::ATTEMPTS_MAX)?;
         for e in &self.errors {
             check_text("result.errors.worker", &e.worker)?;

@@ -104,14 +104,15 @@ impl<R> TaskRecord<R> {
         }
     }
 
-    /// The final result of a successful attempt.
-    pub fn succeeded(self, output: Payload) -> (TaskResult, R) {
-        self.finish(TaskStatus::Ok, output)
+    /// The final result of a successful attempt on `worker`.
+    pub fn succeeded(self, output: Payload, worker: Text) -> (TaskResult, R) {
+        self.finish(TaskStatus::Ok, output, worker)
     }
 
     /// The final result of a task out of retries.
     pub fn failed(self) -> (TaskResult, R) {
-        self.finish(TaskStatus::Failed, Payload::empty())
+        let worker = self.errors.last().map(|e| e.worker.clone()).unwrap_or_default();
+        self.finish(TaskStatus::Failed, Payload::empty(), worker)
     }
 
     /// The final result of a task stopped by shutdown.
@@ -121,16 +122,17 @@ impl<R> TaskRecord<R> {
             worker: Text::empty(),
             reason,
         });
-        self.finish(TaskStatus::Cancelled, Payload::empty())
+        self.finish(TaskStatus::Cancelled, Payload::empty(), Text::empty())
     }
 
-    fn finish(self, status: TaskStatus, output: Payload) -> (TaskResult, R) {
+    fn finish(self, status: TaskStatus, output: Payload, worker: Text) -> (TaskResult, R) {
         (
             TaskResult {
                 id: self.id,
                 status,
                 output,
                 attempts: self.attempt,
+                worker,
                 errors: self.errors,
             },
             self.reply,

@@ -91,6 +91,7 @@ pub fn to_client() -> Vec<(&'static str, ToClient)> {
                     status: TaskStatus::Ok,
                     output: Payload::from("hi"),
                     attempts: 1,
+                    worker: Text::from_static("w1"),
                     errors: vec![],
                 },
                 TaskResult {
@@ -98,6 +99,7 @@ pub fn to_client() -> Vec<(&'static str, ToClient)> {
                     status: TaskStatus::Failed,
                     output: Payload::empty(),
                     attempts: 2,
+                    worker: Text::from_static("w2"),
                     errors: vec![
                         AttemptError {
                             attempt: 1,
@@ -116,6 +118,7 @@ pub fn to_client() -> Vec<(&'static str, ToClient)> {
                     status: TaskStatus::Cancelled,
                     output: Payload::empty(),
                     attempts: 0,
+                    worker: Text::empty(),
                     errors: vec![],
                 },
             ],
