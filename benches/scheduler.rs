@@ -27,10 +27,13 @@ impl Queue for PriorityQueue<u64> {
     }
 }
 
+/// A heap entry: priority, then the FIFO sequence (older first), then the item.
+type Entry = (u8, Reverse<u64>, u64);
+
 /// The baseline: one lock around a heap; the sequence number keeps FIFO order
 /// within a priority.
 #[derive(Default)]
-struct LockedHeap(Mutex<(u64, BinaryHeap<(u8, Reverse<u64>, u64)>)>);
+struct LockedHeap(Mutex<(u64, BinaryHeap<Entry>)>);
 
 impl Queue for LockedHeap {
     fn push(&self, priority: u8, v: u64) {

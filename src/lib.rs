@@ -8,9 +8,20 @@
 //!   machine. `proto-spec/PROTOCOL.md` is its normative description.
 //! - [`sched`]: the lock-free priority queue, task records and retry policy;
 //!   no I/O.
+//! - [`net`]: ports, binding, typed connections and their handshake.
+//! - [`master`]: the master: client and worker sessions, dispatch, discovery,
+//!   and [`master::link`], its sans-IO view of one worker.
+//! - [`worker`]: the worker: master sessions, slots, the task kinds.
+//! - [`client`]: the client library.
+//! - [`demo`]: `runner demo`, the cluster on one machine, narrated.
 #![warn(missing_docs)]
 
+pub mod client;
+pub mod demo;
 pub mod limits;
+pub mod master;
+pub mod net;
 pub mod proto;
 pub mod sched;
 mod sync;
+pub mod worker;

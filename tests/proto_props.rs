@@ -114,21 +114,23 @@ fn task_result() -> impl Strategy<Value = TaskResult> {
         text(),
         vec((any::<u32>(), text(), text()), 0..3),
     )
-        .prop_map(|(id, status, output, attempts, worker, errors)| TaskResult {
-            id,
-            status,
-            output,
-            attempts,
-            worker,
-            errors: errors
-                .into_iter()
-                .map(|(attempt, worker, reason)| AttemptError {
-                    attempt,
-                    worker,
-                    reason,
-                })
-                .collect(),
-        })
+        .prop_map(
+            |(id, status, output, attempts, worker, errors)| TaskResult {
+                id,
+                status,
+                output,
+                attempts,
+                worker,
+                errors: errors
+                    .into_iter()
+                    .map(|(attempt, worker, reason)| AttemptError {
+                        attempt,
+                        worker,
+                        reason,
+                    })
+                    .collect(),
+            },
+        )
 }
 
 fn status_report() -> impl Strategy<Value = StatusReport> {

@@ -1,10 +1,641 @@
-//! The `runner` command line. The cluster (master, worker, submit, status,
-//! demo) arrives with the next milestone; this build speaks the protocol only.
+//! `runner`: the command line. Parses arguments, sets up logging, and calls
+//! the library; `runner` alone runs the demo cluster.
 
-fn main() {
-    println!(
-        "runner {}: protocol version {} (see proto-spec/PROTOCOL.md)",
-        env!("CARGO_PKG_VERSION"),
-        runner::proto::PROTOCOL_VERSION
-    );
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use runner::client::{Client, ClientOptions};
+use runner::master::{Master, MasterConfig};
+use runner::net::{parse_duration, PortRange};
+use runner::proto::handshake::Secret;
+use runner::proto::{NewTask, Payload, TaskResult, TaskStatus, Text, Wire};
+use runner::worker::{Worker, WorkerConfig, WorkerExit};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// runner: a distributed task runner. A master accepts tasks from clients and
+/// runs them on workers, over TCP, on one machine or many.
+///
+/// Run `runner` alone (or `runner demo`) to watch a master and three workers
+/// discover each other and run a mixed set of tasks.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a master and 3 workers as processes, run a mixed set of tasks
+    /// (priorities, failures, retries, a hung task), print a summary, stop.
+    Demo(DemoArgs),
+    /// Run a master: accept tasks from clients, find workers by scanning
+    /// ports, dispatch, heartbeat, retry.
+    Master(MasterArgs),
+    /// Run a worker: listen on the first free port of its range (where the
+    /// master's scan finds it), or dial a master; run tasks.
+    Worker(WorkerArgs),
+    /// Submit tasks and print their results as they arrive; exits non-zero if
+    /// any task failed.
+    Submit(SubmitArgs),
+    /// Show the master's workers, queues and totals.
+    Status(StatusArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WireArg {
+    Bincode,
+    Json,
+}
+
+impl From<WireArg> for Wire {
+    fn from(w: WireArg) -> Wire {
+        match w {
+            WireArg::Bincode => Wire::Bincode,
+            WireArg::Json => Wire::Json,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Wire protocol for the connections this node opens (any listener
+    /// accepts both).
+    #[arg(long, value_enum, default_value = "bincode")]
+    wire: WireArg,
+    /// File holding the cluster's shared secret (at least 16 bytes; keep it
+    /// mode 0600). Also read from the RUNNER_SECRET environment variable.
+    /// Without one, nothing is authenticated.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct Logging {
+    /// Also write logs to DIR/<node>.log.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Do not log to stderr (logs still go to --log-dir).
+    #[arg(long, hide = true)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct MasterArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    log: Logging,
+    /// Address to listen on. Anything but loopback needs a secret (or
+    /// --insecure).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// First port to try; the next ones are tried while taken.
+    #[arg(long, default_value_t = runner::master::PORT_DEFAULT)]
+    port: u16,
+    /// Port ranges to scan for workers (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "5000-5100")]
+    scan: Vec<PortRange>,
+    /// Other hosts to scan, besides localhost (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    scan_hosts: Vec<String>,
+    /// How often to scan.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    scan_interval: Duration,
+    /// How often to ping each worker.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    heartbeat: Duration,
+    /// Drop a worker not heard from for this long, and re-run its tasks.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    worker_timeout: Duration,
+    /// Tasks kept in flight on a worker beyond its slots (hides the network
+    /// round trip for short tasks; 0 keeps priorities strict).
+    #[arg(long, default_value_t = 0)]
+    prefetch: u32,
+    /// Allow a non-loopback --bind without a secret.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    log: Logging,
+    /// Node id, unique in the cluster (default: worker-<pid>).
+    #[arg(long)]
+    id: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Listen on the first free port of this range.
+    #[arg(long, default_value = "5000-5100")]
+    port_range: PortRange,
+    /// Dial this master (HOST:PORT) instead of waiting to be found.
+    #[arg(long)]
+    master: Option<String>,
+    /// Tasks run at once (default: the number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Terminate after this long without hearing from a master.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    master_timeout: Duration,
+    /// How often to ping the master.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    heartbeat: Duration,
+    /// Run `exec` tasks (programs given by clients). Off by default: only
+    /// enable it in a cluster with a secret.
+    #[arg(long)]
+    allow_exec: bool,
+    /// Allow a non-loopback --bind without a secret.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The master (HOST:PORT); default: found on this machine.
+    #[arg(long)]
+    master: Option<String>,
+    /// 0-255, higher runs first.
+    #[arg(long, default_value_t = runner::proto::PRIORITY_DEFAULT)]
+    priority: u8,
+    /// Retries after a failed attempt (0-100).
+    #[arg(long, default_value_t = runner::proto::RETRIES_DEFAULT)]
+    retries: u8,
+    /// Kill an attempt after this long (e.g. 500ms, 3s, 1m); none by default.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Submit this many copies.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Print each result as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// The task: KIND [ARGS..]. Kinds: noop, echo TEXT, sleep MS, spin US,
+    /// fail [REASON], flaky N, stall N, exec PROGRAM [ARGS..], or a custom
+    /// kind (its ARGS joined by spaces become the payload).
+    #[arg(last = true, required = true, value_name = "KIND [ARGS]")]
+    task: Vec<String>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The master (HOST:PORT); default: found on this machine.
+    #[arg(long)]
+    master: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 3)]
+    workers: u32,
+    /// Tasks to run (at least 20).
+    #[arg(long, default_value_t = 40)]
+    tasks: u32,
+    /// Where the nodes write their logs.
+    #[arg(long, default_value = "logs")]
+    log_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runner: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command.unwrap_or(Command::Demo(DemoArgs {
+            common: Common {
+                wire: WireArg::Bincode,
+                secret_file: None,
+            },
+            workers: 3,
+            tasks: 40,
+            log_dir: PathBuf::from("logs"),
+        })) {
+            Command::Demo(a) => runner::demo::run(runner::demo::DemoOptions {
+                workers: a.workers,
+                tasks: a.tasks,
+                wire: a.common.wire.into(),
+                log_dir: a.log_dir,
+            })
+            .await
+            .map_err(|e| e.to_string()),
+            Command::Master(a) => master(a).await,
+            Command::Worker(a) => worker(a).await,
+            Command::Submit(a) => submit(a).await,
+            Command::Status(a) => status(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("runner: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_secret(common: &Common) -> Result<Option<Secret>, String> {
+    if let Some(path) = &common.secret_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read --secret-file {}: {e}", path.display()))?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                eprintln!(
+                    "runner: warning: {} is readable by others; chmod 600 it",
+                    path.display()
+                );
+            }
+        }
+        return Secret::from_text(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()));
+    }
+    match std::env::var_os("RUNNER_SECRET") {
+        Some(v) => Secret::from_text(v.as_encoded_bytes())
+            .map(Some)
+            .map_err(|e| format!("RUNNER_SECRET: {e}")),
+        None => Ok(None),
+    }
+}
+
+fn check_exposure(bind: IpAddr, secret: &Option<Secret>, insecure: bool) -> Result<(), String> {
+    if !bind.is_loopback() && secret.is_none() && !insecure {
+        return Err(format!(
+            "refusing to listen on {bind} without a shared secret: anyone who can reach it could submit or run tasks. \
+             Give --secret-file PATH (or RUNNER_SECRET), or --insecure on a network you trust"
+        ));
+    }
+    Ok(())
+}
+
+/// Logging to stderr (unless quiet) and to DIR/NAME.log; the guard flushes
+/// the file on exit.
+fn init_logging(
+    log: &Logging,
+    name: &str,
+) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = (!log.quiet).then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    let (file, guard) = match &log.log_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create --log-dir {}: {e}", dir.display()))?;
+            let appender = tracing_appender::rolling::never(dir, format!("{name}.log"));
+            let (w, g) = tracing_appender::non_blocking(appender);
+            (
+                Some(
+                    fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(w)
+                        .with_filter(filter()),
+                ),
+                Some(g),
+            )
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init();
+    Ok(guard)
+}
+
+/// Prints a line on stdout at once: the demo and tests read these.
+fn say(line: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn master(a: MasterArgs) -> Result<ExitCode, String> {
+    let secret = load_secret(&a.common)?;
+    check_exposure(a.bind, &secret, a.insecure)?;
+    let _guard = init_logging(&a.log, "master")?;
+    let cfg = MasterConfig {
+        bind: a.bind,
+        ports: PortRange {
+            first: a.port,
+            last: a.port.saturating_add(runner::master::PORT_TRIES),
+        },
+        scan: a.scan,
+        scan_hosts: a.scan_hosts,
+        scan_interval: a.scan_interval,
+        heartbeat: a.heartbeat,
+        worker_timeout: a.worker_timeout,
+        prefetch: a.prefetch,
+        secret,
+        wire: a.common.wire.into(),
+        ..MasterConfig::default()
+    };
+    if cfg.worker_timeout <= cfg.heartbeat {
+        return Err(format!(
+            "--worker-timeout ({:?}) must be longer than --heartbeat ({:?}), or every worker would be dropped",
+            cfg.worker_timeout, cfg.heartbeat
+        ));
+    }
+    let m = Master::start(cfg).await.map_err(|e| e.to_string())?;
+    say(format_args!("master listening on {}", m.local_addr()));
+    shutdown_signal().await;
+    say(format_args!("master shutting down"));
+    m.shutdown().await;
+    say(format_args!("master stopped"));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(a: WorkerArgs) -> Result<ExitCode, String> {
+    let secret = load_secret(&a.common)?;
+    check_exposure(a.bind, &secret, a.insecure)?;
+    let id =
+        a.id.unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let _guard = init_logging(&a.log, &id)?;
+    let master = match &a.master {
+        Some(m) => Some(runner::net::resolve(m).await?),
+        None => None,
+    };
+    if a.slots == Some(0) {
+        return Err("--slots must be at least 1".into());
+    }
+    let defaults = WorkerConfig::default();
+    let cfg = WorkerConfig {
+        id: id.clone(),
+        bind: a.bind,
+        ports: a.port_range,
+        master,
+        slots: a.slots.unwrap_or(defaults.slots),
+        master_timeout: a.master_timeout,
+        heartbeat: a.heartbeat,
+        allow_exec: a.allow_exec,
+        secret,
+        wire: a.common.wire.into(),
+        ..defaults
+    };
+    let w = Worker::builder()
+        .config(cfg)
+        .build()
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    say(format_args!("worker {id} listening on {}", w.local_addr()));
+    let exit = w.run_until(shutdown_signal()).await;
+    match exit {
+        WorkerExit::MasterTimeout(d) => say(format_args!(
+            "worker {id} terminating: no master for {:.1}s (master-timeout)",
+            d.as_secs_f64()
+        )),
+        WorkerExit::Shutdown => say(format_args!("worker {id} stopped")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(common: &Common, master: &Option<String>) -> Result<Client, String> {
+    let opts = ClientOptions {
+        wire: common.wire.into(),
+        secret: load_secret(common)?,
+        ..ClientOptions::default()
+    };
+    match master {
+        Some(m) => {
+            let addr: SocketAddr = runner::net::resolve(m).await?;
+            Client::connect(addr, opts).await.map_err(|e| e.to_string())
+        }
+        None => Client::connect_local(opts)
+            .await
+            .map(|(c, _)| c)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn task_from_args(a: &SubmitArgs) -> Result<NewTask, String> {
+    let (kind, args) = a
+        .task
+        .split_first()
+        .ok_or("give a task: -- KIND [ARGS..]")?;
+    let payload = if kind == "exec" {
+        if args.is_empty() {
+            return Err("exec needs a program: -- exec PROGRAM [ARGS..]".into());
+        }
+        Payload::from(serde_json::json!({ "argv": args }).to_string())
+    } else {
+        Payload::from(args.join(" "))
+    };
+    let timeout_ms = match a.timeout {
+        None => 0,
+        Some(d) if d.is_zero() => return Err("--timeout must be more than 0".into()),
+        Some(d) => u32::try_from(d.as_millis())
+            .ok()
+            .filter(|ms| *ms <= runner::limits::TASK_TIMEOUT_MS_MAX)
+            .ok_or_else(|| format!("--timeout {d:?} is longer than the limit of 24h"))?,
+    };
+    if a.retries > runner::limits::RETRIES_MAX {
+        return Err(format!(
+            "--retries {} is above the limit of {}",
+            a.retries,
+            runner::limits::RETRIES_MAX
+        ));
+    }
+    Ok(NewTask {
+        kind: Text::from(kind.clone()),
+        payload,
+        priority: a.priority,
+        retries: a.retries,
+        timeout_ms,
+    })
+}
+
+fn print_result(r: &TaskResult, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "id": r.id,
+            "status": r.status,
+            "output": r.output,
+            "attempts": r.attempts,
+            "worker": r.worker,
+            "errors": r.errors,
+        });
+        say(format_args!("{v}"));
+        return;
+    }
+    let output = match r.output.as_text() {
+        Some(t) => t.trim_end().to_string(),
+        None => format!("<{} bytes>", r.output.len()),
+    };
+    match r.status {
+        TaskStatus::Ok => say(format_args!(
+            "task {} ok on {} ({} attempt{}){}{}",
+            r.id,
+            r.worker,
+            r.attempts,
+            if r.attempts == 1 { "" } else { "s" },
+            if output.is_empty() { "" } else { ": " },
+            output
+        )),
+        status => {
+            say(format_args!(
+                "task {} {} after {} attempt{}",
+                r.id,
+                if status == TaskStatus::Failed {
+                    "FAILED"
+                } else {
+                    "CANCELLED"
+                },
+                r.attempts,
+                if r.attempts == 1 { "" } else { "s" }
+            ));
+            for e in &r.errors {
+                say(format_args!(
+                    "    attempt {}{}: {}",
+                    e.attempt,
+                    if e.worker.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" on {}", e.worker)
+                    },
+                    e.reason
+                ));
+            }
+        }
+    }
+}
+
+async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
+    let task = task_from_args(&a)?;
+    if a.count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let mut client = connect(&a.common, &a.master).await?;
+    let ids = client
+        .submit_batch(vec![task; a.count as usize])
+        .await
+        .map_err(|e| e.to_string())?;
+    if !a.json {
+        say(format_args!(
+            "submitted {} task{} (ids {}..={})",
+            a.count,
+            if a.count == 1 { "" } else { "s" },
+            ids.start,
+            ids.end.saturating_sub(1)
+        ));
+    }
+    let mut failed = 0;
+    for _ in 0..a.count {
+        match client.next_result().await {
+            Some(r) => {
+                if r.status != TaskStatus::Ok {
+                    failed += 1;
+                }
+                print_result(&r, a.json);
+            }
+            None => {
+                return Err(format!(
+                    "lost the master before every result arrived: {}",
+                    client.close_reason().unwrap_or_default()
+                ))
+            }
+        }
+    }
+    client.close();
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn status(a: StatusArgs) -> Result<ExitCode, String> {
+    let client = connect(&a.common, &a.master).await?;
+    let s = client.status(false).await.map_err(|e| e.to_string())?;
+    client.close();
+    if a.json {
+        let v = serde_json::to_string(&s).map_err(|e| e.to_string())?;
+        say(format_args!("{v}"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    say(format_args!(
+        "master {}: {} worker(s)",
+        client.master(),
+        s.workers.len()
+    ));
+    say(format_args!(
+        "{:<16} {:<22} {:>5} {:>9} {:>8} {:>7} {:>9} {:>8}",
+        "WORKER", "ADDRESS", "SLOTS", "IN FLIGHT", "DONE", "FAILED", "RTT", "SILENT"
+    ));
+    for w in &s.workers {
+        say(format_args!(
+            "{:<16} {:<22} {:>5} {:>9} {:>8} {:>7} {:>7}us {:>6}ms",
+            w.id.as_str(),
+            w.addr.as_str(),
+            w.slots,
+            w.in_flight,
+            w.done,
+            w.failed,
+            w.rtt_us,
+            w.silent_ms
+        ));
+    }
+    let queued: u64 = s.queues.iter().map(|q| q.depth).sum();
+    say(format_args!("queued: {queued}"));
+    for q in &s.queues {
+        say(format_args!("  priority {:>3}: {}", q.priority, q.depth));
+    }
+    say(format_args!(
+        "totals: submitted {}, completed {}, failed {}, retried {}, running {}",
+        s.submitted, s.completed, s.failed, s.retried, s.running
+    ));
+    Ok(ExitCode::SUCCESS)
 }

@@ -74,6 +74,18 @@ impl<Tx: Message, Rx: Message> WireCodec<Tx, Rx> {
         self.frame_bytes_max = limits::FRAME_BYTES_MAX;
     }
 
+    /// The same codec state, typed for other messages: the acceptor of a
+    /// connection learns from the hello whether the peer is a client or a
+    /// worker, and then retypes the connection.
+    pub fn retype<Tx2: Message, Rx2: Message>(self) -> WireCodec<Tx2, Rx2> {
+        WireCodec {
+            wire: self.wire,
+            frame_bytes_max: self.frame_bytes_max,
+            scanned: self.scanned,
+            _types: PhantomData,
+        }
+    }
+
     /// Sets the largest body or line accepted (tests and tools).
     pub fn set_frame_bytes_max(&mut self, max: usize) {
         self.frame_bytes_max = max.min(limits::FRAME_BYTES_MAX);

@@ -111,7 +111,11 @@ impl<R> TaskRecord<R> {
 
     /// The final result of a task out of retries.
     pub fn failed(self) -> (TaskResult, R) {
-        let worker = self.errors.last().map(|e| e.worker.clone()).unwrap_or_default();
+        let worker = self
+            .errors
+            .last()
+            .map(|e| e.worker.clone())
+            .unwrap_or_default();
         self.finish(TaskStatus::Failed, Payload::empty(), worker)
     }
 

@@ -1,0 +1,283 @@
+//! [`Client`]: submit tasks to a master and read their results, over one
+//! connection shared by every call.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::net::{self, ConnectError};
+use crate::proto::handshake::{Identity, Secret};
+use crate::proto::*;
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Which wire to speak.
+    pub wire: Wire,
+    /// The cluster's secret, if any.
+    pub secret: Option<Secret>,
+    /// Our name, for the master's logs.
+    pub name: String,
+    /// Deadline for the TCP connect.
+    pub connect_timeout: Duration,
+    /// Deadline for the handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            wire: Wire::Bincode,
+            secret: None,
+            name: format!("client-{}", std::process::id()),
+            connect_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_millis(crate::limits::HANDSHAKE_TIMEOUT_MS),
+        }
+    }
+}
+
+/// What can go wrong for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The master refused a request (the connection may stay open: a batch
+    /// rejected for its content is only that batch).
+    #[error("master refused: {} ({})", .0.message, .0.code.name())]
+    Refused(ErrorMsg),
+    /// The connection is gone.
+    #[error("connection to the master closed: {0}")]
+    Closed(String),
+}
+
+enum Cmd {
+    Submit(Vec<NewTask>, oneshot::Sender<Result<Accepted, ErrorMsg>>),
+    Status(bool, oneshot::Sender<StatusReport>),
+    Close,
+}
+
+/// A connection to a master. Cheap to share by reference; every call goes
+/// over the same connection, and results arrive on [`Client::next_result`].
+pub struct Client {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    results: mpsc::UnboundedReceiver<TaskResult>,
+    closed: tokio::sync::watch::Receiver<Option<String>>,
+    peer: String,
+}
+
+impl Client {
+    /// Connects to the master at `addr` and runs the handshake.
+    pub async fn connect(addr: SocketAddr, opts: ClientOptions) -> Result<Client, ClientError> {
+        let me = Identity {
+            role: Role::Client,
+            node: Text::from(opts.name.clone()),
+            secret: opts.secret.clone(),
+        };
+        let (conn, peer) = net::connect::<FromClient, ToClient>(
+            addr,
+            opts.wire,
+            me,
+            &[Role::Master],
+            opts.connect_timeout,
+            opts.handshake_timeout,
+        )
+        .await?;
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let (res_tx, results) = mpsc::unbounded_channel();
+        let (closed_tx, closed) = tokio::sync::watch::channel(None);
+        tokio::spawn(drive(conn, cmd_rx, res_tx, closed_tx));
+        Ok(Client {
+            cmds,
+            results,
+            closed,
+            peer: peer.node.to_string(),
+        })
+    }
+
+    /// Finds a master on this machine without being told its port: it took
+    /// the first free port from 4999, so the ports from 4999 up are tried in
+    /// order until one completes the handshake as a master (workers on those
+    /// ports refuse a client, and are skipped).
+    pub async fn connect_local(opts: ClientOptions) -> Result<(Client, SocketAddr), ClientError> {
+        let first = crate::master::PORT_DEFAULT;
+        let last = first + crate::master::PORT_TRIES;
+        let mut quick = opts.clone();
+        quick.connect_timeout = Duration::from_millis(200);
+        quick.handshake_timeout = quick.handshake_timeout.min(Duration::from_secs(2));
+        let mut last_err = None;
+        for port in first..=last {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match Client::connect(addr, quick.clone()).await {
+                Ok(c) => return Ok((c, addr)),
+                Err(ClientError::Connect(ConnectError::Handshake { source, .. }))
+                    if !is_not_a_master(&source) =>
+                {
+                    // A master that refused us (wrong secret, version): say so.
+                    last_err = Some(ClientError::Connect(ConnectError::Handshake {
+                        addr,
+                        source,
+                    }));
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            ClientError::Closed(format!(
+                "no master found on 127.0.0.1 ports {first}-{last}; start one with `runner master`, or pass --master HOST:PORT"
+            ))
+        }))
+    }
+
+    /// The master's node id.
+    pub fn master(&self) -> &str {
+        &self.peer
+    }
+
+    fn closed_reason(&self) -> String {
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "connection ended".into())
+    }
+
+    /// Submits a batch; returns the ids the master gave its tasks, in order.
+    /// Batches larger than the protocol's limit are split.
+    pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Range<u64>, ClientError> {
+        let mut range: Option<Range<u64>> = None;
+        let mut tasks = tasks;
+        while !tasks.is_empty() {
+            let rest = tasks.split_off(tasks.len().min(crate::limits::BATCH_TASKS_MAX));
+            let (tx, rx) = oneshot::channel();
+            self.cmds
+                .send(Cmd::Submit(tasks, tx))
+                .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+            let acc = rx
+                .await
+                .map_err(|_| ClientError::Closed(self.closed_reason()))?
+                .map_err(ClientError::Refused)?;
+            let r = acc.first_id..acc.first_id + acc.count as u64;
+            range = Some(match range {
+                // The master hands out ids per batch; split batches may not
+                // be contiguous if other clients submit in between.
+                Some(prev) if prev.end == r.start => prev.start..r.end,
+                Some(prev) => prev,
+                None => r,
+            });
+            tasks = rest;
+        }
+        Ok(range.unwrap_or(0..0))
+    }
+
+    /// Submits one task; returns its id.
+    pub async fn submit(&self, task: NewTask) -> Result<u64, ClientError> {
+        Ok(self.submit_batch(vec![task]).await?.start)
+    }
+
+    /// The next result, in completion order; `None` once the connection is
+    /// closed and every result received has been returned.
+    pub async fn next_result(&mut self) -> Option<TaskResult> {
+        self.results.recv().await
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.closed.borrow().clone()
+    }
+
+    /// The master's state.
+    pub async fn status(&self, histograms: bool) -> Result<StatusReport, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Status(histograms, tx))
+            .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+        rx.await
+            .map_err(|_| ClientError::Closed(self.closed_reason()))
+    }
+
+    /// Says goodbye and closes.
+    pub fn close(&self) {
+        let _ = self.cmds.send(Cmd::Close);
+    }
+}
+
+/// A peer that is not a master (a worker on a nearby port): not an error
+/// while looking for one.
+fn is_not_a_master(e: &crate::proto::handshake::HandshakeError) -> bool {
+    use crate::proto::handshake::HandshakeError as H;
+    match e {
+        H::WrongRole { .. } => true,
+        H::Refused(m) => m.code == ErrorCode::WRONG_ROLE,
+        _ => false,
+    }
+}
+
+async fn drive(
+    mut conn: net::Conn<FromClient, ToClient>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    results: mpsc::UnboundedSender<TaskResult>,
+    closed: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut acks: VecDeque<oneshot::Sender<Result<Accepted, ErrorMsg>>> = VecDeque::new();
+    let mut statuses: VecDeque<oneshot::Sender<StatusReport>> = VecDeque::new();
+    let reason = loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                None | Some(Cmd::Close) => {
+                    let _ = conn.send(FromClient::Goodbye(Goodbye { reason: Text::from_static("client done") })).await;
+                    break "closed by the client".to_string();
+                }
+                Some(Cmd::Submit(tasks, tx)) => {
+                    acks.push_back(tx);
+                    if let Err(e) = conn.send(FromClient::Submit(Submit { tasks })).await {
+                        break format!("write failed: {e}");
+                    }
+                }
+                Some(Cmd::Status(histograms, tx)) => {
+                    statuses.push_back(tx);
+                    if let Err(e) = conn.send(FromClient::Status(StatusRequest { histograms })).await {
+                        break format!("write failed: {e}");
+                    }
+                }
+            },
+            frame = conn.next() => match frame {
+                None => break "closed by the master".into(),
+                Some(Err(e)) => break format!("bad input from the master: {e}"),
+                Some(Ok(msg)) => match msg {
+                    ToClient::Accepted(a) => {
+                        if let Some(tx) = acks.pop_front() {
+                            let _ = tx.send(Ok(a));
+                        }
+                    }
+                    ToClient::Results(r) => {
+                        for res in r.results {
+                            let _ = results.send(res);
+                        }
+                    }
+                    ToClient::Status(s) => {
+                        if let Some(tx) = statuses.pop_front() {
+                            let _ = tx.send(s);
+                        }
+                    }
+                    ToClient::Ping(p) => {
+                        let _ = conn.send(FromClient::Pong(Pong { seq: p.seq })).await;
+                    }
+                    ToClient::Error(e) if matches!(e.code, ErrorCode::INVALID | ErrorCode::SHUTTING_DOWN) && !acks.is_empty() => {
+                        if let Some(tx) = acks.pop_front() {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                    ToClient::Error(e) => break format!("master sent error: {} ({})", e.message, e.code.name()),
+                    ToClient::Goodbye(g) => break format!("master said goodbye: {}", g.reason),
+                    ToClient::Pong(_) | ToClient::Hello(_) | ToClient::Auth(_) => {}
+                },
+            },
+        }
+    };
+    let _ = closed.send(Some(reason));
+}

@@ -1,0 +1,366 @@
+//! [`WorkerLink`]: the master's view of one registered worker, without I/O.
+//!
+//! It owns the records of the attempts out on that worker, decides what each
+//! reported end means (done, retry, exhausted, stale), judges the worker's
+//! liveness from the time it was last heard, and hands back every record it
+//! holds when the worker goes. Time comes in as `now`; messages go out as
+//! return values; so heartbeat loss, timeouts and retries are tested with a
+//! fake clock (`tests/master_link.rs`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::proto::{Assignment, AttemptResult, AttemptStatus, Cancel, Ping, TaskResult, Text};
+use crate::sched::{RetryPolicy, TaskRecord, Verdict};
+
+/// How one attempt's end is to be acted on.
+#[derive(Debug)]
+pub enum Outcome<R> {
+    /// The task is finished: send `result` to `reply`.
+    Finished {
+        /// The final result.
+        result: TaskResult,
+        /// Its client's route.
+        reply: R,
+        /// Time from dispatch to result.
+        ran: Duration,
+    },
+    /// Queue the task again after `delay` (zero: at once).
+    Requeue {
+        /// The task.
+        record: TaskRecord<R>,
+        /// Back-off.
+        delay: Duration,
+    },
+    /// A result for an attempt this worker does not hold (a late result for
+    /// an attempt already given up on): dropped.
+    Stale {
+        /// The task.
+        task_id: u64,
+        /// The attempt reported.
+        attempt: u32,
+    },
+}
+
+/// Why a worker is being let go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Departure {
+    /// Nothing heard for longer than the worker timeout.
+    HeartbeatLost(Duration),
+    /// The connection closed or broke.
+    ConnectionClosed(String),
+    /// It said goodbye (drain).
+    Goodbye(String),
+    /// A newer session of the same worker replaced this one.
+    Replaced,
+    /// The master is shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for Departure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Departure::HeartbeatLost(d) => {
+                write!(f, "heartbeat lost (silent for {} ms)", d.as_millis())
+            }
+            Departure::ConnectionClosed(why) => write!(f, "connection closed ({why})"),
+            Departure::Goodbye(why) => write!(f, "worker said goodbye ({why})"),
+            Departure::Replaced => f.write_str("replaced by a newer connection of the same worker"),
+            Departure::Shutdown => f.write_str("master shutting down"),
+        }
+    }
+}
+
+struct InFlight<R> {
+    record: TaskRecord<R>,
+    sent_at: Instant,
+    /// When the master stops waiting for this attempt, if it has a timeout:
+    /// the worker enforces the timeout itself; this is the backstop.
+    deadline: Option<Instant>,
+}
+
+/// Timing of the heartbeat and the backstop for task timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkTiming {
+    /// Ping the worker this often.
+    pub heartbeat: Duration,
+    /// Let it go after this long without a frame.
+    pub worker_timeout: Duration,
+    /// Give up on an attempt this long after its own timeout.
+    pub timeout_grace: Duration,
+}
+
+/// What a heartbeat tick asks for.
+#[derive(Debug)]
+pub struct Tick<R> {
+    /// Send this ping.
+    pub ping: Option<Ping>,
+    /// Send these cancels (attempts past their master-side deadline).
+    pub cancels: Vec<Cancel>,
+    /// Act on these (the cancelled attempts' tasks).
+    pub outcomes: Vec<Outcome<R>>,
+    /// The worker is to be let go.
+    pub lost: Option<Departure>,
+}
+
+/// The master's state for one worker.
+pub struct WorkerLink<R> {
+    /// The worker's node id.
+    pub node: Text,
+    slots: u32,
+    prefetch: u32,
+    timing: LinkTiming,
+    retry: RetryPolicy,
+    in_flight: HashMap<u64, InFlight<R>>,
+    last_heard: Instant,
+    next_ping: Instant,
+    ping_seq: u64,
+    ping_sent: Option<(u64, Instant)>,
+    /// Last heartbeat round trip.
+    pub rtt: Option<Duration>,
+    /// Attempts finished ok on it.
+    pub done: u64,
+    /// Attempts failed on it.
+    pub failed: u64,
+}
+
+impl<R> WorkerLink<R> {
+    /// A link to a worker that registered at `now` with `slots`.
+    pub fn new(
+        node: Text,
+        slots: u32,
+        prefetch: u32,
+        timing: LinkTiming,
+        retry: RetryPolicy,
+        now: Instant,
+    ) -> Self {
+        WorkerLink {
+            node,
+            slots,
+            prefetch,
+            timing,
+            retry,
+            in_flight: HashMap::new(),
+            last_heard: now,
+            next_ping: now,
+            ping_seq: 0,
+            ping_sent: None,
+            rtt: None,
+            done: 0,
+            failed: 0,
+        }
+    }
+
+    /// Its slots.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Attempts out on it.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// How many more attempts it may be given now: slots plus prefetch,
+    /// less what it holds.
+    pub fn credit(&self) -> usize {
+        (self.slots + self.prefetch) as usize
+            - self
+                .in_flight
+                .len()
+                .min((self.slots + self.prefetch) as usize)
+    }
+
+    /// How long since anything was heard from it.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_heard)
+    }
+
+    /// Anything at all arrived from the worker.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// The worker answered ping `seq`.
+    pub fn pong(&mut self, seq: u64, now: Instant) -> Option<Duration> {
+        match self.ping_sent {
+            Some((s, at)) if s == seq => {
+                self.ping_sent = None;
+                let rtt = now.saturating_duration_since(at);
+                self.rtt = Some(rtt);
+                Some(rtt)
+            }
+            _ => None,
+        }
+    }
+
+    /// Hands `record` to this worker as a new attempt.
+    pub fn assign(&mut self, mut record: TaskRecord<R>, now: Instant) -> Assignment {
+        let attempt = record.next_attempt();
+        let a = Assignment {
+            task_id: record.id,
+            attempt,
+            kind: record.spec.kind.clone(),
+            payload: record.spec.payload.clone(),
+            timeout_ms: record.spec.timeout_ms,
+        };
+        let deadline = (record.spec.timeout_ms > 0).then(|| {
+            now + Duration::from_millis(record.spec.timeout_ms as u64) + self.timing.timeout_grace
+        });
+        self.in_flight.insert(
+            record.id,
+            InFlight {
+                record,
+                sent_at: now,
+                deadline,
+            },
+        );
+        a
+    }
+
+    /// The worker reported how an attempt ended.
+    pub fn finish(&mut self, r: AttemptResult, now: Instant) -> Outcome<R> {
+        let held =
+            matches!(self.in_flight.get(&r.task_id), Some(f) if f.record.attempt == r.attempt);
+        if !held {
+            return Outcome::Stale {
+                task_id: r.task_id,
+                attempt: r.attempt,
+            };
+        }
+        let Some(f) = self.in_flight.remove(&r.task_id) else {
+            return Outcome::Stale {
+                task_id: r.task_id,
+                attempt: r.attempt,
+            };
+        };
+        let ran = now.saturating_duration_since(f.sent_at);
+        let record = f.record;
+        let reason = match r.status {
+            AttemptStatus::Ok => {
+                self.done += 1;
+                let (result, reply) = record.succeeded(r.output, self.node.clone());
+                return Outcome::Finished { result, reply, ran };
+            }
+            AttemptStatus::Returned => {
+                return Outcome::Requeue {
+                    record,
+                    delay: Duration::ZERO,
+                }
+            }
+            AttemptStatus::Failed => r.error,
+            AttemptStatus::TimedOut if r.error.is_empty() => {
+                Text::from(format!("timed out after {} ms", record.spec.timeout_ms))
+            }
+            AttemptStatus::TimedOut => r.error,
+            AttemptStatus::Unsupported => Text::from(format!("worker cannot run it: {}", r.error)),
+        };
+        self.failed += 1;
+        self.judge(record, reason, true, ran)
+    }
+
+    /// A failed attempt: retry (with back-off, or at once when the worker
+    /// rather than the task failed) or report the task failed.
+    fn judge(
+        &self,
+        mut record: TaskRecord<R>,
+        reason: Text,
+        backoff: bool,
+        ran: Duration,
+    ) -> Outcome<R> {
+        match record.fail(self.node.clone(), reason, &self.retry) {
+            Verdict::Retry { delay } => Outcome::Requeue {
+                record,
+                delay: if backoff { delay } else { Duration::ZERO },
+            },
+            Verdict::Exhausted => {
+                let (result, reply) = record.failed();
+                Outcome::Finished { result, reply, ran }
+            }
+        }
+    }
+
+    /// The heartbeat tick: a ping to send, attempts past their deadline, and
+    /// whether the worker has been silent too long. Call it only after every
+    /// frame already received has been fed in, so a master that was paused
+    /// does not evict a worker whose heartbeats sit unread in its socket.
+    pub fn tick(&mut self, now: Instant) -> Tick<R> {
+        let silent = self.silent_for(now);
+        if silent > self.timing.worker_timeout {
+            return Tick {
+                ping: None,
+                cancels: Vec::new(),
+                outcomes: Vec::new(),
+                lost: Some(Departure::HeartbeatLost(silent)),
+            };
+        }
+        let mut ping = None;
+        if now >= self.next_ping {
+            self.ping_seq += 1;
+            self.ping_sent = Some((self.ping_seq, now));
+            self.next_ping = now + self.timing.heartbeat;
+            ping = Some(Ping { seq: self.ping_seq });
+        }
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline.is_some_and(|d| now >= d))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut cancels = Vec::new();
+        let mut outcomes = Vec::new();
+        for id in expired {
+            if let Some(f) = self.in_flight.remove(&id) {
+                let record = f.record;
+                cancels.push(Cancel {
+                    task_id: id,
+                    attempt: record.attempt,
+                });
+                self.failed += 1;
+                let reason = Text::from(format!(
+                    "no result {} ms after its {} ms timeout; cancelled by the master",
+                    self.timing.timeout_grace.as_millis(),
+                    record.spec.timeout_ms
+                ));
+                outcomes.push(self.judge(
+                    record,
+                    reason,
+                    true,
+                    now.saturating_duration_since(f.sent_at),
+                ));
+            }
+        }
+        Tick {
+            ping,
+            cancels,
+            outcomes,
+            lost: None,
+        }
+    }
+
+    /// The worker is gone: every attempt it held fails with `why` (counted
+    /// against its task's retries) and is queued again at once, or reported
+    /// failed if out of retries. On shutdown nothing is requeued: the caller
+    /// cancels the records instead.
+    pub fn depart(&mut self, why: &Departure, now: Instant) -> Vec<Outcome<R>> {
+        let reason = Text::from(format!("worker {} lost: {why}", self.node));
+        let held: Vec<InFlight<R>> = self.in_flight.drain().map(|(_, f)| f).collect();
+        held.into_iter()
+            .map(|f| {
+                let record = f.record;
+                match why {
+                    Departure::Shutdown => Outcome::Requeue {
+                        record,
+                        delay: Duration::ZERO,
+                    },
+                    _ => self.judge(
+                        record,
+                        reason.clone(),
+                        false,
+                        now.saturating_duration_since(f.sent_at),
+                    ),
+                }
+            })
+            .collect()
+    }
+}

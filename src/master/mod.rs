@@ -1,0 +1,313 @@
+//! The master: accepts tasks from clients, finds and keeps workers, and
+//! dispatches attempts to them.
+//!
+//! Tasks flow without a global lock: a client connection assigns ids (one
+//! atomic add per batch), answers `accepted`, and pushes the records into the
+//! lock-free [`PriorityQueue`]; each worker connection pops as many as its
+//! credit allows and sends them in one `run` frame. A record lives in exactly
+//! one place (the queue, one worker's [`link::WorkerLink`], or a retry timer),
+//! and only the place holding it can finish it, so each task gets exactly one
+//! result. The registry (a mutex) is touched only when workers come and go,
+//! and for `status`.
+
+pub mod discovery;
+pub mod link;
+mod serve;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::net::{self, PortRange};
+use crate::proto::handshake::{Identity, Secret};
+use crate::proto::{Role, TaskResult, Text, ToClient, Wire};
+use crate::sched::{PriorityQueue, RetryPolicy, TaskRecord};
+
+/// Where the master listens by default: the first free port from here.
+pub const PORT_DEFAULT: u16 = 4999;
+/// How many ports from [`PORT_DEFAULT`] the master tries.
+pub const PORT_TRIES: u16 = 100;
+/// Where workers listen by default, and so what the master scans.
+pub const WORKER_PORTS_DEFAULT: PortRange = PortRange {
+    first: 5000,
+    last: 5100,
+};
+
+/// Everything a master is configured with.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Ports to try, first free wins.
+    pub ports: PortRange,
+    /// Port ranges to scan for workers.
+    pub scan: Vec<PortRange>,
+    /// Hosts to scan besides localhost.
+    pub scan_hosts: Vec<String>,
+    /// Scan this often.
+    pub scan_interval: Duration,
+    /// Give a scanned port this long to accept a connection.
+    pub scan_connect_timeout: Duration,
+    /// Give a scanned peer this long to complete the handshake.
+    pub scan_handshake_timeout: Duration,
+    /// Ping workers this often.
+    pub heartbeat: Duration,
+    /// Drop a worker silent this long.
+    pub worker_timeout: Duration,
+    /// Attempts kept in flight on a worker beyond its slots.
+    pub prefetch: u32,
+    /// Backoff of failed attempts.
+    pub retry: RetryPolicy,
+    /// How long after its timeout the master gives up on an attempt.
+    pub timeout_grace: Duration,
+    /// Deadline for an accepted connection's handshake.
+    pub handshake_timeout: Duration,
+    /// The cluster's secret, if any.
+    pub secret: Option<Secret>,
+    /// Wire used when the master dials workers.
+    pub wire: Wire,
+    /// The master's node id.
+    pub node: String,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: PortRange {
+                first: PORT_DEFAULT,
+                last: PORT_DEFAULT + PORT_TRIES,
+            },
+            scan: vec![WORKER_PORTS_DEFAULT],
+            scan_hosts: Vec::new(),
+            scan_interval: Duration::from_secs(2),
+            scan_connect_timeout: Duration::from_millis(300),
+            scan_handshake_timeout: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(500),
+            worker_timeout: Duration::from_secs(3),
+            prefetch: 0,
+            retry: RetryPolicy::default(),
+            timeout_grace: Duration::from_secs(5),
+            handshake_timeout: Duration::from_millis(crate::limits::HANDSHAKE_TIMEOUT_MS),
+            secret: None,
+            wire: Wire::Bincode,
+            node: "master".into(),
+        }
+    }
+}
+
+/// What goes to a client's writer: messages in order, results batched.
+#[derive(Debug)]
+pub(crate) enum ClientOut {
+    Msg(ToClient),
+    Result(TaskResult),
+}
+
+/// The way back to the client that submitted a task.
+#[derive(Debug)]
+pub(crate) struct ClientRoute {
+    pub tx: mpsc::UnboundedSender<ClientOut>,
+    pub name: Text,
+}
+
+pub(crate) type Route = Arc<ClientRoute>;
+pub(crate) type Record = TaskRecord<Route>;
+
+/// Live numbers of one worker, for `status`.
+#[derive(Debug, Default)]
+pub(crate) struct LinkStats {
+    pub in_flight: AtomicU32,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub rtt_us: AtomicU64,
+    pub last_heard_ms: AtomicU64,
+}
+
+pub(crate) struct WorkerEntry {
+    pub addr: SocketAddr,
+    pub listen: Option<SocketAddr>,
+    pub slots: u32,
+    pub session: u64,
+    pub kick: CancellationToken,
+    pub stats: Arc<LinkStats>,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub workers: HashMap<Text, WorkerEntry>,
+    /// Addresses being probed by the scan right now.
+    pub probing: HashSet<SocketAddr>,
+    /// Listeners that failed the handshake, skipped until the instant given.
+    pub not_workers: HashMap<SocketAddr, Instant>,
+}
+
+/// Totals since start.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub submitted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub running: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub cfg: MasterConfig,
+    pub identity: Identity,
+    pub local_addr: SocketAddr,
+    pub started: Instant,
+    pub queue: PriorityQueue<Record>,
+    /// Woken when records enter the queue.
+    pub work: Notify,
+    pub next_id: AtomicU64,
+    pub next_session: AtomicU64,
+    pub registry: Mutex<Registry>,
+    pub totals: Totals,
+    /// Stop taking work (Ctrl-C).
+    pub shutdown: CancellationToken,
+    /// Every task and session except client sessions, which outlive them to
+    /// deliver the last results.
+    pub tracker: TaskTracker,
+    /// Client sessions.
+    pub clients: TaskTracker,
+    /// Told to client sessions once every record has been finished.
+    pub clients_close: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding the registry leaves plain data behind; keep
+        // serving rather than poisoning every later caller.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a finished task's result to its client.
+    pub(crate) fn deliver(&self, result: TaskResult, reply: &Route) {
+        match result.status {
+            crate::proto::TaskStatus::Ok => self.totals.completed.fetch_add(1, Ordering::Relaxed),
+            _ => self.totals.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        let id = result.id;
+        if reply.tx.send(ClientOut::Result(result)).is_err() {
+            tracing::debug!(task = id, client = %reply.name, "client gone; result dropped");
+        }
+    }
+
+    /// Queues a record (again); during shutdown reports it cancelled instead.
+    pub(crate) fn enqueue(self: &Arc<Self>, mut record: Record, delay: Duration) {
+        if self.shutdown.is_cancelled() {
+            let (result, reply) =
+                record.cancelled("master shut down before the task finished".into());
+            self.deliver(result, &reply);
+            return;
+        }
+        if delay.is_zero() {
+            record.queued_at = Instant::now();
+            self.queue.push(record.spec.priority, record);
+            self.work.notify_waiters();
+            return;
+        }
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => shared.enqueue(record, Duration::ZERO),
+                _ = shared.shutdown.cancelled() => shared.enqueue(record, Duration::ZERO),
+            }
+        });
+    }
+}
+
+/// A running master.
+pub struct Master {
+    shared: Arc<Shared>,
+}
+
+/// Why a master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// No port to listen on.
+    #[error(transparent)]
+    Bind(#[from] net::BindError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Master {
+    /// Binds the first free port of the configured range and starts serving
+    /// and scanning in the background.
+    pub async fn start(cfg: MasterConfig) -> Result<Master, MasterError> {
+        let listener = net::bind_first_free(cfg.bind, cfg.ports).await?;
+        let local_addr = listener.local_addr()?;
+        let identity = Identity {
+            role: Role::Master,
+            node: Text::from(cfg.node.clone()),
+            secret: cfg.secret.clone(),
+        };
+        let shared = Arc::new(Shared {
+            cfg,
+            identity,
+            local_addr,
+            started: Instant::now(),
+            queue: PriorityQueue::new(),
+            work: Notify::new(),
+            next_id: AtomicU64::new(1),
+            next_session: AtomicU64::new(1),
+            registry: Mutex::new(Registry::default()),
+            totals: Totals::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            clients: TaskTracker::new(),
+            clients_close: CancellationToken::new(),
+        });
+        tracing::info!(addr = %local_addr, "master listening");
+        shared
+            .tracker
+            .spawn(serve::accept_loop(shared.clone(), listener));
+        shared.tracker.spawn(discovery::scan_loop(shared.clone()));
+        Ok(Master { shared })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Workers registered now.
+    pub fn worker_count(&self) -> usize {
+        self.shared.registry().workers.len()
+    }
+
+    /// Stops intake, tells the workers, reports every unfinished task to its
+    /// client as cancelled, and waits until that is done.
+    pub async fn shutdown(self) {
+        let s = &self.shared;
+        tracing::info!("shutting down: no new tasks; telling workers; reporting unfinished tasks");
+        s.shutdown.cancel();
+        s.tracker.close();
+        s.tracker.wait().await;
+        let mut cancelled = 0;
+        while let Some((_, record)) = s.queue.pop() {
+            let (result, reply) = record.cancelled("master shut down before the task ran".into());
+            s.deliver(result, &reply);
+            cancelled += 1;
+        }
+        if cancelled > 0 {
+            tracing::info!(cancelled, "queued tasks reported cancelled");
+        }
+        s.clients_close.cancel();
+        s.clients.close();
+        s.clients.wait().await;
+        tracing::info!("master stopped");
+    }
+}

@@ -1,0 +1,557 @@
+//! The master's connections: the accept loop, client sessions and worker
+//! sessions (whether the worker dialed in or was found by the scan).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::link::{Departure, LinkTiming, Outcome, WorkerLink};
+use super::{ClientOut, ClientRoute, LinkStats, Record, Route, Shared, WorkerEntry};
+use crate::net::{self, Conn, Reader, Writer};
+use crate::proto::handshake::Peer;
+use crate::proto::*;
+use crate::sched::TaskRecord;
+
+const MASTER_ACCEPTS: &[Role] = &[Role::Client, Role::Worker];
+
+/// Pause after a failed accept (out of file descriptors): retrying at once
+/// would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, addr)) => {
+                    let s = shared.clone();
+                    shared.clients.spawn(async move {
+                        match net::accept::<ToClient, FromClient>(
+                            stream,
+                            s.identity.clone(),
+                            MASTER_ACCEPTS,
+                            s.cfg.handshake_timeout,
+                        )
+                        .await
+                        {
+                            Ok((conn, peer)) => session(s, conn, peer, addr).await,
+                            Err(e) => tracing::info!(%addr, "connection refused: {e}"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
+
+async fn session(
+    shared: Arc<Shared>,
+    conn: Conn<ToClient, FromClient>,
+    peer: Peer,
+    addr: SocketAddr,
+) {
+    match peer.role {
+        Role::Worker => {
+            let (r, w) = net::split(conn);
+            let s = shared.clone();
+            // Worker sessions belong to the main tracker: shutdown waits for
+            // them to hand back their attempts.
+            shared.tracker.spawn(worker_session(s, r, w, peer, addr));
+        }
+        _ => {
+            let (r, w) = net::split(conn);
+            client_session(shared, r, w, peer, addr).await
+        }
+    }
+}
+
+async fn client_session(
+    shared: Arc<Shared>,
+    mut read: Reader<ToClient, FromClient>,
+    write: Writer<ToClient, FromClient>,
+    peer: Peer,
+    addr: SocketAddr,
+) {
+    tracing::info!(%addr, client = %peer.node, "client connected");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let route: Route = Arc::new(ClientRoute {
+        tx: tx.clone(),
+        name: peer.node.clone(),
+    });
+    let writer = tokio::spawn(client_writer(write, rx, shared.clients_close.clone()));
+    let say = |m: ToClient| {
+        let _ = tx.send(ClientOut::Msg(m));
+    };
+    loop {
+        let msg = tokio::select! {
+            m = read.next() => m,
+            _ = shared.clients_close.cancelled() => break,
+        };
+        let msg = match msg {
+            None => break,
+            Some(Err(e)) => {
+                tracing::info!(%addr, client = %peer.node, "bad input from client: {e}");
+                say(ToClient::Error(ErrorMsg::new(e.code(), e.to_string())));
+                break;
+            }
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            FromClient::Submit(s) => submit(&shared, &route, s, &say),
+            FromClient::Status(req) => {
+                say(ToClient::Status(status_report(&shared, req.histograms)))
+            }
+            FromClient::Ping(p) => say(ToClient::Pong(Pong { seq: p.seq })),
+            FromClient::Pong(_) => {}
+            FromClient::Goodbye(g) => {
+                tracing::info!(client = %peer.node, "client said goodbye: {}", g.reason);
+                break;
+            }
+            FromClient::Error(e) => {
+                tracing::info!(client = %peer.node, "client sent error: {} ({})", e.message, e.code.name());
+                break;
+            }
+            other @ (FromClient::Hello(_) | FromClient::Auth(_)) => {
+                say(ToClient::Error(ErrorMsg::new(
+                    ErrorCode::UNEXPECTED,
+                    format!("{} after the handshake", other.name()),
+                )));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    drop(route);
+    // The writer ends when the client goes, or, on shutdown, once it has
+    // delivered every result (the last route clone is dropped).
+    let _ = writer.await;
+    tracing::info!(%addr, client = %peer.node, "client disconnected");
+}
+
+fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient)) {
+    if shared.shutdown.is_cancelled() {
+        say(ToClient::Error(ErrorMsg::new(
+            ErrorCode::SHUTTING_DOWN,
+            "the master is shutting down and takes no new tasks",
+        )));
+        return;
+    }
+    if let Err(e) = s.check_admission() {
+        tracing::info!(client = %route.name, "batch rejected: {e}");
+        say(ToClient::Error(ErrorMsg::new(e.code(), e.to_string())));
+        return;
+    }
+    let n = s.tasks.len() as u64;
+    let first_id = shared.next_id.fetch_add(n, Ordering::Relaxed);
+    // `accepted` goes into the client's queue before any record can finish.
+    say(ToClient::Accepted(Accepted {
+        first_id,
+        count: n as u32,
+    }));
+    let now = Instant::now();
+    for (id, task) in (first_id..).zip(s.tasks) {
+        shared
+            .queue
+            .push(task.priority, TaskRecord::new(id, task, route.clone(), now));
+    }
+    shared.totals.submitted.fetch_add(n, Ordering::Relaxed);
+    shared.work.notify_waiters();
+}
+
+/// Writes a client's messages in order, folding consecutive results into
+/// one `results` frame: many per frame when busy, no wait when idle.
+async fn client_writer(
+    mut write: Writer<ToClient, FromClient>,
+    mut rx: mpsc::UnboundedReceiver<ClientOut>,
+    close: tokio_util::sync::CancellationToken,
+) {
+    let mut results = Vec::new();
+    let mut closing = false;
+    loop {
+        let first = if closing {
+            rx.try_recv().ok()
+        } else {
+            tokio::select! {
+                biased;
+                item = rx.recv() => item,
+                _ = close.cancelled() => { closing = true; continue; }
+            }
+        };
+        let Some(first) = first else { break };
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                ClientOut::Result(r) => results.push(r),
+                ClientOut::Msg(m) => {
+                    if !flush_results(&mut write, &mut results).await
+                        || write.feed(m).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            next = if results.len() < crate::limits::BATCH_TASKS_MAX {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !flush_results(&mut write, &mut results).await || write.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = write
+        .send(ToClient::Goodbye(Goodbye {
+            reason: Text::from_static("master shutting down"),
+        }))
+        .await;
+}
+
+async fn flush_results(
+    write: &mut Writer<ToClient, FromClient>,
+    results: &mut Vec<TaskResult>,
+) -> bool {
+    if results.is_empty() {
+        return true;
+    }
+    let batch = std::mem::take(results);
+    write
+        .feed(ToClient::Results(Results { results: batch }))
+        .await
+        .is_ok()
+}
+
+fn status_report(shared: &Shared, _histograms: bool) -> StatusReport {
+    let now = Instant::now();
+    let now_ms = shared.millis(now);
+    let workers = {
+        let reg = shared.registry();
+        let mut v: Vec<WorkerInfo> = reg
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerInfo {
+                id: id.clone(),
+                addr: Text::from(w.addr.to_string()),
+                slots: w.slots,
+                in_flight: w.stats.in_flight.load(Ordering::Relaxed),
+                done: w.stats.done.load(Ordering::Relaxed),
+                failed: w.stats.failed.load(Ordering::Relaxed),
+                rtt_us: w.stats.rtt_us.load(Ordering::Relaxed),
+                silent_ms: now_ms.saturating_sub(w.stats.last_heard_ms.load(Ordering::Relaxed)),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    let t = &shared.totals;
+    StatusReport {
+        workers,
+        queues: shared
+            .queue
+            .depths()
+            .into_iter()
+            .map(|(priority, depth)| QueueDepth {
+                priority,
+                depth: depth as u64,
+            })
+            .collect(),
+        submitted: t.submitted.load(Ordering::Relaxed),
+        completed: t.completed.load(Ordering::Relaxed),
+        failed: t.failed.load(Ordering::Relaxed),
+        retried: t.retried.load(Ordering::Relaxed),
+        running: t.running.load(Ordering::Relaxed),
+        histograms: Vec::new(),
+    }
+}
+
+/// Runs a worker's session: registration, dispatch, results, heartbeats,
+/// and on departure hands every attempt it held back to the queue.
+pub(crate) async fn worker_session(
+    shared: Arc<Shared>,
+    mut read: Reader<ToWorker, FromWorker>,
+    mut write: Writer<ToWorker, FromWorker>,
+    peer: Peer,
+    addr: SocketAddr,
+) {
+    let node = peer.node.clone();
+    let reg = match tokio::time::timeout(shared.cfg.handshake_timeout, read.next()).await {
+        Ok(Some(Ok(FromWorker::Register(r)))) => r,
+        other => {
+            let why = match other {
+                Err(_) => "no register in time".to_string(),
+                Ok(None) => "closed before registering".to_string(),
+                Ok(Some(Err(e))) => e.to_string(),
+                Ok(Some(Ok(m))) => format!("sent {} before register", m.name()),
+            };
+            tracing::info!(%addr, worker = %node, "worker not registered: {why}");
+            let _ = write
+                .send(ToWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why)))
+                .await;
+            return;
+        }
+    };
+    if node.is_empty() {
+        let _ = write
+            .send(ToWorker::Error(ErrorMsg::new(
+                ErrorCode::INVALID,
+                "a worker needs a node id",
+            )))
+            .await;
+        return;
+    }
+    let listen = reg.listen.parse::<SocketAddr>().ok().map(|mut l| {
+        if l.ip().is_unspecified() {
+            l.set_ip(addr.ip());
+        }
+        l
+    });
+    let session_id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let kick = shared.shutdown.child_token();
+    let stats = Arc::new(LinkStats::default());
+    stats
+        .last_heard_ms
+        .store(shared.millis(Instant::now()), Ordering::Relaxed);
+    {
+        let mut r = shared.registry();
+        if let Some(old) = r.workers.remove(&node) {
+            tracing::warn!(worker = %node, old = %old.addr, new = %addr, "worker reconnected; replacing its old session");
+            old.kick.cancel();
+        }
+        r.workers.insert(
+            node.clone(),
+            WorkerEntry {
+                addr,
+                listen,
+                slots: reg.slots,
+                session: session_id,
+                kick: kick.clone(),
+                stats: stats.clone(),
+            },
+        );
+        if let Some(l) = listen {
+            r.probing.remove(&l);
+        }
+    }
+    tracing::info!(worker = %node, %addr, slots = reg.slots, kinds = ?reg.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(), "worker registered");
+
+    let timing = LinkTiming {
+        heartbeat: shared.cfg.heartbeat,
+        worker_timeout: shared.cfg.worker_timeout,
+        timeout_grace: shared.cfg.timeout_grace,
+    };
+    let mut link: WorkerLink<Route> = WorkerLink::new(
+        node.clone(),
+        reg.slots,
+        shared.cfg.prefetch,
+        timing,
+        shared.cfg.retry,
+        Instant::now(),
+    );
+    let period = (shared.cfg.heartbeat / 2).min(shared.cfg.worker_timeout / 4);
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let departure = loop {
+        let notified = shared.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats).await {
+            break Departure::ConnectionClosed(format!("write failed: {e}"));
+        }
+        tokio::select! {
+            biased;
+            frame = read.next() => {
+                let now = Instant::now();
+                let msg = match frame {
+                    None => break Departure::ConnectionClosed("closed by the worker".into()),
+                    Some(Err(e)) => {
+                        let _ = write.send(ToWorker::Error(ErrorMsg::new(e.code(), e.to_string()))).await;
+                        break Departure::ConnectionClosed(format!("bad input: {e}"));
+                    }
+                    Some(Ok(m)) => m,
+                };
+                link.heard(now);
+                stats.last_heard_ms.store(shared.millis(now), Ordering::Relaxed);
+                match msg {
+                    FromWorker::Done(d) => {
+                        for r in d.results {
+                            let o = link.finish(r, now);
+                            act(&shared, &node, o);
+                        }
+                        stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
+                        stats.done.store(link.done, Ordering::Relaxed);
+                        stats.failed.store(link.failed, Ordering::Relaxed);
+                    }
+                    FromWorker::Ping(p) => {
+                        if write.send(ToWorker::Pong(Pong { seq: p.seq })).await.is_err() {
+                            break Departure::ConnectionClosed("write failed".into());
+                        }
+                    }
+                    FromWorker::Pong(p) => {
+                        if let Some(rtt) = link.pong(p.seq, now) {
+                            stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    FromWorker::Goodbye(g) => break Departure::Goodbye(g.reason.to_string()),
+                    FromWorker::Error(e) => {
+                        break Departure::ConnectionClosed(format!("worker sent error: {} ({})", e.message, e.code.name()))
+                    }
+                    other => {
+                        let why = format!("{} after registration", other.name());
+                        let _ = write.send(ToWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why.clone()))).await;
+                        break Departure::ConnectionClosed(why);
+                    }
+                }
+            }
+            _ = &mut notified, if link.credit() > 0 => {}
+            _ = tick.tick() => {
+                let t = link.tick(Instant::now());
+                if let Some(lost) = t.lost {
+                    break lost;
+                }
+                for c in t.cancels {
+                    tracing::warn!(worker = %node, task = c.task_id, attempt = c.attempt, "attempt overdue; cancelling it");
+                    let _ = write.feed(ToWorker::Cancel(c)).await;
+                }
+                for o in t.outcomes {
+                    act(&shared, &node, o);
+                }
+                if let Some(p) = t.ping {
+                    if write.send(ToWorker::Ping(p)).await.is_err() {
+                        break Departure::ConnectionClosed("write failed".into());
+                    }
+                }
+            }
+            _ = kick.cancelled() => {
+                if shared.shutdown.is_cancelled() {
+                    let _ = write.send(ToWorker::Goodbye(Goodbye { reason: Text::from_static("master shutting down") })).await;
+                    break Departure::Shutdown;
+                }
+                break Departure::Replaced;
+            }
+        }
+    };
+    let held = link.in_flight();
+    match &departure {
+        Departure::Shutdown => {
+            tracing::info!(worker = %node, "told worker the master is shutting down")
+        }
+        d => tracing::warn!(worker = %node, %addr, attempts = held, "worker removed: {d}"),
+    }
+    let outcomes = link.depart(&departure, Instant::now());
+    if !outcomes.is_empty() && departure != Departure::Shutdown {
+        tracing::info!(worker = %node, attempts = outcomes.len(), "re-queuing the lost worker's attempts");
+    }
+    for o in outcomes {
+        match o {
+            Outcome::Requeue { record, .. } if departure == Departure::Shutdown => {
+                shared.totals.running.fetch_sub(1, Ordering::Relaxed);
+                let (result, reply) =
+                    record.cancelled("master shut down while the task was running".into());
+                shared.deliver(result, &reply);
+            }
+            o => act(&shared, &node, o),
+        }
+    }
+    {
+        let mut r = shared.registry();
+        if r.workers
+            .get(&node)
+            .is_some_and(|w| w.session == session_id)
+        {
+            r.workers.remove(&node);
+        }
+    }
+}
+
+/// Fills the worker's credit from the queue, in one `run` frame.
+async fn dispatch(
+    shared: &Shared,
+    link: &mut WorkerLink<Route>,
+    write: &mut Writer<ToWorker, FromWorker>,
+    stats: &LinkStats,
+) -> Result<(), ProtoError> {
+    if shared.shutdown.is_cancelled() {
+        return Ok(());
+    }
+    let credit = link.credit().min(crate::limits::BATCH_TASKS_MAX);
+    if credit == 0 {
+        return Ok(());
+    }
+    let now = Instant::now();
+    let mut tasks = Vec::new();
+    while tasks.len() < credit {
+        let Some((_, record)) = shared.queue.pop() else {
+            break;
+        };
+        tasks.push(link.assign(record, now));
+    }
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    shared
+        .totals
+        .running
+        .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+    stats
+        .in_flight
+        .store(link.in_flight() as u32, Ordering::Relaxed);
+    write.send(ToWorker::Run(Run { tasks })).await
+}
+
+/// Acts on how an attempt ended.
+fn act(shared: &Arc<Shared>, worker: &Text, o: Outcome<Route>) {
+    match o {
+        Outcome::Finished { result, reply, .. } => {
+            shared.totals.running.fetch_sub(1, Ordering::Relaxed);
+            if result.status != TaskStatus::Ok {
+                let reasons: Vec<String> = result
+                    .errors
+                    .iter()
+                    .map(|e| format!("attempt {} on {}: {}", e.attempt, e.worker, e.reason))
+                    .collect();
+                tracing::warn!(
+                    task = result.id,
+                    "task failed after {} attempts: {}",
+                    result.attempts,
+                    reasons.join("; ")
+                );
+            }
+            shared.deliver(result, &reply);
+        }
+        Outcome::Requeue { record, delay } => {
+            shared.totals.running.fetch_sub(1, Ordering::Relaxed);
+            log_retry(worker, &record, delay);
+            shared.totals.retried.fetch_add(1, Ordering::Relaxed);
+            shared.enqueue(record, delay);
+        }
+        Outcome::Stale { task_id, attempt } => {
+            tracing::info!(worker = %worker, task = task_id, attempt, "late result for an attempt no longer assigned here; dropped");
+        }
+    }
+}
+
+fn log_retry(worker: &Text, record: &Record, delay: Duration) {
+    match record.errors.last() {
+        Some(e) if e.attempt == record.attempt => tracing::info!(
+            task = record.id,
+            attempt = record.attempt,
+            worker = %worker,
+            "attempt failed: {}; retrying in {} ms",
+            e.reason,
+            delay.as_millis()
+        ),
+        _ => {
+            tracing::info!(task = record.id, attempt = record.attempt, worker = %worker, "attempt handed back; re-queued")
+        }
+    }
+}

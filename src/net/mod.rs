@@ -1,0 +1,262 @@
+//! The network edge: port ranges and binding, typed connections (connect or
+//! accept, then the handshake), durations on the command line.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+
+use crate::proto::handshake::{self, Handshake, HandshakeError, Identity, Peer, Side};
+use crate::proto::{Common, Message, Role, Wire, WireCodec};
+
+/// A typed connection: sends `Tx`, receives `Rx`.
+pub type Conn<Tx, Rx> = Framed<TcpStream, WireCodec<Tx, Rx>>;
+
+/// An inclusive range of TCP ports, written `5000-5100` (or one port, `4999`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// The ports, in order.
+    pub fn ports(self) -> impl Iterator<Item = u16> {
+        self.first..=self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{p:?} is not a port number (1-65535)"))
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (parse(a)?, parse(b)?),
+            None => (parse(s)?, parse(s)?),
+        };
+        if first == 0 || first > last {
+            return Err(format!(
+                "bad port range {s:?}: expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535"
+            ));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+/// Parses `500ms`, `3s`, `1m`, `1m30s`: what every duration flag accepts.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 500ms, 3s or 1m"))
+}
+
+/// Why a listener could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Every port of the range is taken.
+    #[error("every port in {range} on {host} is in use; free one or choose another range")]
+    RangeExhausted {
+        /// The address.
+        host: IpAddr,
+        /// The range tried.
+        range: PortRange,
+    },
+    /// Binding failed for another reason (permissions, bad address).
+    #[error("cannot listen on {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Listens on the first free port of `range`: a port in use is skipped,
+/// never fatal.
+pub async fn bind_first_free(host: IpAddr, range: PortRange) -> Result<TcpListener, BindError> {
+    for port in range.ports() {
+        let addr = SocketAddr::new(host, port);
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::debug!(%addr, "port in use, trying the next");
+            }
+            Err(source) => return Err(BindError::Io { addr, source }),
+        }
+    }
+    Err(BindError::RangeExhausted { host, range })
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Io {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TCP connect took too long.
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// Where.
+        addr: SocketAddr,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The handshake failed.
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: HandshakeError,
+    },
+}
+
+/// Connects to `addr`, speaking `wire`, and runs the handshake as initiator,
+/// accepting only a peer in `accept`.
+pub async fn connect<Tx, Rx>(
+    addr: SocketAddr,
+    wire: Wire,
+    me: Identity,
+    accept: &'static [Role],
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+) -> Result<(Conn<Tx, Rx>, Peer), ConnectError>
+where
+    Tx: Message + From<Common>,
+    Rx: Message,
+{
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                addr,
+                timeout: connect_timeout,
+            })
+        }
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, WireCodec::new(wire));
+    let hs = Handshake::new(me, Side::Initiator, accept, Handshake::fresh_nonce());
+    let peer = handshake::run(&mut conn, hs, handshake_timeout)
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    Ok((conn, peer))
+}
+
+/// Runs the handshake as acceptor on a freshly accepted stream; the wire is
+/// told from the peer's first byte.
+pub async fn accept<Tx, Rx>(
+    stream: TcpStream,
+    me: Identity,
+    accept: &'static [Role],
+    handshake_timeout: Duration,
+) -> Result<(Conn<Tx, Rx>, Peer), HandshakeError>
+where
+    Tx: Message + From<Common>,
+    Rx: Message,
+{
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, WireCodec::detect());
+    let hs = Handshake::new(me, Side::Acceptor, accept, Handshake::fresh_nonce());
+    let peer = handshake::run(&mut conn, hs, handshake_timeout).await?;
+    Ok((conn, peer))
+}
+
+/// The two halves of a connection after its handshake, retyped to the
+/// session's messages: reading and writing then proceed independently.
+pub type Reader<Tx, Rx> = FramedRead<OwnedReadHalf, WireCodec<Tx, Rx>>;
+/// See [`Reader`].
+pub type Writer<Tx, Rx> = FramedWrite<OwnedWriteHalf, WireCodec<Tx, Rx>>;
+
+/// Splits a handshaken connection into a reader and a writer typed for the
+/// session, keeping any bytes already read.
+pub fn split<Tx0, Rx0, Tx, Rx>(conn: Conn<Tx0, Rx0>) -> (Reader<Tx, Rx>, Writer<Tx, Rx>)
+where
+    Tx0: Message,
+    Rx0: Message,
+    Tx: Message,
+    Rx: Message,
+{
+    let parts = conn.into_parts();
+    let (r, w) = parts.io.into_split();
+    let codec: WireCodec<Tx, Rx> = parts.codec.retype();
+    let wire = codec.wire().unwrap_or_default();
+    let mut reader = FramedRead::new(r, codec);
+    reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+    let mut write_codec = WireCodec::<Tx, Rx>::new(wire);
+    write_codec.handshake_complete();
+    (reader, FramedWrite::new(w, write_codec))
+}
+
+/// Resolves `host:port` (a name or an address) to its first address.
+pub async fn resolve(target: &str) -> Result<SocketAddr, String> {
+    match tokio::net::lookup_host(target).await {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{target:?} resolves to no address")),
+        Err(e) => Err(format!(
+            "cannot resolve {target:?} (expected HOST:PORT): {e}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_reject_nonsense() {
+        assert_eq!(
+            "5000-5100".parse(),
+            Ok(PortRange {
+                first: 5000,
+                last: 5100
+            })
+        );
+        assert_eq!(
+            "4999".parse(),
+            Ok(PortRange {
+                first: 4999,
+                last: 4999
+            })
+        );
+        assert!("5100-5000".parse::<PortRange>().is_err());
+        assert!("0-10".parse::<PortRange>().is_err());
+        assert!("5000-70000".parse::<PortRange>().is_err());
+        assert!("abc".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn durations_accept_ms_s_and_m() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("-3s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,574 @@
+//! The worker: listens for a master (found by the master's scan) or dials one,
+//! registers, runs what it is given within its slots, and reports each end.
+//!
+//! It trusts a master only after the handshake (a master proves it holds the
+//! cluster's secret before the worker proves anything or runs anything). It
+//! keeps one master session at a time; a newer one replaces the old (a
+//! restarted master). With no master for `master_timeout` it terminates
+//! itself, so a lost cluster does not leave workers behind.
+
+pub mod tasks;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{self, PortRange, Reader, Writer};
+use crate::proto::handshake::{Identity, Peer, Secret};
+use crate::proto::*;
+pub use tasks::{Handler, TaskInput, TaskOutput};
+
+/// Everything a worker is configured with.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Node id; must be unique in the cluster.
+    pub id: String,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Ports to try, first free wins.
+    pub ports: PortRange,
+    /// A master to dial (besides being found by scans).
+    pub master: Option<SocketAddr>,
+    /// Tasks run at once.
+    pub slots: u32,
+    /// Terminate after this long without a master.
+    pub master_timeout: Duration,
+    /// Ping the master this often.
+    pub heartbeat: Duration,
+    /// Run `exec` tasks.
+    pub allow_exec: bool,
+    /// The cluster's secret, if any.
+    pub secret: Option<Secret>,
+    /// Wire used when dialing the master.
+    pub wire: Wire,
+    /// Deadline for a handshake.
+    pub handshake_timeout: Duration,
+    /// How often to re-dial `master` while without one.
+    pub redial_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: format!("worker-{}", std::process::id()),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: crate::master::WORKER_PORTS_DEFAULT,
+            master: None,
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            master_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_millis(500),
+            allow_exec: false,
+            secret: None,
+            wire: Wire::Bincode,
+            handshake_timeout: Duration::from_millis(crate::limits::HANDSHAKE_TIMEOUT_MS),
+            redial_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Builds a [`Worker`]: configuration plus the kinds it runs.
+pub struct WorkerBuilder {
+    cfg: WorkerConfig,
+    handlers: HashMap<String, Handler>,
+}
+
+impl WorkerBuilder {
+    /// Replaces the configuration.
+    pub fn config(mut self, cfg: WorkerConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Registers a custom kind: `f` gets the payload and returns the output
+    /// or an error message.
+    pub fn handler<F, Fut, E>(mut self, kind: &str, f: F) -> Self
+    where
+        F: Fn(Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let f = Arc::new(f);
+        self.handlers.insert(
+            kind.to_string(),
+            Handler::Spawn(Arc::new(move |input: TaskInput| {
+                let fut = f(input.payload.0);
+                Box::pin(async move { fut.await.map(Payload).map_err(|e| e.to_string()) })
+            })),
+        );
+        self
+    }
+
+    /// The worker.
+    pub fn build(mut self) -> Worker {
+        if self.cfg.allow_exec {
+            self.handlers.insert("exec".into(), tasks::exec_handler());
+        }
+        Worker {
+            cfg: self.cfg,
+            handlers: Arc::new(self.handlers),
+        }
+    }
+}
+
+/// A worker, ready to start.
+pub struct Worker {
+    cfg: WorkerConfig,
+    handlers: Arc<HashMap<String, Handler>>,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// No master for `master_timeout`.
+    MasterTimeout(Duration),
+    /// Asked to stop (Ctrl-C); its attempts were handed back.
+    Shutdown,
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No port to listen on.
+    #[error(transparent)]
+    Bind(#[from] net::BindError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started worker.
+pub struct WorkerHandle {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<WorkerExit>,
+}
+
+impl WorkerHandle {
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// Hands back its attempts, says goodbye and stops.
+    pub async fn shutdown(self) -> WorkerExit {
+        self.stop.cancel();
+        self.done.await.unwrap_or(WorkerExit::Shutdown)
+    }
+    /// Waits for it to end by itself.
+    pub async fn join(self) -> WorkerExit {
+        self.done.await.unwrap_or(WorkerExit::Shutdown)
+    }
+    /// Runs until it ends by itself, or until `stop` completes (then it hands
+    /// back its attempts and stops).
+    pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> WorkerExit {
+        tokio::select! {
+            r = &mut self.done => r.unwrap_or(WorkerExit::Shutdown),
+            _ = stop => {
+                self.stop.cancel();
+                (&mut self.done).await.unwrap_or(WorkerExit::Shutdown)
+            }
+        }
+    }
+}
+
+const WORKER_ACCEPTS: &[Role] = &[Role::Master];
+
+impl Worker {
+    /// A builder with the built-in kinds.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder {
+            cfg: WorkerConfig::default(),
+            handlers: tasks::builtins(),
+        }
+    }
+
+    /// Binds its port and starts serving in the background.
+    pub async fn start(self) -> Result<WorkerHandle, WorkerError> {
+        let listener = net::bind_first_free(self.cfg.bind, self.cfg.ports).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let done = tokio::spawn(self.serve(listener, addr, stop.clone()));
+        Ok(WorkerHandle { addr, stop, done })
+    }
+
+    async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) -> WorkerExit {
+        let cfg = Arc::new(self.cfg);
+        let identity = Identity {
+            role: Role::Worker,
+            node: Text::from(cfg.id.clone()),
+            secret: cfg.secret.clone(),
+        };
+        tracing::info!(worker = %cfg.id, %addr, slots = cfg.slots, "worker listening; waiting for a master");
+        let (conn_tx, mut conn_rx) =
+            mpsc::channel::<(net::Conn<FromWorker, ToWorker>, Peer, SocketAddr)>(4);
+        let (end_tx, mut end_rx) = mpsc::channel::<(u64, SessionEnd)>(4);
+        let mut session: Option<(u64, CancellationToken, CancellationToken)> = None;
+        let mut session_seq = 0u64;
+        let mut last_contact = Instant::now();
+        let mut dialing = false;
+        let (dial_tx, mut dial_rx) = mpsc::channel::<()>(1);
+        let mut watchdog = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            if session.is_none() && !dialing {
+                if let Some(master) = cfg.master {
+                    dialing = true;
+                    let (cfg, identity, conn_tx, dial_tx) = (
+                        cfg.clone(),
+                        identity.clone(),
+                        conn_tx.clone(),
+                        dial_tx.clone(),
+                    );
+                    tokio::spawn(async move {
+                        match net::connect::<FromWorker, ToWorker>(
+                            master,
+                            cfg.wire,
+                            identity,
+                            WORKER_ACCEPTS,
+                            cfg.redial_interval,
+                            cfg.handshake_timeout,
+                        )
+                        .await
+                        {
+                            Ok((conn, peer)) => {
+                                let _ = conn_tx.send((conn, peer, master)).await;
+                            }
+                            Err(e) => {
+                                tracing::debug!("dialing the master failed: {e}");
+                                tokio::time::sleep(cfg.redial_interval).await;
+                            }
+                        }
+                        let _ = dial_tx.send(()).await;
+                    });
+                }
+            }
+            tokio::select! {
+                r = listener.accept() => {
+                    if let Ok((stream, peer_addr)) = r {
+                        let (identity, conn_tx, timeout) = (identity.clone(), conn_tx.clone(), cfg.handshake_timeout);
+                        tokio::spawn(async move {
+                            match net::accept::<FromWorker, ToWorker>(stream, identity, WORKER_ACCEPTS, timeout).await {
+                                Ok((conn, peer)) => { let _ = conn_tx.send((conn, peer, peer_addr)).await; }
+                                Err(e) => tracing::info!(%peer_addr, "refused a connection: {e}"),
+                            }
+                        });
+                    }
+                }
+                Some((conn, peer, peer_addr)) = conn_rx.recv() => {
+                    if let Some((_, kick, _)) = session.take() {
+                        tracing::info!("a new master connection replaces the current one");
+                        kick.cancel();
+                    }
+                    session_seq += 1;
+                    let (kick, drain) = (CancellationToken::new(), CancellationToken::new());
+                    tracing::info!(master = %peer.node, %peer_addr, "connected to master");
+                    last_contact = Instant::now();
+                    let (r, w) = net::split(conn);
+                    let s = Session::new(cfg.clone(), self.handlers.clone(), addr);
+                    let (end_tx, id) = (end_tx.clone(), session_seq);
+                    let (k, d) = (kick.clone(), drain.clone());
+                    tokio::spawn(async move {
+                        let end = s.run(r, w, k, d).await;
+                        let _ = end_tx.send((id, end)).await;
+                    });
+                    session = Some((session_seq, kick, drain));
+                }
+                Some((id, end)) = end_rx.recv() => {
+                    last_contact = last_contact.max(end.last_heard);
+                    tracing::warn!("master session ended: {}", end.reason);
+                    if session.as_ref().is_some_and(|(s, _, _)| *s == id) {
+                        session = None;
+                    }
+                }
+                Some(()) = dial_rx.recv() => dialing = false,
+                _ = watchdog.tick() => {
+                    let silent = last_contact.elapsed();
+                    if session.is_none() && silent > cfg.master_timeout {
+                        tracing::warn!(worker = %cfg.id, "no master for {} ms (master-timeout {} ms); terminating", silent.as_millis(), cfg.master_timeout.as_millis());
+                        return WorkerExit::MasterTimeout(silent);
+                    }
+                }
+                _ = stop.cancelled() => {
+                    if let Some((id, _, drain)) = session.take() {
+                        tracing::info!("shutting down: handing running tasks back to the master");
+                        drain.cancel();
+                        while let Some((sid, end)) = end_rx.recv().await {
+                            if sid == id {
+                                tracing::info!("{}", end.reason);
+                                break;
+                            }
+                        }
+                    }
+                    tracing::info!(worker = %cfg.id, "worker stopped");
+                    return WorkerExit::Shutdown;
+                }
+            }
+        }
+    }
+}
+
+/// Why and when a master session ended.
+struct SessionEnd {
+    reason: String,
+    last_heard: Instant,
+}
+
+/// One master session: run what it sends, report what ends.
+struct Session {
+    cfg: Arc<WorkerConfig>,
+    handlers: Arc<HashMap<String, Handler>>,
+    listen: SocketAddr,
+    slots: Arc<Semaphore>,
+    running: HashMap<(u64, u32), AbortHandle>,
+    done: Vec<AttemptResult>,
+    results_tx: mpsc::UnboundedSender<AttemptResult>,
+    results_rx: mpsc::UnboundedReceiver<AttemptResult>,
+}
+
+fn result(
+    task_id: u64,
+    attempt: u32,
+    status: AttemptStatus,
+    output: Payload,
+    error: String,
+) -> AttemptResult {
+    AttemptResult {
+        task_id,
+        attempt,
+        status,
+        output,
+        error: Text::from(error),
+    }
+}
+
+impl Session {
+    fn new(
+        cfg: Arc<WorkerConfig>,
+        handlers: Arc<HashMap<String, Handler>>,
+        listen: SocketAddr,
+    ) -> Self {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        Session {
+            slots: Arc::new(Semaphore::new(cfg.slots as usize)),
+            cfg,
+            handlers,
+            listen,
+            running: HashMap::new(),
+            done: Vec::new(),
+            results_tx,
+            results_rx,
+        }
+    }
+
+    fn start(&mut self, a: Assignment) {
+        let (id, attempt) = (a.task_id, a.attempt);
+        let handler = match self.handlers.get(a.kind.as_str()) {
+            Some(h) => h.clone(),
+            None => {
+                let why = if a.kind == "exec" {
+                    "exec tasks are disabled on this worker; start it with --allow-exec".to_string()
+                } else {
+                    let mut kinds: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+                    kinds.sort_unstable();
+                    format!(
+                        "no handler for kind {:?} here (kinds: {})",
+                        a.kind.as_str(),
+                        kinds.join(", ")
+                    )
+                };
+                self.done.push(result(
+                    id,
+                    attempt,
+                    AttemptStatus::Unsupported,
+                    Payload::empty(),
+                    why,
+                ));
+                return;
+            }
+        };
+        let input = TaskInput {
+            task_id: id,
+            attempt,
+            payload: a.payload,
+        };
+        match handler {
+            Handler::Inline(f) => {
+                let r = match f(&input) {
+                    Ok(out) => result(id, attempt, AttemptStatus::Ok, out, String::new()),
+                    Err(e) => result(id, attempt, AttemptStatus::Failed, Payload::empty(), e),
+                };
+                self.done.push(r);
+            }
+            Handler::Spawn(f) => {
+                let (slots, tx) = (self.slots.clone(), self.results_tx.clone());
+                let timeout =
+                    (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64));
+                let handle = tokio::spawn(async move {
+                    let Ok(_permit) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    let fut = f(input);
+                    let outcome = match timeout {
+                        None => Some(fut.await),
+                        Some(t) => tokio::time::timeout(t, fut).await.ok(),
+                    };
+                    let r = match outcome {
+                        Some(Ok(out)) => result(id, attempt, AttemptStatus::Ok, out, String::new()),
+                        Some(Err(e)) => {
+                            result(id, attempt, AttemptStatus::Failed, Payload::empty(), e)
+                        }
+                        None => result(
+                            id,
+                            attempt,
+                            AttemptStatus::TimedOut,
+                            Payload::empty(),
+                            format!("timed out after {} ms; killed", a.timeout_ms),
+                        ),
+                    };
+                    let _ = tx.send(r);
+                });
+                self.running.insert((id, attempt), handle.abort_handle());
+            }
+        }
+    }
+
+    fn stop_all(&mut self) -> Vec<(u64, u32)> {
+        let keys: Vec<(u64, u32)> = self.running.keys().copied().collect();
+        for (_, h) in self.running.drain() {
+            h.abort();
+        }
+        keys
+    }
+
+    async fn flush(&mut self, write: &mut Writer<FromWorker, ToWorker>) -> Result<(), ProtoError> {
+        while let Ok(r) = self.results_rx.try_recv() {
+            self.running.remove(&(r.task_id, r.attempt));
+            self.done.push(r);
+        }
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let n = self.done.len().min(crate::limits::BATCH_TASKS_MAX);
+        let results: Vec<AttemptResult> = self.done.drain(..n).collect();
+        write.send(FromWorker::Done(Done { results })).await
+    }
+
+    async fn run(
+        mut self,
+        mut read: Reader<FromWorker, ToWorker>,
+        mut write: Writer<FromWorker, ToWorker>,
+        kick: CancellationToken,
+        drain: CancellationToken,
+    ) -> SessionEnd {
+        let mut last_heard = Instant::now();
+        let end = |reason: String, last_heard: Instant| SessionEnd { reason, last_heard };
+        let mut kinds: Vec<Text> = self
+            .handlers
+            .keys()
+            .map(|k| Text::from(k.clone()))
+            .collect();
+        kinds.sort();
+        let register = Register {
+            slots: self.cfg.slots,
+            kinds,
+            listen: Text::from(self.listen.to_string()),
+        };
+        if let Err(e) = write.send(FromWorker::Register(register)).await {
+            return end(format!("could not register: {e}"), last_heard);
+        }
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping_seq = 0u64;
+        let reason = loop {
+            if let Err(e) = self.flush(&mut write).await {
+                break format!("write to master failed: {e}");
+            }
+            tokio::select! {
+                biased;
+                frame = read.next() => {
+                    let msg = match frame {
+                        None => break "connection closed by the master".to_string(),
+                        Some(Err(e)) => {
+                            let _ = write.send(FromWorker::Error(ErrorMsg::new(e.code(), e.to_string()))).await;
+                            break format!("bad input from master: {e}");
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    last_heard = Instant::now();
+                    match msg {
+                        ToWorker::Run(run) => {
+                            for a in run.tasks {
+                                self.start(a);
+                            }
+                        }
+                        ToWorker::Cancel(c) => {
+                            if let Some(h) = self.running.remove(&(c.task_id, c.attempt)) {
+                                tracing::info!(task = c.task_id, attempt = c.attempt, "attempt cancelled by the master");
+                                h.abort();
+                            }
+                        }
+                        ToWorker::Ping(p) => {
+                            if write.send(FromWorker::Pong(Pong { seq: p.seq })).await.is_err() {
+                                break "write to master failed".into();
+                            }
+                        }
+                        ToWorker::Pong(_) => {}
+                        ToWorker::Goodbye(g) => break format!("master said goodbye: {}", g.reason),
+                        ToWorker::Error(e) => break format!("master sent error: {} ({})", e.message, e.code.name()),
+                        other => {
+                            let why = format!("{} after the handshake", other.name());
+                            let _ = write.send(FromWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why.clone()))).await;
+                            break why;
+                        }
+                    }
+                }
+                Some(r) = self.results_rx.recv() => {
+                    self.running.remove(&(r.task_id, r.attempt));
+                    self.done.push(r);
+                }
+                _ = heartbeat.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent > self.cfg.master_timeout {
+                        break format!("master silent for {} ms", silent.as_millis());
+                    }
+                    ping_seq += 1;
+                    if write.send(FromWorker::Ping(Ping { seq: ping_seq })).await.is_err() {
+                        break "write to master failed".into();
+                    }
+                }
+                _ = kick.cancelled() => break "replaced by a newer master connection".into(),
+                _ = drain.cancelled() => {
+                    let _ = self.flush(&mut write).await;
+                    let returned = self.stop_all();
+                    let n = returned.len();
+                    let results = returned
+                        .into_iter()
+                        .map(|(id, attempt)| result(id, attempt, AttemptStatus::Returned, Payload::empty(), "worker shutting down".into()))
+                        .collect();
+                    let _ = write.send(FromWorker::Done(Done { results })).await;
+                    let _ = write.send(FromWorker::Goodbye(Goodbye { reason: Text::from_static("worker shutting down") })).await;
+                    break format!("handed {n} running attempts back; said goodbye");
+                }
+            }
+        };
+        let stopped = self.stop_all();
+        if !stopped.is_empty() {
+            tracing::info!(
+                attempts = stopped.len(),
+                "stopped the attempts of the ended session (the master re-runs them)"
+            );
+        }
+        end(reason, last_heard)
+    }
+}

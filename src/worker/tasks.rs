@@ -1,0 +1,267 @@
+//! What a worker can run: the built-in kinds, `exec`, and handlers a program
+//! registers through [`super::WorkerBuilder::handler`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::proto::Payload;
+
+/// What a handler gets: the task's input and which attempt this is.
+#[derive(Debug, Clone)]
+pub struct TaskInput {
+    /// The task's id.
+    pub task_id: u64,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The task's payload.
+    pub payload: Payload,
+}
+
+/// A handler's answer: the output, or why it failed.
+pub type TaskOutput = Result<Payload, String>;
+
+/// A boxed handler future.
+pub type BoxTask = Pin<Box<dyn Future<Output = TaskOutput> + Send>>;
+
+/// How a kind runs.
+#[derive(Clone)]
+pub enum Handler {
+    /// Instant work done on the session task itself, with no task spawned:
+    /// the no-op path costs no allocation or wake-up.
+    Inline(fn(&TaskInput) -> TaskOutput),
+    /// Work in its own task, under the worker's slots and the task's timeout.
+    Spawn(Arc<dyn Fn(TaskInput) -> BoxTask + Send + Sync>),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handler::Inline(_) => f.write_str("Handler::Inline"),
+            Handler::Spawn(_) => f.write_str("Handler::Spawn"),
+        }
+    }
+}
+
+fn text_arg(input: &TaskInput, kind: &str, what: &str) -> Result<u64, String> {
+    let text = input.payload.as_text().unwrap_or("").trim();
+    text.parse::<u64>()
+        .map_err(|_| format!("{kind}: payload {text:?} is not {what}"))
+}
+
+fn noop(_: &TaskInput) -> TaskOutput {
+    Ok(Payload::empty())
+}
+
+fn echo(input: &TaskInput) -> TaskOutput {
+    Ok(input.payload.clone())
+}
+
+fn fail(input: &TaskInput) -> TaskOutput {
+    match input.payload.as_text().map(str::trim) {
+        Some(t) if !t.is_empty() => Err(t.to_string()),
+        _ => Err("failed on purpose (kind fail)".into()),
+    }
+}
+
+fn flaky(input: &TaskInput) -> TaskOutput {
+    let n = text_arg(input, "flaky", "a number of attempts to fail")?;
+    if u64::from(input.attempt) <= n {
+        Err(format!(
+            "flaky: attempt {} of the first {n} fails on purpose",
+            input.attempt
+        ))
+    } else {
+        Ok(Payload::from(format!("ok on attempt {}", input.attempt)))
+    }
+}
+
+fn spawned<F, Fut>(f: F) -> Handler
+where
+    F: Fn(TaskInput) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = TaskOutput> + Send + 'static,
+{
+    Handler::Spawn(Arc::new(move |input| Box::pin(f(input))))
+}
+
+/// The built-in kinds, for tests, demos and benchmarks:
+/// - `noop`: nothing; `echo`: returns its payload;
+/// - `fail [REASON]`: fails with REASON;
+/// - `flaky N`: fails its first N attempts, then succeeds;
+/// - `sleep MS`: waits MS milliseconds; `spin US`: keeps a core busy US µs;
+/// - `stall N`: hangs (until killed by its timeout) on its first N attempts.
+pub fn builtins() -> HashMap<String, Handler> {
+    let mut h = HashMap::new();
+    h.insert("noop".into(), Handler::Inline(noop));
+    h.insert("echo".into(), Handler::Inline(echo));
+    h.insert("fail".into(), Handler::Inline(fail));
+    h.insert("flaky".into(), Handler::Inline(flaky));
+    h.insert(
+        "sleep".into(),
+        spawned(|input: TaskInput| async move {
+            let ms = text_arg(&input, "sleep", "a number of milliseconds")?;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Payload::empty())
+        }),
+    );
+    h.insert(
+        "spin".into(),
+        spawned(|input: TaskInput| async move {
+            let us = text_arg(&input, "spin", "a number of microseconds")?;
+            let until = Instant::now() + Duration::from_micros(us);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            Ok(Payload::empty())
+        }),
+    );
+    h.insert(
+        "stall".into(),
+        spawned(|input: TaskInput| async move {
+            let n = text_arg(&input, "stall", "a number of attempts to hang")?;
+            if u64::from(input.attempt) <= n {
+                std::future::pending::<()>().await;
+            }
+            Ok(Payload::from(format!("ok on attempt {}", input.attempt)))
+        }),
+    );
+    h
+}
+
+/// Most bytes of stdout (and of stderr) an `exec` task keeps.
+pub const EXEC_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
+
+/// An `exec` task's payload (JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    /// Program and arguments; no shell is involved.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: HashMap<String, String>,
+    /// Working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// The `exec` handler: runs a program in its own process group, captures
+/// stdout and stderr up to [`EXEC_OUTPUT_BYTES_MAX`], and kills the whole
+/// group when the attempt ends for any reason (done, timed out, cancelled,
+/// worker shutting down). The child also gets SIGKILL if the worker dies.
+pub fn exec_handler() -> Handler {
+    spawned(|input: TaskInput| async move { exec(input).await })
+}
+
+/// Kills a process group when dropped.
+struct GroupKill(i32);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        // SAFETY: killpg has no memory effects; a group that is already gone
+        // yields ESRCH, which is fine.
+        unsafe {
+            libc::killpg(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+async fn read_capped<R: AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut truncated = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_BYTES_MAX - kept.len();
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+async fn exec(input: TaskInput) -> TaskOutput {
+    let spec: ExecSpec = serde_json::from_slice(&input.payload).map_err(|e| {
+        format!(
+            "exec: payload must be JSON {{\"argv\": [...], \"env\": {{}}, \"cwd\": \"...\"}}: {e}"
+        )
+    })?;
+    let Some((program, args)) = spec.argv.split_first() else {
+        return Err("exec: argv is empty".into());
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(&spec.env)
+        .env("RUNNER_TASK_ID", input.task_id.to_string())
+        .env("RUNNER_ATTEMPT", input.attempt.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL
+    // the child when the worker thread that forked it dies.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("exec: cannot start {program:?}: {e}"))?;
+    let _group = child.id().map(|pid| GroupKill(pid as i32));
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (out, err, status) = tokio::join!(
+        async {
+            match stdout {
+                Some(s) => read_capped(s).await,
+                None => (Vec::new(), false),
+            }
+        },
+        async {
+            match stderr {
+                Some(s) => read_capped(s).await,
+                None => (Vec::new(), false),
+            }
+        },
+        child.wait()
+    );
+    let status = status.map_err(|e| format!("exec: waiting for {program:?}: {e}"))?;
+    if status.success() {
+        return Ok(Payload(Bytes::from(out.0)));
+    }
+    let tail = String::from_utf8_lossy(&err.0);
+    let tail = tail.trim();
+    let tail: String = tail
+        .chars()
+        .rev()
+        .take(500)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(match status.code() {
+        Some(code) => format!(
+            "{program} exited with status {code}{}{tail}",
+            if tail.is_empty() { "" } else { ": " }
+        ),
+        None => format!(
+            "{program} was killed by a signal{}{tail}",
+            if tail.is_empty() { "" } else { ": " }
+        ),
+    })
+}
