@@ -1,0 +1,467 @@
+//! The cluster as real processes of the built binary, on loopback: discovery,
+//! worker loss (kill -9, SIGSTOP), master loss, priorities, timeouts, ports,
+//! each over both wires where the wire matters.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use runner::proto::{NewTask, Payload, TaskStatus, Text, Wire};
+use support::{collect, Cluster, Opts, Proc};
+
+const PORT_BASE: u16 = 21000;
+
+fn task(kind: &'static str, payload: &str, priority: u8, retries: u8, timeout_ms: u32) -> NewTask {
+    NewTask {
+        kind: Text::from_static(kind),
+        payload: Payload::from(payload.to_string()),
+        priority,
+        retries,
+        timeout_ms,
+    }
+}
+
+async fn discovery_finds_workers_and_skips_a_foreign_listener(wire: Wire) {
+    // A listener in the scanned range that is not a runner: it answers
+    // every connection with an HTTP error and closes.
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            wire,
+            ..Opts::default()
+        },
+    );
+    let foreign = std::net::TcpListener::bind(("127.0.0.1", c.first_port + 1)).unwrap();
+    std::thread::spawn(move || {
+        for s in foreign.incoming().flatten() {
+            use std::io::Write;
+            let mut s = s;
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+        }
+    });
+    c.add_worker("w1", 1, &[]);
+    c.add_worker("w2", 1, &[]);
+    let client = c.client().await;
+    let s = c
+        .wait_status(
+            &client,
+            Duration::from_secs(10),
+            "both workers registered",
+            |s| s.workers.len() == 2,
+        )
+        .await;
+    let ids: Vec<&str> = s.workers.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["w1", "w2"]);
+    let foreign_addr = format!("127.0.0.1:{}", c.first_port + 1);
+    assert!(s.workers.iter().all(|w| w.addr.as_str() != foreign_addr));
+    let log = c.master_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("skipping listener") && l.contains(&foreign_addr)),
+        "the master says it skipped the foreign listener:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_finds_workers_and_skips_a_foreign_listener_bincode() {
+    discovery_finds_workers_and_skips_a_foreign_listener(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_finds_workers_and_skips_a_foreign_listener_json() {
+    discovery_finds_workers_and_skips_a_foreign_listener(Wire::Json).await
+}
+
+async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none(wire: Wire) {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            slots: 2,
+            wire,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 2).await;
+    let ids = client
+        .submit_batch((0..20).map(|_| task("sleep", "300", 128, 3, 0)).collect())
+        .await
+        .unwrap();
+    // Wait until w1 holds work, then kill it.
+    c.wait_status(&client, Duration::from_secs(10), "w1 busy", |s| {
+        s.workers
+            .iter()
+            .any(|w| w.id.as_str() == "w1" && w.in_flight > 0)
+    })
+    .await;
+    let mut c = c;
+    c.worker("w1").signal(libc::SIGKILL);
+    c.wait_status(
+        &client,
+        Duration::from_secs(2),
+        "w1 removed at once (closed connection)",
+        |s| s.workers.len() == 1,
+    )
+    .await;
+    let results = collect(&mut client, 20, Duration::from_secs(30)).await;
+    assert_eq!(results.len(), 20);
+    for id in ids {
+        let r = &results[&id];
+        assert_eq!(r.status, TaskStatus::Ok, "task {id}: {r:?}");
+        for e in &r.errors {
+            assert!(
+                e.reason.contains("worker w1 lost: connection closed"),
+                "{e:?}"
+            );
+        }
+    }
+    assert!(
+        results.values().any(|r| !r.errors.is_empty()),
+        "some task was re-run after the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none_bincode() {
+    kill_9_of_a_worker_loses_no_task_and_duplicates_none(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none_json() {
+    kill_9_of_a_worker_loses_no_task_and_duplicates_none(Wire::Json).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored() {
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            slots: 2,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 2).await;
+    let n = 10;
+    client
+        .submit_batch((0..n).map(|_| task("sleep", "400", 128, 3, 0)).collect())
+        .await
+        .unwrap();
+    c.wait_status(&client, Duration::from_secs(10), "w1 busy", |s| {
+        s.workers
+            .iter()
+            .any(|w| w.id.as_str() == "w1" && w.in_flight > 0)
+    })
+    .await;
+    c.worker("w1").signal(libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    c.wait_status(
+        &client,
+        Duration::from_secs(5),
+        "stopped worker removed",
+        |s| s.workers.len() == 1,
+    )
+    .await;
+    // worker-timeout 1 s + one 200 ms heartbeat, with room for a slow machine.
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "removed after {:?}",
+        started.elapsed()
+    );
+    let results = collect(&mut client, n, Duration::from_secs(30)).await;
+    assert!(results.values().all(|r| r.status == TaskStatus::Ok));
+    let rerun: Vec<_> = results.values().filter(|r| !r.errors.is_empty()).collect();
+    assert!(!rerun.is_empty());
+    assert!(rerun
+        .iter()
+        .all(|r| r.errors[0].reason.contains("heartbeat lost") && r.worker.as_str() == "w2"));
+
+    // Thaw it: it may come back (the scan finds it again), but whatever it
+    // was running belongs to attempts given up on; nothing reaches the client.
+    c.worker("w1").signal(libc::SIGCONT);
+    c.wait_status(&client, Duration::from_secs(10), "w1 re-registered", |s| {
+        s.workers.len() == 2
+    })
+    .await;
+    let id = client
+        .submit(task("echo", "marker", 128, 0, 0))
+        .await
+        .unwrap();
+    let last = collect(&mut client, 1, Duration::from_secs(10)).await;
+    assert!(
+        last.contains_key(&id),
+        "the next result is the marker, not a late one: {last:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_terminate_themselves_when_the_master_is_killed() {
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            master_timeout: "1s",
+            ..Opts::default()
+        },
+    );
+    let client = c.client().await;
+    c.wait_workers(&client, 2).await;
+    c.master.signal(libc::SIGKILL);
+    for w in &mut c.workers {
+        let status = w.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "{}: {status}", w.name);
+        assert!(
+            w.seen
+                .iter()
+                .any(|l| l.contains("terminating: no master for")),
+            "{} says why: {:?}",
+            w.name,
+            w.seen
+        );
+    }
+}
+
+async fn priorities_are_honoured_when_slots_are_scarce(wire: Wire) {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 1,
+            wire,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    // Occupy the only slot, then queue low before high.
+    let blocker = client
+        .submit(task("sleep", "500", 128, 0, 0))
+        .await
+        .unwrap();
+    c.wait_status(&client, Duration::from_secs(5), "blocker running", |s| {
+        s.running == 1
+    })
+    .await;
+    let low = client
+        .submit_batch((0..5).map(|_| task("noop", "", 1, 0, 0)).collect())
+        .await
+        .unwrap();
+    let high = client
+        .submit_batch((0..5).map(|_| task("noop", "", 250, 0, 0)).collect())
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for _ in 0..11 {
+        let r = tokio::time::timeout(Duration::from_secs(10), client.next_result())
+            .await
+            .unwrap()
+            .unwrap();
+        order.push(r.id);
+    }
+    let expected: Vec<u64> = std::iter::once(blocker).chain(high).chain(low).collect();
+    assert_eq!(order, expected, "high before low, FIFO within each");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn priorities_are_honoured_when_slots_are_scarce_bincode() {
+    priorities_are_honoured_when_slots_are_scarce(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn priorities_are_honoured_when_slots_are_scarce_json() {
+    priorities_are_honoured_when_slots_are_scarce(Wire::Json).await
+}
+
+async fn a_hung_task_is_killed_at_its_timeout_and_retried(wire: Wire) {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            wire,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 2).await;
+    let started = std::time::Instant::now();
+    let id = client
+        .submit(task("stall", "1", 128, 2, 500))
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(10))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+    assert_eq!(r.attempts, 2);
+    assert!(
+        r.errors[0].reason.contains("timed out after 500 ms"),
+        "{:?}",
+        r.errors
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_task_is_killed_at_its_timeout_and_retried_bincode() {
+    a_hung_task_is_killed_at_its_timeout_and_retried(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_task_is_killed_at_its_timeout_and_retried_json() {
+    a_hung_task_is_killed_at_its_timeout_and_retried(Wire::Json).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_out_of_retries_is_reported_failed_with_every_reason() {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 2).await;
+    let id = client
+        .submit(task("fail", "no such file", 128, 2, 0))
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(10))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(r.status, TaskStatus::Failed);
+    assert_eq!(r.attempts, 3);
+    let attempts: Vec<u32> = r.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert!(r.errors.iter().all(|e| e.reason == "no such file"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_kinds_fail_with_a_reason_naming_the_kinds_there_are() {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let id = client.submit(task("resize", "x", 128, 0, 0)).await.unwrap();
+    let exec = client
+        .submit(task("exec", "{\"argv\":[\"true\"]}", 128, 0, 0))
+        .await
+        .unwrap();
+    let mut got = collect(&mut client, 2, Duration::from_secs(10)).await;
+    let r = got.remove(&id).unwrap();
+    assert_eq!(r.status, TaskStatus::Failed);
+    assert!(
+        r.errors[0]
+            .reason
+            .contains("no handler for kind \"resize\""),
+        "{:?}",
+        r.errors
+    );
+    let r = got.remove(&exec).unwrap();
+    assert!(
+        r.errors[0].reason.contains("--allow-exec"),
+        "{:?}",
+        r.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_port_is_skipped_and_a_full_range_is_a_clear_error() {
+    let base = support::port_block(PORT_BASE);
+    let _held: Vec<std::net::TcpListener> = (base..base + 3)
+        .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).unwrap())
+        .collect();
+    let full = format!("{}-{}", base, base + 2);
+    let mut w = Proc::spawn("full", &["worker", "--quiet", "--port-range", &full]);
+    let status = w.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(
+        w.seen
+            .iter()
+            .any(|l| l.contains(&format!("every port in {full}"))),
+        "names the range: {:?}",
+        w.seen
+    );
+    let wider = format!("{}-{}", base, base + 5);
+    let mut w = Proc::spawn("skip", &["worker", "--quiet", "--port-range", &wider]);
+    let line = w.wait_line(Duration::from_secs(10), |l| l.contains(" listening on "));
+    assert!(line.ends_with(&format!(":{}", base + 3)), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_reports_every_unfinished_task_to_its_client() {
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 1,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let n = 6;
+    client
+        .submit_batch((0..n).map(|_| task("sleep", "5000", 128, 0, 0)).collect())
+        .await
+        .unwrap();
+    c.wait_status(&client, Duration::from_secs(5), "one running", |s| {
+        s.running == 1
+    })
+    .await;
+    c.master.signal(libc::SIGINT);
+    let results = collect(&mut client, n, Duration::from_secs(10)).await;
+    let statuses: HashMap<TaskStatus, usize> = results.values().fold(HashMap::new(), |mut m, r| {
+        *m.entry(r.status).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        statuses.get(&TaskStatus::Cancelled),
+        Some(&n),
+        "{results:#?}"
+    );
+    assert!(results.values().all(|r| r
+        .errors
+        .last()
+        .is_some_and(|e| e.reason.contains("master shut down"))));
+    assert!(c.master.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_stdlib_json_client_written_from_the_spec_submits_and_reads_results() {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    );
+    let client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/json_client.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg("127.0.0.1")
+        .arg(c.addr.port().to_string())
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("python client: ok"), "{stdout}");
+}

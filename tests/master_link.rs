@@ -1,0 +1,227 @@
+//! The master's view of one worker, driven by hand with a fake clock: credit,
+//! results, retries, stale results, heartbeat loss and the timeout backstop.
+
+use std::time::{Duration, Instant};
+
+use runner::master::link::{Departure, LinkTiming, Outcome, WorkerLink};
+use runner::proto::*;
+use runner::sched::{RetryPolicy, TaskRecord};
+
+const TIMING: LinkTiming = LinkTiming {
+    heartbeat: Duration::from_millis(200),
+    worker_timeout: Duration::from_secs(1),
+    timeout_grace: Duration::from_secs(2),
+};
+
+fn link(slots: u32, prefetch: u32, t0: Instant) -> WorkerLink<&'static str> {
+    WorkerLink::new(
+        Text::from_static("w1"),
+        slots,
+        prefetch,
+        TIMING,
+        RetryPolicy::default(),
+        t0,
+    )
+}
+
+fn record(id: u64, retries: u8, timeout_ms: u32, t0: Instant) -> TaskRecord<&'static str> {
+    let spec = NewTask {
+        kind: Text::from_static("noop"),
+        payload: Payload::empty(),
+        priority: 1,
+        retries,
+        timeout_ms,
+    };
+    TaskRecord::new(id, spec, "client", t0)
+}
+
+fn done(task_id: u64, attempt: u32, status: AttemptStatus) -> AttemptResult {
+    AttemptResult {
+        task_id,
+        attempt,
+        status,
+        output: Payload::from("out"),
+        error: Text::from_static("boom"),
+    }
+}
+
+#[test]
+fn credit_is_slots_plus_prefetch_less_what_is_out() {
+    let t0 = Instant::now();
+    let mut l = link(2, 1, t0);
+    assert_eq!(l.credit(), 3);
+    l.assign(record(1, 0, 0, t0), t0);
+    l.assign(record(2, 0, 0, t0), t0);
+    assert_eq!(l.credit(), 1);
+    l.assign(record(3, 0, 0, t0), t0);
+    assert_eq!(l.credit(), 0);
+}
+
+#[test]
+fn an_ok_result_finishes_the_task_once() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let a = l.assign(record(7, 3, 0, t0), t0);
+    assert_eq!((a.task_id, a.attempt), (7, 1));
+    match l.finish(done(7, 1, AttemptStatus::Ok), t0 + Duration::from_millis(5)) {
+        Outcome::Finished { result, reply, ran } => {
+            assert_eq!(
+                (result.id, result.status, result.attempts),
+                (7, TaskStatus::Ok, 1)
+            );
+            assert_eq!(result.worker, "w1");
+            assert_eq!(reply, "client");
+            assert_eq!(ran, Duration::from_millis(5));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        l.finish(done(7, 1, AttemptStatus::Ok), t0),
+        Outcome::Stale {
+            task_id: 7,
+            attempt: 1
+        }
+    ));
+}
+
+#[test]
+fn a_failed_attempt_is_retried_with_backoff_until_retries_run_out() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let mut rec = record(1, 1, 0, t0);
+    l.assign(rec, t0);
+    rec = match l.finish(done(1, 1, AttemptStatus::Failed), t0) {
+        Outcome::Requeue { record, delay } => {
+            assert_eq!(delay, RetryPolicy::default().delay(1));
+            record
+        }
+        other => panic!("{other:?}"),
+    };
+    let a = l.assign(rec, t0);
+    assert_eq!(a.attempt, 2, "a retry is a new attempt");
+    match l.finish(done(1, 2, AttemptStatus::Failed), t0) {
+        Outcome::Finished { result, .. } => {
+            assert_eq!(result.status, TaskStatus::Failed);
+            assert_eq!(result.errors.len(), 2);
+            assert!(result
+                .errors
+                .iter()
+                .all(|e| e.reason == "boom" && e.worker == "w1"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_result_for_an_older_attempt_is_stale() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let mut r = record(1, 3, 0, t0);
+    r.next_attempt(); // attempt 1 went to another worker, which was lost
+    let a = l.assign(r, t0);
+    assert_eq!(a.attempt, 2);
+    assert!(matches!(
+        l.finish(done(1, 1, AttemptStatus::Ok), t0),
+        Outcome::Stale { attempt: 1, .. }
+    ));
+    assert_eq!(l.in_flight(), 1, "the current attempt is still out");
+}
+
+#[test]
+fn a_returned_attempt_is_requeued_at_once_and_not_charged() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    l.assign(record(1, 0, 0, t0), t0);
+    match l.finish(done(1, 1, AttemptStatus::Returned), t0) {
+        Outcome::Requeue { record, delay } => {
+            assert_eq!(delay, Duration::ZERO);
+            assert!(record.errors.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn silence_past_the_worker_timeout_loses_the_worker() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    assert!(l.tick(t0 + Duration::from_millis(900)).lost.is_none());
+    l.heard(t0 + Duration::from_millis(900));
+    assert!(
+        l.tick(t0 + Duration::from_millis(1800)).lost.is_none(),
+        "heard 900 ms ago"
+    );
+    let t = l.tick(t0 + Duration::from_millis(1901));
+    assert!(matches!(t.lost, Some(Departure::HeartbeatLost(d)) if d > TIMING.worker_timeout));
+}
+
+#[test]
+fn a_tick_pings_once_per_heartbeat_and_a_pong_gives_the_rtt() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let p = l.tick(t0).ping.expect("first tick pings");
+    assert!(l.tick(t0 + Duration::from_millis(100)).ping.is_none());
+    assert_eq!(
+        l.pong(p.seq, t0 + Duration::from_millis(3)),
+        Some(Duration::from_millis(3))
+    );
+    assert_eq!(
+        l.pong(p.seq, t0 + Duration::from_millis(4)),
+        None,
+        "answered once"
+    );
+    assert!(l.tick(t0 + Duration::from_millis(200)).ping.is_some());
+}
+
+#[test]
+fn a_lost_workers_attempts_are_requeued_at_once_and_counted() {
+    let t0 = Instant::now();
+    let mut l = link(2, 0, t0);
+    l.assign(record(1, 3, 0, t0), t0);
+    l.assign(record(2, 0, 0, t0), t0);
+    let mut outs = l.depart(&Departure::ConnectionClosed("eof".into()), t0);
+    outs.sort_by_key(|o| match o {
+        Outcome::Requeue { record, .. } => record.id,
+        Outcome::Finished { result, .. } => result.id,
+        Outcome::Stale { task_id, .. } => *task_id,
+    });
+    match &outs[0] {
+        Outcome::Requeue { record, delay } => {
+            assert_eq!(
+                *delay,
+                Duration::ZERO,
+                "recovery does not wait for a backoff"
+            );
+            assert_eq!(record.errors.len(), 1);
+            assert!(record.errors[0]
+                .reason
+                .contains("worker w1 lost: connection closed"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &outs[1] {
+        Outcome::Finished { result, .. } => {
+            assert_eq!(result.status, TaskStatus::Failed, "no retries left")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(l.in_flight(), 0);
+}
+
+#[test]
+fn an_attempt_far_past_its_timeout_is_cancelled_by_the_master() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    l.assign(record(1, 1, 500, t0), t0);
+    l.heard(t0 + Duration::from_millis(2400));
+    assert!(
+        l.tick(t0 + Duration::from_millis(2400)).cancels.is_empty(),
+        "within timeout + grace"
+    );
+    l.heard(t0 + Duration::from_millis(2600));
+    let t = l.tick(t0 + Duration::from_millis(2600));
+    assert_eq!(t.cancels.len(), 1);
+    assert_eq!((t.cancels[0].task_id, t.cancels[0].attempt), (1, 1));
+    assert!(matches!(&t.outcomes[..], [Outcome::Requeue { .. }]));
+    assert_eq!(l.in_flight(), 0);
+}

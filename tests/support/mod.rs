@@ -1,0 +1,318 @@
+//! Real-process cluster tests: spawn the built `runner` binary, read its
+//! stdout lines as events, wait on them (or on status, or on exit) with
+//! deadlines. Every process is killed when its handle drops.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use runner::client::{Client, ClientOptions};
+use runner::proto::{TaskResult, Wire};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_runner");
+
+/// A block of ports of its own for each cluster in this test binary, so tests
+/// running in parallel never scan each other's workers. Each test binary
+/// starts from its own base (set by `PORT_BASE` in the test file).
+static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
+pub const BLOCK: u16 = 40;
+
+pub fn port_block(base: u16) -> u16 {
+    base + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed) * BLOCK
+}
+
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("stderr: {line}"));
+            }
+        });
+        Proc {
+            name: name.into(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line (stdout, or stderr prefixed "stderr: ") matching `pred`.
+    pub fn wait_line(&mut self, deadline: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no matching line within {deadline:?}; saw: {:#?}",
+                    self.name, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                    self.seen.push(l);
+                }
+                return s;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "{} still running after {deadline:?}; saw: {:#?}",
+                    self.name, self.seen
+                );
+            }
+            // Polling a child's exit has no event to wait on; this is a poll
+            // interval under a deadline, not a guess at timing.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wire_name(w: Wire) -> &'static str {
+    w.as_str()
+}
+
+/// A master and its workers, each in its own port block.
+pub struct Cluster {
+    pub master: Proc,
+    pub addr: SocketAddr,
+    pub workers: Vec<Proc>,
+    pub first_port: u16,
+    pub wire: Wire,
+    pub master_timeout: String,
+    pub logs: tempfile::TempDir,
+}
+
+pub struct Opts<'a> {
+    pub workers: usize,
+    pub slots: u32,
+    pub wire: Wire,
+    pub master_args: &'a [&'a str],
+    pub worker_args: &'a [&'a str],
+    pub master_timeout: &'a str,
+}
+
+impl Default for Opts<'_> {
+    fn default() -> Self {
+        Opts {
+            workers: 2,
+            slots: 2,
+            wire: Wire::Bincode,
+            master_args: &[],
+            worker_args: &[],
+            master_timeout: "5s",
+        }
+    }
+}
+
+impl Cluster {
+    pub fn worker_range(&self) -> String {
+        format!("{}-{}", self.first_port + 1, self.first_port + BLOCK - 1)
+    }
+
+    pub fn start(base: u16, o: Opts) -> Cluster {
+        let first_port = port_block(base);
+        let logs = tempfile::tempdir().unwrap();
+        let port = first_port.to_string();
+        let scan = format!("{}-{}", first_port + 1, first_port + BLOCK - 1);
+        let log_dir = logs.path().to_str().unwrap().to_string();
+        let mut args = vec![
+            "master",
+            "--quiet",
+            "--log-dir",
+            &log_dir,
+            "--port",
+            &port,
+            "--scan",
+            &scan,
+            "--scan-interval",
+            "200ms",
+            "--heartbeat",
+            "200ms",
+            "--worker-timeout",
+            "1s",
+            "--wire",
+            wire_name(o.wire),
+        ];
+        args.extend_from_slice(o.master_args);
+        let mut master = Proc::spawn("master", &args);
+        let line = master.wait_line(Duration::from_secs(10), |l| {
+            l.starts_with("master listening on ")
+        });
+        let addr: SocketAddr = line
+            .trim_start_matches("master listening on ")
+            .parse()
+            .unwrap();
+        let mut c = Cluster {
+            master,
+            addr,
+            workers: Vec::new(),
+            first_port,
+            wire: o.wire,
+            master_timeout: o.master_timeout.to_string(),
+            logs,
+        };
+        for i in 1..=o.workers {
+            c.add_worker(&format!("w{i}"), o.slots, o.worker_args);
+        }
+        c
+    }
+
+    pub fn add_worker(&mut self, id: &str, slots: u32, extra: &[&str]) {
+        let range = self.worker_range();
+        let slots = slots.to_string();
+        let log_dir = self.logs.path().to_str().unwrap().to_string();
+        let master_timeout = self.master_timeout.clone();
+        let mut args = vec![
+            "worker",
+            "--quiet",
+            "--log-dir",
+            &log_dir,
+            "--id",
+            id,
+            "--port-range",
+            &range,
+            "--slots",
+            &slots,
+            "--heartbeat",
+            "200ms",
+            "--master-timeout",
+            &master_timeout,
+            "--wire",
+            wire_name(self.wire),
+        ];
+        args.extend_from_slice(extra);
+        let mut p = Proc::spawn(id, &args);
+        p.wait_line(Duration::from_secs(10), |l| l.contains(" listening on "));
+        self.workers.push(p);
+    }
+
+    pub fn worker(&mut self, id: &str) -> &mut Proc {
+        self.workers.iter_mut().find(|w| w.name == id).unwrap()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(
+            self.addr,
+            ClientOptions {
+                wire: self.wire,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .expect("client connects")
+    }
+
+    /// Waits until the master's status satisfies `pred` (its workers, for
+    /// instance); returns that status.
+    pub async fn wait_status(
+        &self,
+        client: &Client,
+        deadline: Duration,
+        what: &str,
+        pred: impl Fn(&runner::proto::StatusReport) -> bool,
+    ) -> runner::proto::StatusReport {
+        let end = Instant::now() + deadline;
+        loop {
+            let s = client.status(false).await.expect("status");
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "{what}: not within {deadline:?}; last status {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_workers(&self, client: &Client, n: usize) {
+        self.wait_status(client, Duration::from_secs(10), "workers registered", |s| {
+            s.workers.len() == n
+        })
+        .await;
+    }
+
+    pub fn master_log(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("master.log")).unwrap_or_default()
+    }
+}
+
+/// Reads `n` results; panics on a duplicate or a missing one.
+pub async fn collect(
+    client: &mut Client,
+    n: usize,
+    deadline: Duration,
+) -> HashMap<u64, TaskResult> {
+    let mut got: HashMap<u64, TaskResult> = HashMap::new();
+    let end = tokio::time::Instant::now() + deadline;
+    while got.len() < n {
+        let r = tokio::time::timeout_at(end, client.next_result())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} results within {deadline:?}", got.len()))
+            .expect("connection open");
+        let id = r.id;
+        assert!(
+            got.insert(id, r).is_none(),
+            "duplicate result for task {id}"
+        );
+    }
+    got
+}
