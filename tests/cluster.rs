@@ -465,3 +465,160 @@ async fn a_python_stdlib_json_client_written_from_the_spec_submits_and_reads_res
     );
     assert!(stdout.contains("python client: ok"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_ctrl_c_hands_its_tasks_back_uncharged() {
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            slots: 2,
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 2).await;
+    client
+        .submit_batch((0..8).map(|_| task("sleep", "600", 128, 0, 0)).collect())
+        .await
+        .unwrap();
+    c.wait_status(&client, Duration::from_secs(10), "w1 busy", |s| {
+        s.workers
+            .iter()
+            .any(|w| w.id.as_str() == "w1" && w.in_flight > 0)
+    })
+    .await;
+    c.worker("w1").signal(libc::SIGINT);
+    let w1 = c.worker("w1");
+    assert!(w1.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        w1.seen.iter().any(|l| l.contains("worker w1 stopped")),
+        "{:?}",
+        w1.seen
+    );
+    // retries = 0, yet every task completes: a handed-back attempt is not charged.
+    let results = collect(&mut client, 8, Duration::from_secs(20)).await;
+    assert!(
+        results
+            .values()
+            .all(|r| r.status == TaskStatus::Ok && r.errors.is_empty()),
+        "{results:#?}"
+    );
+    assert!(
+        results.values().any(|r| r.attempts == 2),
+        "some were handed back and re-run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_can_dial_a_known_master() {
+    // The master scans nothing; the worker dials it.
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            master_args: &["--scan", "1-1"],
+            ..Opts::default()
+        },
+    );
+    let master = c.addr.to_string();
+    c.add_worker("dialer", 1, &["--master", &master]);
+    let mut client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let id = client
+        .submit(task("echo", "via dial", 128, 0, 0))
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(10))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!((r.status, r.worker.as_str()), (TaskStatus::Ok, "dialer"));
+    assert_eq!(r.output.as_text(), Some("via dial"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_captures_output_and_kills_the_whole_process_group_at_the_timeout() {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    );
+    let mut client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+    let hello = client
+        .submit(task(
+            "exec",
+            r#"{"argv":["sh","-c","echo hello; echo oops >&2"]}"#,
+            128,
+            0,
+            0,
+        ))
+        .await
+        .unwrap();
+    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
+    let hung = client
+        .submit(NewTask {
+            kind: Text::from_static("exec"),
+            payload: Payload::from(spec),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 700,
+        })
+        .await
+        .unwrap();
+    let failing = client
+        .submit(task(
+            "exec",
+            r#"{"argv":["sh","-c","echo bad input >&2; exit 3"]}"#,
+            128,
+            0,
+            0,
+        ))
+        .await
+        .unwrap();
+    let mut got = collect(&mut client, 3, Duration::from_secs(20)).await;
+    let r = got.remove(&hello).unwrap();
+    assert_eq!(
+        (r.status, r.output.as_text()),
+        (TaskStatus::Ok, Some("hello\n"))
+    );
+    let r = got.remove(&failing).unwrap();
+    assert_eq!(r.status, TaskStatus::Failed);
+    assert!(
+        r.errors[0]
+            .reason
+            .contains("exited with status 3: bad input"),
+        "{:?}",
+        r.errors
+    );
+    let r = got.remove(&hung).unwrap();
+    assert_eq!(r.status, TaskStatus::Failed);
+    assert!(
+        r.errors[0].reason.contains("timed out after 700 ms"),
+        "{:?}",
+        r.errors
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Dead means gone or a zombie (state Z) waiting for init to reap it.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("gone");
+    assert!(
+        state == "gone" || state == "Z" || state == "X",
+        "the task's grandchild {pid} was killed with its group (state {state})"
+    );
+}

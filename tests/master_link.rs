@@ -225,3 +225,18 @@ fn an_attempt_far_past_its_timeout_is_cancelled_by_the_master() {
     assert!(matches!(&t.outcomes[..], [Outcome::Requeue { .. }]));
     assert_eq!(l.in_flight(), 0);
 }
+
+#[test]
+fn a_worker_that_hands_back_an_attempt_gets_no_more_and_its_goodbye_charges_nothing() {
+    let t0 = Instant::now();
+    let mut l = link(2, 0, t0);
+    l.assign(record(1, 0, 0, t0), t0);
+    l.assign(record(2, 0, 0, t0), t0);
+    assert!(matches!(
+        l.finish(done(1, 1, AttemptStatus::Returned), t0),
+        Outcome::Requeue { .. }
+    ));
+    assert_eq!(l.credit(), 0, "draining");
+    let outs = l.depart(&Departure::Goodbye("stopping".into()), t0);
+    assert!(matches!(&outs[..], [Outcome::Requeue { record, .. }] if record.errors.is_empty()));
+}

@@ -122,6 +122,8 @@ pub struct WorkerLink<R> {
     pub done: u64,
     /// Attempts failed on it.
     pub failed: u64,
+    /// It handed an attempt back: it is stopping, so it gets no more.
+    draining: bool,
 }
 
 impl<R> WorkerLink<R> {
@@ -148,6 +150,7 @@ impl<R> WorkerLink<R> {
             rtt: None,
             done: 0,
             failed: 0,
+            draining: false,
         }
     }
 
@@ -164,11 +167,11 @@ impl<R> WorkerLink<R> {
     /// How many more attempts it may be given now: slots plus prefetch,
     /// less what it holds.
     pub fn credit(&self) -> usize {
-        (self.slots + self.prefetch) as usize
-            - self
-                .in_flight
-                .len()
-                .min((self.slots + self.prefetch) as usize)
+        if self.draining {
+            return 0;
+        }
+        let cap = (self.slots + self.prefetch) as usize;
+        cap - self.in_flight.len().min(cap)
     }
 
     /// How long since anything was heard from it.
@@ -243,10 +246,11 @@ impl<R> WorkerLink<R> {
                 return Outcome::Finished { result, reply, ran };
             }
             AttemptStatus::Returned => {
+                self.draining = true;
                 return Outcome::Requeue {
                     record,
                     delay: Duration::ZERO,
-                }
+                };
             }
             AttemptStatus::Failed => r.error,
             AttemptStatus::TimedOut if r.error.is_empty() => {
@@ -338,28 +342,27 @@ impl<R> WorkerLink<R> {
         }
     }
 
-    /// The worker is gone: every attempt it held fails with `why` (counted
-    /// against its task's retries) and is queued again at once, or reported
-    /// failed if out of retries. On shutdown nothing is requeued: the caller
-    /// cancels the records instead.
+    /// The worker is gone. Every attempt it held fails with `why`, counted
+    /// against its task's retries, and is queued again at once (or reported
+    /// failed if out of retries); except when the worker left on purpose
+    /// (goodbye) or the master is stopping: those attempts are not the task's
+    /// fault and are handed back uncharged (on shutdown the caller cancels
+    /// them instead).
     pub fn depart(&mut self, why: &Departure, now: Instant) -> Vec<Outcome<R>> {
         let reason = Text::from(format!("worker {} lost: {why}", self.node));
         let held: Vec<InFlight<R>> = self.in_flight.drain().map(|(_, f)| f).collect();
         held.into_iter()
-            .map(|f| {
-                let record = f.record;
-                match why {
-                    Departure::Shutdown => Outcome::Requeue {
-                        record,
-                        delay: Duration::ZERO,
-                    },
-                    _ => self.judge(
-                        record,
-                        reason.clone(),
-                        false,
-                        now.saturating_duration_since(f.sent_at),
-                    ),
-                }
+            .map(|f| match why {
+                Departure::Shutdown | Departure::Goodbye(_) => Outcome::Requeue {
+                    record: f.record,
+                    delay: Duration::ZERO,
+                },
+                _ => self.judge(
+                    f.record,
+                    reason.clone(),
+                    false,
+                    now.saturating_duration_since(f.sent_at),
+                ),
             })
             .collect()
     }
