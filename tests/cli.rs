@@ -1,0 +1,226 @@
+//! The `runner` command line: what people type, what they see, and the exit
+//! status scripts rely on.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Cluster, Opts, Proc, BIN};
+
+const PORT_BASE: u16 = 22000;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_prints_results_and_exits_non_zero_when_a_task_failed() {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    );
+    let client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let master = c.addr.to_string();
+
+    let (ok, out, err) = run(&[
+        "submit", "--master", &master, "--count", "2", "--", "echo", "hello", "there",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("submitted 2 tasks"), "{out}");
+    assert_eq!(
+        out.matches("ok on w1 (1 attempt): hello there").count(),
+        2,
+        "{out}"
+    );
+
+    let (ok, out, _) = run(&[
+        "submit",
+        "--master",
+        &master,
+        "--retries",
+        "1",
+        "--",
+        "fail",
+        "boom",
+    ]);
+    assert!(!ok);
+    assert!(out.contains("FAILED after 2 attempts"), "{out}");
+    assert!(
+        out.contains("attempt 1 on w1: boom") && out.contains("attempt 2 on w1: boom"),
+        "{out}"
+    );
+
+    let (ok, out, _) = run(&[
+        "submit", "--master", &master, "--json", "--wire", "json", "--", "echo", "x",
+    ]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object per line");
+    assert_eq!(
+        (v["status"].as_str(), v["output"].as_str()),
+        (Some("ok"), Some("x"))
+    );
+
+    let (ok, out, _) = run(&["status", "--master", &master]);
+    assert!(ok);
+    assert!(
+        out.contains("1 worker(s)") && out.lines().any(|l| l.starts_with("w1 ")),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["status", "--master", &master, "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["completed"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn bad_arguments_get_clear_errors_not_panics() {
+    for (args, needle) in [
+        (
+            &["submit", "--timeout=-3s", "--", "noop"][..],
+            "not a duration",
+        ),
+        (
+            &["submit", "--timeout", "soon", "--", "noop"],
+            "write e.g. 500ms",
+        ),
+        (
+            &[
+                "submit",
+                "--retries",
+                "101",
+                "--master",
+                "127.0.0.1:1",
+                "--",
+                "noop",
+            ],
+            "above the limit of 100",
+        ),
+        (
+            &[
+                "submit",
+                "--timeout",
+                "0s",
+                "--master",
+                "127.0.0.1:1",
+                "--",
+                "noop",
+            ],
+            "--timeout must be more than 0",
+        ),
+        (
+            &["submit", "--master", "127.0.0.1:1", "--", "exec"],
+            "exec needs a program",
+        ),
+        (&["master", "--scan", "5100-5000"], "bad port range"),
+        (&["master", "--wire", "xml"], "invalid value 'xml'"),
+        (
+            &["master", "--heartbeat", "2s", "--worker-timeout", "1s"],
+            "must be longer than --heartbeat",
+        ),
+        (&["master", "--bind", "0.0.0.0"], "without a shared secret"),
+        (&["worker", "--slots", "0"], "--slots must be at least 1"),
+        (
+            &["submit", "--master", "127.0.0.1:1", "--", "noop"],
+            "cannot connect to 127.0.0.1:1",
+        ),
+    ] {
+        let (ok, out, err) = run(args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in:\n{out}{err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_short_secret_is_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret");
+    std::fs::write(&f, "short").unwrap();
+    let (ok, _, err) = run(&["master", "--secret-file", f.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("at least 16 are required"), "{err}");
+}
+
+#[test]
+fn help_teaches_each_subcommand() {
+    let (ok, out, _) = run(&["--help"]);
+    assert!(ok);
+    for sub in ["demo", "master", "worker", "submit", "status"] {
+        assert!(out.contains(sub), "{out}");
+    }
+    let (_, out, _) = run(&["master", "--help"]);
+    for flag in [
+        "--port",
+        "--scan",
+        "--scan-hosts",
+        "--scan-interval",
+        "--heartbeat",
+        "--worker-timeout",
+        "--log-dir",
+        "--wire",
+        "--secret-file",
+    ] {
+        assert!(out.contains(flag), "master --help lacks {flag}");
+    }
+    let (_, out, _) = run(&["worker", "--help"]);
+    for flag in [
+        "--id",
+        "--port-range",
+        "--master",
+        "--slots",
+        "--master-timeout",
+        "--allow-exec",
+        "--log-dir",
+    ] {
+        assert!(out.contains(flag), "worker --help lacks {flag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_find_a_local_master_without_its_port() {
+    // A master on the default ports (4999 and up), scanning nothing; a worker
+    // dials it; `runner submit` is told nothing.
+    let mut m = Proc::spawn("master", &["master", "--quiet", "--scan", "1-1"]);
+    let line = m.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("master listening on ")
+    });
+    let addr = line.trim_start_matches("master listening on ").to_string();
+    let block = support::port_block(PORT_BASE);
+    let range = format!("{}-{}", block, block + 10);
+    let mut w = Proc::spawn(
+        "w",
+        &[
+            "worker",
+            "--quiet",
+            "--id",
+            "local-w",
+            "--port-range",
+            &range,
+            "--master",
+            &addr,
+        ],
+    );
+    w.wait_line(Duration::from_secs(10), |l| l.contains("listening on"));
+    let out = tokio::task::spawn_blocking(|| run(&["submit", "--", "echo", "found you"]))
+        .await
+        .unwrap();
+    assert!(out.0, "{}{}", out.1, out.2);
+    assert!(
+        out.1.contains("ok on local-w (1 attempt): found you"),
+        "{}",
+        out.1
+    );
+}
