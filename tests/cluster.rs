@@ -134,13 +134,13 @@ async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none_json() {
     kill_9_of_a_worker_loses_no_task_and_duplicates_none(Wire::Json).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored() {
+async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(wire: Wire) {
     let mut c = Cluster::start(
         PORT_BASE,
         Opts {
             workers: 2,
             slots: 2,
+            wire,
             ..Opts::default()
         },
     );
@@ -198,13 +198,13 @@ async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignor
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn workers_terminate_themselves_when_the_master_is_killed() {
+async fn workers_terminate_themselves_when_the_master_is_killed(wire: Wire) {
     let mut c = Cluster::start(
         PORT_BASE,
         Opts {
             workers: 2,
             master_timeout: "1s",
+            wire,
             ..Opts::default()
         },
     );
@@ -316,12 +316,12 @@ async fn a_hung_task_is_killed_at_its_timeout_and_retried_json() {
     a_hung_task_is_killed_at_its_timeout_and_retried(Wire::Json).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_task_out_of_retries_is_reported_failed_with_every_reason() {
+async fn a_task_out_of_retries_is_reported_failed_with_every_reason(wire: Wire) {
     let c = Cluster::start(
         PORT_BASE,
         Opts {
             workers: 2,
+            wire,
             ..Opts::default()
         },
     );
@@ -399,13 +399,13 @@ async fn a_taken_port_is_skipped_and_a_full_range_is_a_clear_error() {
     assert!(line.ends_with(&format!(":{}", base + 3)), "{line}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn shutdown_reports_every_unfinished_task_to_its_client() {
+async fn shutdown_reports_every_unfinished_task_to_its_client(wire: Wire) {
     let mut c = Cluster::start(
         PORT_BASE,
         Opts {
             workers: 1,
             slots: 1,
+            wire,
             ..Opts::default()
         },
     );
@@ -620,5 +620,99 @@ async fn exec_captures_output_and_kills_the_whole_process_group_at_the_timeout()
     assert!(
         state == "gone" || state == "Z" || state == "X",
         "the task's grandchild {pid} was killed with its group (state {state})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored_bincode() {
+    a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored_json() {
+    a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(Wire::Json).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_terminate_themselves_when_the_master_is_killed_bincode() {
+    workers_terminate_themselves_when_the_master_is_killed(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_terminate_themselves_when_the_master_is_killed_json() {
+    workers_terminate_themselves_when_the_master_is_killed(Wire::Json).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_out_of_retries_is_reported_failed_with_every_reason_bincode() {
+    a_task_out_of_retries_is_reported_failed_with_every_reason(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_out_of_retries_is_reported_failed_with_every_reason_json() {
+    a_task_out_of_retries_is_reported_failed_with_every_reason(Wire::Json).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_reports_every_unfinished_task_to_its_client_bincode() {
+    shutdown_reports_every_unfinished_task_to_its_client(Wire::Bincode).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_reports_every_unfinished_task_to_its_client_json() {
+    shutdown_reports_every_unfinished_task_to_its_client(Wire::Json).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_accepts_a_restarted_master_before_its_master_timeout() {
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    );
+    let client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    drop(client);
+    c.master.signal(libc::SIGKILL);
+    c.master.wait_exit(Duration::from_secs(5));
+    // A new master on the same ports finds the worker again by its scan.
+    let port = c.first_port.to_string();
+    let scan = c.worker_range();
+    let mut m2 = Proc::spawn(
+        "master-2",
+        &[
+            "master",
+            "--quiet",
+            "--port",
+            &port,
+            "--scan",
+            &scan,
+            "--scan-interval",
+            "200ms",
+            "--heartbeat",
+            "200ms",
+            "--worker-timeout",
+            "1s",
+        ],
+    );
+    m2.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("master listening on ")
+    });
+    let mut client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let id = client
+        .submit(task("echo", "again", 128, 0, 0))
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(10))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!((r.status, r.worker.as_str()), (TaskStatus::Ok, "w1"));
+    assert!(
+        c.worker("w1").child.try_wait().unwrap().is_none(),
+        "the worker is still running"
     );
 }

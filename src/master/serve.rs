@@ -186,7 +186,14 @@ async fn client_writer(
                 _ = close.cancelled() => { closing = true; continue; }
             }
         };
-        let Some(first) = first else { break };
+        let Some(first) = first else {
+            // Closed: the client is gone (no goodbye to send), or, when
+            // closing, every result has been written.
+            if closing {
+                break;
+            }
+            return;
+        };
         let mut next = Some(first);
         while let Some(item) = next {
             match item {
