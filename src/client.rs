@@ -185,6 +185,12 @@ impl Client {
         self.results.recv().await
     }
 
+    /// Results as a stream, in completion order; it ends when the connection
+    /// is closed and every result received has been yielded.
+    pub fn results(&mut self) -> impl futures::Stream<Item = TaskResult> + '_ {
+        futures::stream::poll_fn(move |cx| self.results.poll_recv(cx))
+    }
+
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<String> {
         self.closed.borrow().clone()

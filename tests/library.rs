@@ -72,15 +72,11 @@ async fn a_custom_kind_registered_through_the_builder_runs_in_process() {
         .submit_batch(vec![t("reverse", "abc"), t("refuse", "")])
         .await
         .unwrap();
-    let mut results = Vec::new();
-    for _ in 0..2 {
-        results.push(
-            tokio::time::timeout(Duration::from_secs(10), client.next_result())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    use futures::StreamExt;
+    let mut results: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(10), client.results().take(2).collect())
+            .await
+            .expect("both results as a stream");
     results.sort_by_key(|r| r.id);
     assert_eq!(results[0].id, ids.start);
     assert_eq!(results[0].output.as_text(), Some("cba"));

@@ -7,6 +7,7 @@
 //! restarted master). With no master for `master_timeout` it terminates
 //! itself, so a lost cluster does not leave workers behind.
 
+pub mod liveness;
 pub mod tasks;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::net::{self, PortRange, Reader, Writer};
 use crate::proto::handshake::{Identity, Peer, Secret};
 use crate::proto::*;
+use liveness::MasterWatch;
 pub use tasks::{Handler, TaskInput, TaskOutput};
 
 /// Everything a worker is configured with.
@@ -216,7 +218,7 @@ impl Worker {
         let (end_tx, mut end_rx) = mpsc::channel::<(u64, SessionEnd)>(4);
         let mut session: Option<(u64, CancellationToken, CancellationToken)> = None;
         let mut session_seq = 0u64;
-        let mut last_contact = Instant::now();
+        let mut watch = MasterWatch::new(cfg.master_timeout, Instant::now());
         let mut dialing = false;
         let (dial_tx, mut dial_rx) = mpsc::channel::<()>(1);
         let mut watchdog = tokio::time::interval(Duration::from_millis(100));
@@ -273,7 +275,7 @@ impl Worker {
                     session_seq += 1;
                     let (kick, drain) = (CancellationToken::new(), CancellationToken::new());
                     tracing::info!(master = %peer.node, %peer_addr, "connected to master");
-                    last_contact = Instant::now();
+                    watch.heard(Instant::now());
                     let (r, w) = net::split(conn);
                     let s = Session::new(cfg.clone(), self.handlers.clone(), addr);
                     let (end_tx, id) = (end_tx.clone(), session_seq);
@@ -285,7 +287,7 @@ impl Worker {
                     session = Some((session_seq, kick, drain));
                 }
                 Some((id, end)) = end_rx.recv() => {
-                    last_contact = last_contact.max(end.last_heard);
+                    watch.heard(end.last_heard);
                     tracing::warn!("master session ended: {}", end.reason);
                     if session.as_ref().is_some_and(|(s, _, _)| *s == id) {
                         session = None;
@@ -293,8 +295,8 @@ impl Worker {
                 }
                 Some(()) = dial_rx.recv() => dialing = false,
                 _ = watchdog.tick() => {
-                    let silent = last_contact.elapsed();
-                    if session.is_none() && silent > cfg.master_timeout {
+                    let expired = if session.is_none() { watch.expired(Instant::now()) } else { None };
+                    if let Some(silent) = expired {
                         tracing::warn!(worker = %cfg.id, "no master for {} ms (master-timeout {} ms); terminating", silent.as_millis(), cfg.master_timeout.as_millis());
                         return WorkerExit::MasterTimeout(silent);
                     }
@@ -471,8 +473,11 @@ impl Session {
         kick: CancellationToken,
         drain: CancellationToken,
     ) -> SessionEnd {
-        let mut last_heard = Instant::now();
-        let end = |reason: String, last_heard: Instant| SessionEnd { reason, last_heard };
+        let mut watch = MasterWatch::new(self.cfg.master_timeout, Instant::now());
+        let end = |reason: String, watch: MasterWatch| SessionEnd {
+            reason,
+            last_heard: watch.last_heard(),
+        };
         let mut kinds: Vec<Text> = self
             .handlers
             .keys()
@@ -485,7 +490,7 @@ impl Session {
             listen: Text::from(self.listen.to_string()),
         };
         if let Err(e) = write.send(FromWorker::Register(register)).await {
-            return end(format!("could not register: {e}"), last_heard);
+            return end(format!("could not register: {e}"), watch);
         }
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -505,7 +510,7 @@ impl Session {
                         }
                         Some(Ok(m)) => m,
                     };
-                    last_heard = Instant::now();
+                    watch.heard(Instant::now());
                     match msg {
                         ToWorker::Run(run) => {
                             for a in run.tasks {
@@ -538,8 +543,7 @@ impl Session {
                     self.done.push(r);
                 }
                 _ = heartbeat.tick() => {
-                    let silent = last_heard.elapsed();
-                    if silent > self.cfg.master_timeout {
+                    if let Some(silent) = watch.expired(Instant::now()) {
                         break format!("master silent for {} ms", silent.as_millis());
                     }
                     ping_seq += 1;
@@ -569,6 +573,6 @@ impl Session {
                 "stopped the attempts of the ended session (the master re-runs them)"
             );
         }
-        end(reason, last_heard)
+        end(reason, watch)
     }
 }
