@@ -1,8 +1,8 @@
 //! Model checks of the lock-free queue's bitmap protocol: every interleaving
 //! of concurrent pushes and pops, explored by loom. Run with
-//! `RUSTFLAGS="--cfg loom" cargo test --release --test loom_scheduler`
+//! `RUSTFLAGS="--cfg runner_loom" cargo test --release --test loom_scheduler`
 //! (`.ci/run` does, in its own target directory).
-#![cfg(loom)]
+#![cfg(runner_loom)]
 
 use loom::sync::Arc;
 use loom::thread;

@@ -21,16 +21,16 @@ use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 pub const LEVELS: usize = crate::limits::PRIORITY_LEVELS;
 const WORDS: usize = LEVELS / 64;
 
-#[cfg(not(loom))]
+#[cfg(not(runner_loom))]
 type Level<T> = crossbeam_queue::SegQueue<T>;
 
 /// Under loom the per-level FIFO is a loom mutex around a `VecDeque`: the
 /// level queue itself is crossbeam's (and tested there); what loom checks is
 /// our bitmap protocol around it.
-#[cfg(loom)]
+#[cfg(runner_loom)]
 struct Level<T>(loom::sync::Mutex<std::collections::VecDeque<T>>);
 
-#[cfg(loom)]
+#[cfg(runner_loom)]
 impl<T> Level<T> {
     fn new() -> Self {
         Level(loom::sync::Mutex::new(std::collections::VecDeque::new()))
@@ -126,7 +126,7 @@ impl<T> PriorityQueue<T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(runner_loom)))]
 mod tests {
     use super::*;
 
