@@ -512,7 +512,7 @@ fn print_result(r: &TaskResult, json: bool) {
         return;
     }
     let output = match r.output.as_text() {
-        Some(t) => t.trim_end().to_string(),
+        Some(t) => exec_text(t).unwrap_or_else(|| t.trim_end().to_string()),
         None => format!("<{} bytes>", r.output.len()),
     };
     match r.status {
@@ -551,6 +551,20 @@ fn print_result(r: &TaskResult, json: bool) {
             }
         }
     }
+}
+
+/// An `exec` result shown as the program's output: stdout, then stderr.
+fn exec_text(output: &str) -> Option<String> {
+    let v: runner::worker::tasks::ExecOutput = serde_json::from_str(output).ok()?;
+    let text = |p: &Payload| {
+        p.as_text()
+            .map_or_else(|| format!("<{} bytes>", p.len()), str::to_string)
+    };
+    let mut s = text(&v.stdout);
+    if !v.stderr.is_empty() {
+        s.push_str(&format!("[stderr] {}", text(&v.stderr)));
+    }
+    Some(s.trim_end().to_string())
 }
 
 async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::proto::Payload;
@@ -137,6 +137,26 @@ pub fn builtins() -> HashMap<String, Handler> {
 /// Most bytes of stdout (and of stderr) an `exec` task keeps.
 pub const EXEC_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
 
+/// How much of a failed program's stderr goes into the failure reason.
+pub const EXEC_REASON_TAIL_CHARS: usize = 500;
+
+/// A successful `exec` task's output (JSON): the exit code, and stdout and
+/// stderr as JSON strings when they are UTF-8 text, else as
+/// `{"base64": "..."}`, each kept up to [`EXEC_OUTPUT_BYTES_MAX`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// Always 0 here: a non-zero exit fails the attempt instead.
+    pub exit_code: i32,
+    /// What the program wrote to stdout.
+    pub stdout: Payload,
+    /// What it wrote to stderr.
+    pub stderr: Payload,
+    /// Whether stdout was cut at the limit.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at the limit.
+    pub stderr_truncated: bool,
+}
+
 /// An `exec` task's payload (JSON).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,26 +262,30 @@ async fn exec(input: TaskInput) -> TaskOutput {
     );
     let status = status.map_err(|e| format!("exec: waiting for {program:?}: {e}"))?;
     if status.success() {
-        return Ok(Payload(Bytes::from(out.0)));
+        let report = ExecOutput {
+            exit_code: 0,
+            stdout: Payload(Bytes::from(out.0)),
+            stderr: Payload(Bytes::from(err.0)),
+            stdout_truncated: out.1,
+            stderr_truncated: err.1,
+        };
+        return serde_json::to_vec(&report)
+            .map(Payload::from)
+            .map_err(|e| format!("exec: cannot encode the output: {e}"));
     }
     let tail = String::from_utf8_lossy(&err.0);
     let tail = tail.trim();
     let tail: String = tail
         .chars()
         .rev()
-        .take(500)
+        .take(EXEC_REASON_TAIL_CHARS)
         .collect::<Vec<_>>()
         .into_iter()
         .rev()
         .collect();
+    let sep = if tail.is_empty() { "" } else { ": " };
     Err(match status.code() {
-        Some(code) => format!(
-            "{program} exited with status {code}{}{tail}",
-            if tail.is_empty() { "" } else { ": " }
-        ),
-        None => format!(
-            "{program} was killed by a signal{}{tail}",
-            if tail.is_empty() { "" } else { ": " }
-        ),
+        Some(code) => format!("{program} exited with status {code}{sep}{tail}"),
+        None => format!("{program} was killed by a signal{sep}{tail}"),
     })
 }
