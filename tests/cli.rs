@@ -21,15 +21,14 @@ fn run(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_prints_results_and_exits_non_zero_when_a_task_failed() {
-    let c = Cluster::start(
+    let (c, _client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
             ..Opts::default()
         },
-    );
-    let client = c.client().await;
-    c.wait_workers(&client, 1).await;
+    )
+    .await;
     let master = c.addr.to_string();
 
     let (ok, out, err) = run(&[

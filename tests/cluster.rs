@@ -12,6 +12,23 @@ use support::{collect, Cluster, Opts, Proc};
 
 const PORT_BASE: u16 = 21000;
 
+/// Runs a scenario `async fn NAME(wire: Wire)` as two tests, `NAME::bincode`
+/// and `NAME::json`.
+macro_rules! both_wires {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn bincode() {
+                super::$name(runner::proto::Wire::Bincode).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn json() {
+                super::$name(runner::proto::Wire::Json).await
+            }
+        }
+    };
+}
+
 fn task(kind: &'static str, payload: &str, priority: u8, retries: u8, timeout_ms: u32) -> NewTask {
     NewTask {
         kind: Text::from_static(kind),
@@ -64,18 +81,10 @@ async fn discovery_finds_workers_and_skips_a_foreign_listener(wire: Wire) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn discovery_finds_workers_and_skips_a_foreign_listener_bincode() {
-    discovery_finds_workers_and_skips_a_foreign_listener(Wire::Bincode).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn discovery_finds_workers_and_skips_a_foreign_listener_json() {
-    discovery_finds_workers_and_skips_a_foreign_listener(Wire::Json).await
-}
+both_wires!(discovery_finds_workers_and_skips_a_foreign_listener);
 
 async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none(wire: Wire) {
-    let c = Cluster::start(
+    let (c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 2,
@@ -83,9 +92,8 @@ async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none(wire: Wire) {
             wire,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 2).await;
+    )
+    .await;
     let ids = client
         .submit_batch((0..20).map(|_| task("sleep", "300", 128, 3, 0)).collect())
         .await
@@ -124,18 +132,10 @@ async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none(wire: Wire) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none_bincode() {
-    kill_9_of_a_worker_loses_no_task_and_duplicates_none(Wire::Bincode).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none_json() {
-    kill_9_of_a_worker_loses_no_task_and_duplicates_none(Wire::Json).await
-}
+both_wires!(kill_9_of_a_worker_loses_no_task_and_duplicates_none);
 
 async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(wire: Wire) {
-    let mut c = Cluster::start(
+    let (mut c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 2,
@@ -143,9 +143,8 @@ async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignor
             wire,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 2).await;
+    )
+    .await;
     let n = 10;
     client
         .submit_batch((0..n).map(|_| task("sleep", "400", 128, 3, 0)).collect())
@@ -199,7 +198,7 @@ async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignor
 }
 
 async fn workers_terminate_themselves_when_the_master_is_killed(wire: Wire) {
-    let mut c = Cluster::start(
+    let (mut c, _client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 2,
@@ -207,9 +206,8 @@ async fn workers_terminate_themselves_when_the_master_is_killed(wire: Wire) {
             wire,
             ..Opts::default()
         },
-    );
-    let client = c.client().await;
-    c.wait_workers(&client, 2).await;
+    )
+    .await;
     c.master.signal(libc::SIGKILL);
     for w in &mut c.workers {
         let status = w.wait_exit(Duration::from_secs(10));
@@ -226,7 +224,7 @@ async fn workers_terminate_themselves_when_the_master_is_killed(wire: Wire) {
 }
 
 async fn priorities_are_honoured_when_slots_are_scarce(wire: Wire) {
-    let c = Cluster::start(
+    let (c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
@@ -234,9 +232,8 @@ async fn priorities_are_honoured_when_slots_are_scarce(wire: Wire) {
             wire,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 1).await;
+    )
+    .await;
     // Occupy the only slot, then queue low before high.
     let blocker = client
         .submit(task("sleep", "500", 128, 0, 0))
@@ -266,27 +263,18 @@ async fn priorities_are_honoured_when_slots_are_scarce(wire: Wire) {
     assert_eq!(order, expected, "high before low, FIFO within each");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn priorities_are_honoured_when_slots_are_scarce_bincode() {
-    priorities_are_honoured_when_slots_are_scarce(Wire::Bincode).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn priorities_are_honoured_when_slots_are_scarce_json() {
-    priorities_are_honoured_when_slots_are_scarce(Wire::Json).await
-}
+both_wires!(priorities_are_honoured_when_slots_are_scarce);
 
 async fn a_hung_task_is_killed_at_its_timeout_and_retried(wire: Wire) {
-    let c = Cluster::start(
+    let (_c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 2,
             wire,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 2).await;
+    )
+    .await;
     let started = std::time::Instant::now();
     let id = client
         .submit(task("stall", "1", 128, 2, 500))
@@ -306,27 +294,18 @@ async fn a_hung_task_is_killed_at_its_timeout_and_retried(wire: Wire) {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_hung_task_is_killed_at_its_timeout_and_retried_bincode() {
-    a_hung_task_is_killed_at_its_timeout_and_retried(Wire::Bincode).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_hung_task_is_killed_at_its_timeout_and_retried_json() {
-    a_hung_task_is_killed_at_its_timeout_and_retried(Wire::Json).await
-}
+both_wires!(a_hung_task_is_killed_at_its_timeout_and_retried);
 
 async fn a_task_out_of_retries_is_reported_failed_with_every_reason(wire: Wire) {
-    let c = Cluster::start(
+    let (_c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 2,
             wire,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 2).await;
+    )
+    .await;
     let id = client
         .submit(task("fail", "no such file", 128, 2, 0))
         .await
@@ -344,15 +323,14 @@ async fn a_task_out_of_retries_is_reported_failed_with_every_reason(wire: Wire) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_kinds_fail_with_a_reason_naming_the_kinds_there_are() {
-    let c = Cluster::start(
+    let (_c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 1).await;
+    )
+    .await;
     let id = client.submit(task("resize", "x", 128, 0, 0)).await.unwrap();
     let exec = client
         .submit(task("exec", "{\"argv\":[\"true\"]}", 128, 0, 0))
@@ -400,7 +378,7 @@ async fn a_taken_port_is_skipped_and_a_full_range_is_a_clear_error() {
 }
 
 async fn shutdown_reports_every_unfinished_task_to_its_client(wire: Wire) {
-    let mut c = Cluster::start(
+    let (mut c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
@@ -408,9 +386,8 @@ async fn shutdown_reports_every_unfinished_task_to_its_client(wire: Wire) {
             wire,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 1).await;
+    )
+    .await;
     let n = 6;
     client
         .submit_batch((0..n).map(|_| task("sleep", "5000", 128, 0, 0)).collect())
@@ -440,15 +417,14 @@ async fn shutdown_reports_every_unfinished_task_to_its_client(wire: Wire) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_stdlib_json_client_written_from_the_spec_submits_and_reads_results() {
-    let c = Cluster::start(
+    let (c, _client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
             ..Opts::default()
         },
-    );
-    let client = c.client().await;
-    c.wait_workers(&client, 1).await;
+    )
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/json_client.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
@@ -468,16 +444,15 @@ async fn a_python_stdlib_json_client_written_from_the_spec_submits_and_reads_res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stopped_with_ctrl_c_hands_its_tasks_back_uncharged() {
-    let mut c = Cluster::start(
+    let (mut c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 2,
             slots: 2,
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 2).await;
+    )
+    .await;
     client
         .submit_batch((0..8).map(|_| task("sleep", "600", 128, 0, 0)).collect())
         .await
@@ -539,16 +514,15 @@ async fn a_worker_can_dial_a_known_master() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_captures_output_and_kills_the_whole_process_group_at_the_timeout() {
-    let c = Cluster::start(
+    let (_c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
             worker_args: &["--allow-exec"],
             ..Opts::default()
         },
-    );
-    let mut client = c.client().await;
-    c.wait_workers(&client, 1).await;
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("grandchild.pid");
     let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
@@ -625,80 +599,31 @@ async fn exec_captures_output_and_kills_the_whole_process_group_at_the_timeout()
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored_bincode() {
-    a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(Wire::Bincode).await
-}
+both_wires!(a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored_json() {
-    a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(Wire::Json).await
-}
+both_wires!(workers_terminate_themselves_when_the_master_is_killed);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn workers_terminate_themselves_when_the_master_is_killed_bincode() {
-    workers_terminate_themselves_when_the_master_is_killed(Wire::Bincode).await
-}
+both_wires!(a_task_out_of_retries_is_reported_failed_with_every_reason);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn workers_terminate_themselves_when_the_master_is_killed_json() {
-    workers_terminate_themselves_when_the_master_is_killed(Wire::Json).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_task_out_of_retries_is_reported_failed_with_every_reason_bincode() {
-    a_task_out_of_retries_is_reported_failed_with_every_reason(Wire::Bincode).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_task_out_of_retries_is_reported_failed_with_every_reason_json() {
-    a_task_out_of_retries_is_reported_failed_with_every_reason(Wire::Json).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn shutdown_reports_every_unfinished_task_to_its_client_bincode() {
-    shutdown_reports_every_unfinished_task_to_its_client(Wire::Bincode).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn shutdown_reports_every_unfinished_task_to_its_client_json() {
-    shutdown_reports_every_unfinished_task_to_its_client(Wire::Json).await
-}
+both_wires!(shutdown_reports_every_unfinished_task_to_its_client);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_accepts_a_restarted_master_before_its_master_timeout() {
-    let mut c = Cluster::start(
+    let (mut c, client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
             ..Opts::default()
         },
-    );
-    let client = c.client().await;
-    c.wait_workers(&client, 1).await;
+    )
+    .await;
     drop(client);
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
     // A new master on the same ports finds the worker again by its scan.
-    let port = c.first_port.to_string();
-    let scan = c.worker_range();
-    let mut m2 = Proc::spawn(
-        "master-2",
-        &[
-            "master",
-            "--quiet",
-            "--port",
-            &port,
-            "--scan",
-            &scan,
-            "--scan-interval",
-            "200ms",
-            "--heartbeat",
-            "200ms",
-            "--worker-timeout",
-            "1s",
-        ],
-    );
+    let args = c.master_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut m2 = Proc::spawn("master-2", &args);
     m2.wait_line(Duration::from_secs(10), |l| {
         l.starts_with("master listening on ")
     });

@@ -215,6 +215,26 @@ impl Cluster {
         c
     }
 
+    /// Starts a cluster and waits until every worker has registered; returns
+    /// it with a connected client.
+    pub async fn ready(base: u16, o: Opts<'_>) -> (Cluster, Client) {
+        let n = o.workers;
+        let c = Cluster::start(base, o);
+        let client = c.client().await;
+        c.wait_workers(&client, n).await;
+        (c, client)
+    }
+
+    /// The master's command line for this cluster's ports, plus `extra`.
+    pub fn master_args(&self, extra: &[&str]) -> Vec<String> {
+        master_args(
+            self.first_port,
+            self.logs.path().to_str().unwrap(),
+            self.wire,
+            extra,
+        )
+    }
+
     pub fn add_worker(&mut self, id: &str, slots: u32, extra: &[&str]) {
         let range = self.worker_range();
         let slots = slots.to_string();
@@ -293,6 +313,34 @@ impl Cluster {
     pub fn master_log(&self) -> String {
         std::fs::read_to_string(self.logs.path().join("master.log")).unwrap_or_default()
     }
+}
+
+fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Vec<String> {
+    let port = first_port.to_string();
+    let scan = format!("{}-{}", first_port + 1, first_port + BLOCK - 1);
+    let mut args: Vec<String> = [
+        "master",
+        "--quiet",
+        "--log-dir",
+        log_dir,
+        "--port",
+        &port,
+        "--scan",
+        &scan,
+        "--scan-interval",
+        "200ms",
+        "--heartbeat",
+        "200ms",
+        "--worker-timeout",
+        "1s",
+        "--wire",
+        wire_name(wire),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// Reads `n` results; panics on a duplicate or a missing one.
