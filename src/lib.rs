@@ -13,6 +13,7 @@
 //!   and [`master::link`], its sans-IO view of one worker.
 //! - [`worker`]: the worker: master sessions, slots, the task kinds.
 //! - [`client`]: the client library.
+//! - [`metrics`]: latency histograms and their exports (`.hgrm`, `.hlog`, SVG).
 //! - [`demo`]: `runner demo`, the cluster on one machine, narrated.
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod demo;
 pub mod limits;
 pub mod master;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod sched;

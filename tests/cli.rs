@@ -75,6 +75,20 @@ async fn submit_prints_results_and_exits_non_zero_when_a_task_failed() {
         out.contains("1 worker(s)") && out.lines().any(|l| l.starts_with("w1 ")),
         "{out}"
     );
+    let (ok, out, _) = run(&["status", "--master", &master, "--histograms"]);
+    assert!(ok);
+    for name in [
+        "queue_wait",
+        "dispatch_to_result",
+        "end_to_end",
+        "heartbeat_rtt",
+        "discovery_scan",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "status --histograms shows {name}:\n{out}"
+        );
+    }
     let (ok, out, _) = run(&["status", "--master", &master, "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

@@ -64,7 +64,9 @@ fn an_ok_result_finishes_the_task_once() {
     let a = l.assign(record(7, 3, 0, t0), t0);
     assert_eq!((a.task_id, a.attempt), (7, 1));
     match l.finish(done(7, 1, AttemptStatus::Ok), t0 + Duration::from_millis(5)) {
-        Outcome::Finished { result, reply, ran } => {
+        Outcome::Finished {
+            result, reply, ran, ..
+        } => {
             assert_eq!(
                 (result.id, result.status, result.attempts),
                 (7, TaskStatus::Ok, 1)

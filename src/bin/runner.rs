@@ -198,6 +198,11 @@ struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also show the master's latency histograms (queue wait, dispatch to
+    /// result, end to end, heartbeat RTT, discovery, failure detection,
+    /// recovery, retry delay).
+    #[arg(long)]
+    histograms: bool,
 }
 
 #[derive(Args)]
@@ -613,7 +618,10 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
 
 async fn status(a: StatusArgs) -> Result<ExitCode, String> {
     let client = connect(&a.common, &a.master).await?;
-    let s = client.status(false).await.map_err(|e| e.to_string())?;
+    let s = client
+        .status(a.histograms)
+        .await
+        .map_err(|e| e.to_string())?;
     client.close();
     if a.json {
         let v = serde_json::to_string(&s).map_err(|e| e.to_string())?;
@@ -651,5 +659,23 @@ async fn status(a: StatusArgs) -> Result<ExitCode, String> {
         "totals: submitted {}, completed {}, failed {}, retried {}, running {}",
         s.submitted, s.completed, s.failed, s.retried, s.running
     ));
+    if a.histograms {
+        say(format_args!(
+            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "LATENCY (us)", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
+        ));
+        for h in &s.histograms {
+            say(format_args!(
+                "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                h.name.as_str(),
+                h.count,
+                h.p50_us,
+                h.p90_us,
+                h.p99_us,
+                h.p999_us,
+                h.max_us
+            ));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

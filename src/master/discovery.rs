@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::serve::worker_session;
 use super::Shared;
+use crate::metrics::Metric;
 use crate::net::{self, ConnectError};
 use crate::proto::{FromWorker, Role, ToWorker};
 
@@ -27,6 +28,9 @@ pub(crate) async fn scan_loop(shared: Arc<Shared>) {
         let targets = targets(&shared).await;
         let probed = targets.len();
         let found = scan(&shared, targets).await;
+        shared
+            .hists()
+            .record(Metric::DiscoveryScan, started.elapsed());
         tracing::debug!(
             probed,
             found,

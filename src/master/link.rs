@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::proto::{Assignment, AttemptResult, AttemptStatus, Cancel, Ping, TaskResult, Text};
-use crate::sched::{RetryPolicy, TaskRecord, Verdict};
+use crate::sched::{Requeued, RetryPolicy, TaskRecord, Verdict};
 
 /// How one attempt's end is to be acted on.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub enum Outcome<R> {
         reply: R,
         /// Time from dispatch to result.
         ran: Duration,
+        /// When the master accepted the task.
+        accepted_at: Instant,
     },
     /// Queue the task again after `delay` (zero: at once).
     Requeue {
@@ -239,11 +241,17 @@ impl<R> WorkerLink<R> {
         };
         let ran = now.saturating_duration_since(f.sent_at);
         let record = f.record;
+        let accepted_at = record.accepted_at;
         let reason = match r.status {
             AttemptStatus::Ok => {
                 self.done += 1;
                 let (result, reply) = record.succeeded(r.output, self.node.clone());
-                return Outcome::Finished { result, reply, ran };
+                return Outcome::Finished {
+                    result,
+                    reply,
+                    ran,
+                    accepted_at,
+                };
             }
             AttemptStatus::Returned => {
                 self.draining = true;
@@ -260,7 +268,7 @@ impl<R> WorkerLink<R> {
             AttemptStatus::Unsupported => Text::from(format!("worker cannot run it: {}", r.error)),
         };
         self.failed += 1;
-        self.judge(record, reason, true, ran)
+        self.judge(record, reason, true, ran, now)
     }
 
     /// A failed attempt: retry (with back-off, or at once when the worker
@@ -271,15 +279,29 @@ impl<R> WorkerLink<R> {
         reason: Text,
         backoff: bool,
         ran: Duration,
+        now: Instant,
     ) -> Outcome<R> {
         match record.fail(self.node.clone(), reason, &self.retry) {
-            Verdict::Retry { delay } => Outcome::Requeue {
-                record,
-                delay: if backoff { delay } else { Duration::ZERO },
-            },
+            Verdict::Retry { delay } => {
+                record.requeued = Some(if backoff {
+                    Requeued::Failed(now)
+                } else {
+                    Requeued::WorkerLost(now)
+                });
+                Outcome::Requeue {
+                    record,
+                    delay: if backoff { delay } else { Duration::ZERO },
+                }
+            }
             Verdict::Exhausted => {
+                let accepted_at = record.accepted_at;
                 let (result, reply) = record.failed();
-                Outcome::Finished { result, reply, ran }
+                Outcome::Finished {
+                    result,
+                    reply,
+                    ran,
+                    accepted_at,
+                }
             }
         }
     }
@@ -331,6 +353,7 @@ impl<R> WorkerLink<R> {
                     reason,
                     true,
                     now.saturating_duration_since(f.sent_at),
+                    now,
                 ));
             }
         }
@@ -362,6 +385,7 @@ impl<R> WorkerLink<R> {
                     reason.clone(),
                     false,
                     now.saturating_duration_since(f.sent_at),
+                    now,
                 ),
             })
             .collect()

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Histograms;
 use crate::net::{self, PortRange};
 use crate::proto::handshake::{Identity, Secret};
 use crate::proto::{Role, TaskResult, Text, ToClient, Wire};
@@ -178,11 +179,17 @@ pub(crate) struct Shared {
     pub clients: TaskTracker,
     /// Told to client sessions once every record has been finished.
     pub clients_close: CancellationToken,
+    /// Latency histograms, folded in from the sessions.
+    pub hists: Mutex<Histograms>,
 }
 
 impl Shared {
     pub(crate) fn millis(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    pub(crate) fn hists(&self) -> std::sync::MutexGuard<'_, Histograms> {
+        self.hists.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -269,6 +276,7 @@ impl Master {
             tracker: TaskTracker::new(),
             clients: TaskTracker::new(),
             clients_close: CancellationToken::new(),
+            hists: Mutex::new(Histograms::new()),
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared

@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 
 use super::link::{Departure, LinkTiming, Outcome, WorkerLink};
 use super::{ClientOut, ClientRoute, LinkStats, Record, Route, Shared, WorkerEntry};
+use crate::metrics::{Histograms, Metric};
 use crate::net::{self, Conn, Reader, Writer};
 use crate::proto::handshake::Peer;
 use crate::proto::*;
-use crate::sched::TaskRecord;
+use crate::sched::{Requeued, TaskRecord};
 
 const MASTER_ACCEPTS: &[Role] = &[Role::Client, Role::Worker];
 
@@ -237,7 +238,7 @@ async fn flush_results(
         .is_ok()
 }
 
-fn status_report(shared: &Shared, _histograms: bool) -> StatusReport {
+fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
     let now = Instant::now();
     let now_ms = shared.millis(now);
     let workers = {
@@ -276,7 +277,11 @@ fn status_report(shared: &Shared, _histograms: bool) -> StatusReport {
         failed: t.failed.load(Ordering::Relaxed),
         retried: t.retried.load(Ordering::Relaxed),
         running: t.running.load(Ordering::Relaxed),
-        histograms: Vec::new(),
+        histograms: if histograms {
+            shared.hists().summaries()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -366,12 +371,14 @@ pub(crate) async fn worker_session(
     let period = (shared.cfg.heartbeat / 2).min(shared.cfg.worker_timeout / 4);
     let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Recorded here without a lock; folded into the master's on each tick.
+    let mut hists = Histograms::new();
 
     let departure = loop {
         let notified = shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats).await {
+        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats, &mut hists).await {
             break Departure::ConnectionClosed(format!("write failed: {e}"));
         }
         tokio::select! {
@@ -392,11 +399,13 @@ pub(crate) async fn worker_session(
                     FromWorker::Done(d) => {
                         for r in d.results {
                             let o = link.finish(r, now);
-                            act(&shared, &node, o);
+                            act(&shared, &node, o, &mut hists);
                         }
                         stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
                         stats.done.store(link.done, Ordering::Relaxed);
                         stats.failed.store(link.failed, Ordering::Relaxed);
+                        // One lock per frame of results, not per task.
+                        shared.hists().drain_from(&mut hists);
                     }
                     FromWorker::Ping(p) => {
                         if write.send(ToWorker::Pong(Pong { seq: p.seq })).await.is_err() {
@@ -406,6 +415,7 @@ pub(crate) async fn worker_session(
                     FromWorker::Pong(p) => {
                         if let Some(rtt) = link.pong(p.seq, now) {
                             stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+                            hists.record(Metric::HeartbeatRtt, rtt);
                         }
                     }
                     FromWorker::Goodbye(g) => break Departure::Goodbye(g.reason.to_string()),
@@ -421,6 +431,7 @@ pub(crate) async fn worker_session(
             }
             _ = &mut notified, if link.credit() > 0 => {}
             _ = tick.tick() => {
+                shared.hists().drain_from(&mut hists);
                 let t = link.tick(Instant::now());
                 if let Some(lost) = t.lost {
                     break lost;
@@ -430,7 +441,7 @@ pub(crate) async fn worker_session(
                     let _ = write.feed(ToWorker::Cancel(c)).await;
                 }
                 for o in t.outcomes {
-                    act(&shared, &node, o);
+                    act(&shared, &node, o, &mut hists);
                 }
                 if let Some(p) = t.ping {
                     if write.send(ToWorker::Ping(p)).await.is_err() {
@@ -448,6 +459,9 @@ pub(crate) async fn worker_session(
         }
     };
     let held = link.in_flight();
+    if !matches!(departure, Departure::Shutdown | Departure::Goodbye(_)) {
+        hists.record(Metric::FailureDetection, link.silent_for(Instant::now()));
+    }
     match &departure {
         Departure::Shutdown => {
             tracing::info!(worker = %node, "told worker the master is shutting down")
@@ -466,9 +480,10 @@ pub(crate) async fn worker_session(
                     record.cancelled("master shut down while the task was running".into());
                 shared.deliver(result, &reply);
             }
-            o => act(&shared, &node, o),
+            o => act(&shared, &node, o, &mut hists),
         }
     }
+    shared.hists().drain_from(&mut hists);
     {
         let mut r = shared.registry();
         if r.workers
@@ -486,6 +501,7 @@ async fn dispatch(
     link: &mut WorkerLink<Route>,
     write: &mut Writer<ToWorker, FromWorker>,
     stats: &LinkStats,
+    hists: &mut Histograms,
 ) -> Result<(), ProtoError> {
     if shared.shutdown.is_cancelled() {
         return Ok(());
@@ -497,9 +513,22 @@ async fn dispatch(
     let now = Instant::now();
     let mut tasks = Vec::new();
     while tasks.len() < credit {
-        let Some((_, record)) = shared.queue.pop() else {
+        let Some((_, mut record)) = shared.queue.pop() else {
             break;
         };
+        hists.record(
+            Metric::QueueWait,
+            now.saturating_duration_since(record.queued_at),
+        );
+        match record.requeued.take() {
+            Some(Requeued::WorkerLost(at)) => {
+                hists.record(Metric::Recovery, now.saturating_duration_since(at))
+            }
+            Some(Requeued::Failed(at)) => {
+                hists.record(Metric::RetryDelay, now.saturating_duration_since(at))
+            }
+            None => {}
+        }
         tasks.push(link.assign(record, now));
     }
     if tasks.is_empty() {
@@ -516,9 +545,16 @@ async fn dispatch(
 }
 
 /// Acts on how an attempt ended.
-fn act(shared: &Arc<Shared>, worker: &Text, o: Outcome<Route>) {
+fn act(shared: &Arc<Shared>, worker: &Text, o: Outcome<Route>, hists: &mut Histograms) {
     match o {
-        Outcome::Finished { result, reply, .. } => {
+        Outcome::Finished {
+            result,
+            reply,
+            ran,
+            accepted_at,
+        } => {
+            hists.record(Metric::DispatchToResult, ran);
+            hists.record(Metric::EndToEnd, accepted_at.elapsed());
             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
             if result.status != TaskStatus::Ok {
                 let reasons: Vec<String> = result

@@ -47,6 +47,16 @@ pub enum Verdict {
     Exhausted,
 }
 
+/// Why a record went back into the queue, and when: the next dispatch then
+/// measures how long recovery or a retry took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeued {
+    /// Its worker was lost, at this instant.
+    WorkerLost(Instant),
+    /// Its attempt failed, at this instant.
+    Failed(Instant),
+}
+
 /// One accepted task, with `R` the route its result takes back to its client.
 #[derive(Debug)]
 pub struct TaskRecord<R> {
@@ -64,6 +74,8 @@ pub struct TaskRecord<R> {
     pub accepted_at: Instant,
     /// When it last entered the queue.
     pub queued_at: Instant,
+    /// Why it is queued again, if it is.
+    pub requeued: Option<Requeued>,
 }
 
 impl<R> TaskRecord<R> {
@@ -77,6 +89,7 @@ impl<R> TaskRecord<R> {
             reply,
             accepted_at: now,
             queued_at: now,
+            requeued: None,
         }
     }
 
