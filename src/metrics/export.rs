@@ -216,7 +216,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("SubBuckets     =         2048]"));
-        let last_row = text.lines().filter(|l| !l.starts_with('#')).last().unwrap();
+        let last_row = text.lines().rev().find(|l| !l.starts_with('#')).unwrap();
         assert_eq!(
             last_row.split_whitespace().collect::<Vec<_>>(),
             ["1.000", "1.000000000000", "1000"]
