@@ -164,6 +164,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
         p99_us: v[3],
         p999_us: v[4],
         max_us: v[5],
+        hdr: Text::empty(),
     });
     (
         vec(worker, 0..3),

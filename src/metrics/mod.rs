@@ -156,5 +156,51 @@ pub fn summary(name: &'static str, h: &Histogram<u64>) -> HistogramSummary {
         p99_us: h.value_at_quantile(0.99),
         p999_us: h.value_at_quantile(0.999),
         max_us: h.max(),
+        hdr: Text::from(encode(h)),
+    }
+}
+
+/// `h` in HdrHistogram's V2 compressed encoding, base64 (empty if it cannot
+/// be encoded, which does not happen for these bounds).
+pub fn encode(h: &Histogram<u64>) -> String {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+    let mut raw = Vec::new();
+    match V2DeflateSerializer::new().serialize(h, &mut raw) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(raw),
+        Err(_) => String::new(),
+    }
+}
+
+/// Decodes what [`encode`] wrote.
+pub fn decode(text: &str) -> Result<Histogram<u64>, String> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("histogram base64: {e}"))?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut &raw[..])
+        .map_err(|e| format!("histogram encoding: {e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_carries_the_whole_histogram() {
+        let mut hs = Histograms::new();
+        for us in [100u64, 200, 300, 40_000] {
+            hs.record(Metric::EndToEnd, Duration::from_micros(us));
+        }
+        let s = &hs.summaries()[0];
+        assert_eq!((s.name.as_str(), s.count), ("end_to_end", 4));
+        assert_eq!(s.max_us, hs.get(Metric::EndToEnd).max());
+        let back = decode(&s.hdr).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(
+            back.value_at_quantile(0.5),
+            hs.get(Metric::EndToEnd).value_at_quantile(0.5)
+        );
     }
 }

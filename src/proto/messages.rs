@@ -490,6 +490,11 @@ pub struct HistogramSummary {
     pub p999_us: u64,
     /// Largest sample.
     pub max_us: u64,
+    /// The whole histogram, in HdrHistogram's V2 compressed encoding, base64
+    /// (as in an interval log line), for tools that want more than these
+    /// percentiles; may be empty.
+    #[serde(default)]
+    pub hdr: Text,
 }
 
 /// The master's state, answering a [`StatusRequest`].

@@ -160,6 +160,7 @@ pub fn to_client() -> Vec<(&'static str, ToClient)> {
                 p99_us: 900,
                 p999_us: 1500,
                 max_us: 2100,
+                hdr: Text::empty(),
             }],
         }),
     ));
