@@ -174,6 +174,38 @@ impl Client {
         Ok(range.unwrap_or(0..0))
     }
 
+    /// Sends a batch at once and returns a future for its acceptance, so a
+    /// caller can keep many batches in flight (the load generator does).
+    /// The batch must be within the protocol's batch limit.
+    pub fn send_batch(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> Result<impl std::future::Future<Output = Result<Accepted, ClientError>>, ClientError> {
+        if tasks.len() > crate::limits::BATCH_TASKS_MAX {
+            return Err(ClientError::Closed(format!(
+                "a batch of {} tasks is above the limit of {}",
+                tasks.len(),
+                crate::limits::BATCH_TASKS_MAX
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Submit(tasks, tx))
+            .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+        let closed = self.closed.clone();
+        Ok(async move {
+            match rx.await {
+                Ok(r) => r.map_err(ClientError::Refused),
+                Err(_) => Err(ClientError::Closed(
+                    closed
+                        .borrow()
+                        .clone()
+                        .unwrap_or_else(|| "connection ended".into()),
+                )),
+            }
+        })
+    }
+
     /// Submits one task; returns its id.
     pub async fn submit(&self, task: NewTask) -> Result<u64, ClientError> {
         Ok(self.submit_batch(vec![task]).await?.start)

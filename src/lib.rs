@@ -14,12 +14,14 @@
 //! - [`worker`]: the worker: master sessions, slots, the task kinds.
 //! - [`client`]: the client library.
 //! - [`metrics`]: latency histograms and their exports (`.hgrm`, `.hlog`, SVG).
+//! - [`loadgen`]: the load generator's engine, reports and baselines.
 //! - [`demo`]: `runner demo`, the cluster on one machine, narrated.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod demo;
 pub mod limits;
+pub mod loadgen;
 pub mod master;
 pub mod metrics;
 pub mod net;

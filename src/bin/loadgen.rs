@@ -1,0 +1,271 @@
+//! `loadgen`: load against a runner cluster (its own, or an existing one),
+//! with latency histograms, reports and raw-TCP baselines.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use runner::loadgen::{self, baseline, report, Chaos, LoadOptions};
+use runner::net::parse_duration;
+use runner::proto::Wire;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Load generator for runner. By default it starts its own cluster (a master
+/// and --spawn-workers worker processes of the `runner` binary beside it),
+/// runs the load, checks that every accepted task got exactly one result
+/// (exit status 1 if any was lost or duplicated), and prints a summary.
+///
+/// Examples:
+///   loadgen --tasks 1000000 --concurrency 20000 --baseline --report results/w1
+///   loadgen --rate 200000 --duration 10s --report results/open-loop
+///   loadgen --kind exec --arg true --tasks 20000 --concurrency 4
+///   loadgen --tasks 200000 --chaos kill --chaos-every 2s
+///   loadgen baseline
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Measure the baselines alone: a raw TCP ping-pong over loopback, and a
+    /// raw relay (client, relay, 2 sinks, back) as round trip and throughput.
+    Baseline(BaselineArgs),
+}
+
+#[derive(Args)]
+struct BaselineArgs {
+    /// Sequential round trips per latency baseline.
+    #[arg(long, default_value_t = baseline::ROUND_TRIPS_DEFAULT)]
+    round_trips: u32,
+    /// Frames through the relay for its throughput.
+    #[arg(long, default_value_t = baseline::FRAMES_DEFAULT)]
+    frames: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ChaosArg {
+    /// kill -9 a random worker.
+    Kill,
+    /// SIGSTOP a random worker (it stays stopped).
+    Stop,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WireArg {
+    Bincode,
+    Json,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Drive this master instead of starting one.
+    #[arg(long)]
+    master: Option<String>,
+    /// Workers to start with the master.
+    #[arg(long, default_value_t = 2)]
+    spawn_workers: u32,
+    /// Slots per started worker (default: its cores).
+    #[arg(long, default_value_t = 0)]
+    worker_slots: u32,
+    /// The started master's --prefetch (tasks kept in flight per worker
+    /// beyond its slots).
+    #[arg(long, default_value_t = 4096)]
+    prefetch: u32,
+    /// Closed loop: tasks in flight.
+    #[arg(long, default_value_t = 10_000)]
+    concurrency: u32,
+    /// Open loop: tasks per second, latency measured from each task's
+    /// intended start (coordinated-omission correction).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this many tasks.
+    #[arg(long)]
+    tasks: Option<u64>,
+    /// Stop submitting after this long.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Task kind: noop, echo, sleep, spin, exec...
+    #[arg(long, default_value = "noop")]
+    kind: String,
+    /// The kind's argument (sleep MS, spin US, exec PROGRAM).
+    #[arg(long)]
+    arg: Option<String>,
+    /// Payload bytes for kinds without an argument.
+    #[arg(long, default_value_t = 16)]
+    payload_bytes: usize,
+    /// Fraction of tasks that fail on purpose (no retries).
+    #[arg(long, default_value_t = 0.0)]
+    fail_fraction: f64,
+    /// Most tasks per submit frame.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Wire for every connection.
+    #[arg(long, value_enum, default_value = "bincode")]
+    wire: WireArg,
+    /// Break workers during the run.
+    #[arg(long, value_enum)]
+    chaos: Option<ChaosArg>,
+    /// How often chaos strikes.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    chaos_every: Duration,
+    /// Also measure the baselines first and report the run as ratios of them.
+    #[arg(long)]
+    baseline: bool,
+    /// Write .hgrm, .hlog, summary.json, summary.csv and latency.svg here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Wait this long for the last results.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    drain_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(async move {
+        match cli.command {
+            Some(Sub::Baseline(b)) => run_baseline(b).await,
+            None => run_load(cli.run).await,
+        }
+    }) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
+    let r = tokio::time::timeout(baseline::TIMEOUT, baseline::run(b.round_trips, b.frames))
+        .await
+        .map_err(|_| "the baseline took too long".to_string())?
+        .map_err(|e| e.to_string())?;
+    baseline::print(&r);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if a.tasks.is_none() && a.duration.is_none() {
+        return Err("give --tasks N or --duration D (see --help)".into());
+    }
+    let base = if a.baseline {
+        let b = baseline::run(baseline::ROUND_TRIPS_DEFAULT, baseline::FRAMES_DEFAULT)
+            .await
+            .map_err(|e| format!("baseline: {e}"))?;
+        Some(b)
+    } else {
+        None
+    };
+    let master = match &a.master {
+        Some(m) => Some(runner::net::resolve(m).await?),
+        None => None,
+    };
+    let opts = LoadOptions {
+        master,
+        spawn_workers: a.spawn_workers,
+        worker_slots: a.worker_slots,
+        prefetch: a.prefetch,
+        concurrency: a.concurrency,
+        rate: a.rate,
+        tasks: a.tasks,
+        duration: a.duration,
+        kind: a.kind.clone(),
+        arg: a.arg.clone().map(|x| {
+            if a.kind == "exec" {
+                serde_json::json!({ "argv": x.split_whitespace().collect::<Vec<_>>() }).to_string()
+            } else {
+                x
+            }
+        }),
+        payload_bytes: a.payload_bytes,
+        fail_fraction: a.fail_fraction,
+        batch: a.batch,
+        wire: match a.wire {
+            WireArg::Bincode => Wire::Bincode,
+            WireArg::Json => Wire::Json,
+        },
+        chaos: a.chaos.map(|c| {
+            (
+                match c {
+                    ChaosArg::Kill => Chaos::Kill,
+                    ChaosArg::Stop => Chaos::Stop,
+                },
+                a.chaos_every,
+            )
+        }),
+        report: a.report.clone(),
+        progress: !a.quiet,
+        drain_timeout: a.drain_timeout,
+        command: command.clone(),
+    };
+    let o = loadgen::run(opts).await.map_err(|e| e.to_string())?;
+    report::print_summary(&o);
+    let mut summary = report::summary_json(&o, &command);
+    if let Some(b) = &base {
+        println!();
+        baseline::print(b);
+        let e2e = |q: f64| o.e2e.value_at_quantile(q) as f64;
+        let ratios = serde_json::json!({
+            "throughput_vs_relay": o.throughput() / b.relay_frames_per_s,
+            "p50_vs_relay_rtt": e2e(0.5) / b.relay_rtt.value_at_quantile(0.5) as f64,
+            "p99_vs_relay_rtt": e2e(0.99) / b.relay_rtt.value_at_quantile(0.99) as f64,
+            "p999_vs_relay_rtt": e2e(0.999) / b.relay_rtt.value_at_quantile(0.999) as f64,
+        });
+        println!(
+            "cluster / raw relay: throughput {:.3}, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
+            ratios["throughput_vs_relay"].as_f64().unwrap_or(0.0),
+            ratios["p50_vs_relay_rtt"].as_f64().unwrap_or(0.0),
+            ratios["p99_vs_relay_rtt"].as_f64().unwrap_or(0.0),
+            ratios["p999_vs_relay_rtt"].as_f64().unwrap_or(0.0),
+        );
+        let us = |v: u64| v as f64 / 1000.0;
+        summary["baseline"] = serde_json::json!({
+            "ping_pong_p50_ms": us(b.ping_pong.value_at_quantile(0.5)),
+            "ping_pong_p99_ms": us(b.ping_pong.value_at_quantile(0.99)),
+            "relay_rtt_p50_ms": us(b.relay_rtt.value_at_quantile(0.5)),
+            "relay_rtt_p99_ms": us(b.relay_rtt.value_at_quantile(0.99)),
+            "relay_rtt_p999_ms": us(b.relay_rtt.value_at_quantile(0.999)),
+            "relay_frames_per_s": b.relay_frames_per_s,
+        });
+        summary["ratios"] = ratios;
+    }
+    if let Some(dir) = &a.report {
+        report::write(dir, &o, &command)?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n",
+        )
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        println!("report written to {}", dir.display());
+    }
+    if o.lost > 0 || o.duplicated > 0 || o.unexpected > 0 {
+        eprintln!(
+            "loadgen: FAILED: {} lost, {} duplicated, {} unexpected results",
+            o.lost, o.duplicated, o.unexpected
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

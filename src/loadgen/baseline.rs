@@ -1,0 +1,248 @@
+//! Baselines measured in the same run as the cluster, so every figure can be
+//! a ratio on the same machine at the same moment:
+//! - ping-pong: one 16-byte frame to an echo server over loopback and back,
+//!   sequentially (the floor of any round trip here);
+//! - relay: a client sends 16-byte frames to a relay that spreads them over
+//!   two sinks, which send them back through the relay, with batched writes:
+//!   the fastest any master could move a no-op task, as throughput (frames in
+//!   flight) and as a sequential two-hop round trip.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::metrics;
+
+/// Bytes per frame.
+pub const FRAME: usize = 16;
+/// Frames per write when streaming.
+const CHUNK_FRAMES: usize = 512;
+/// Frames in flight when streaming.
+const WINDOW_FRAMES: u64 = 64 * 1024;
+
+/// What the baselines measured.
+#[derive(Debug)]
+pub struct Baseline {
+    /// One-hop ping-pong round trip.
+    pub ping_pong: Histogram<u64>,
+    /// Two-hop (client, relay, sink, relay, client) round trip.
+    pub relay_rtt: Histogram<u64>,
+    /// Frames per second through the relay.
+    pub relay_frames_per_s: f64,
+}
+
+async fn listener() -> std::io::Result<(TcpListener, std::net::SocketAddr)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}
+
+/// Echoes whatever arrives, as it arrives.
+async fn echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn round_trips(mut s: TcpStream, n: u32) -> std::io::Result<Histogram<u64>> {
+    let mut h = metrics::histogram();
+    let mut frame = [7u8; FRAME];
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(&frame).await?;
+        s.read_exact(&mut frame).await?;
+        metrics::record(&mut h, t.elapsed());
+    }
+    Ok(h)
+}
+
+/// Forwards the client's frames to two sinks, whole frames at a time and
+/// alternating between them, and everything the sinks send back to the client.
+async fn relay(client: TcpStream, a: TcpStream, b: TcpStream) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ar, mut aw) = a.into_split();
+    let (mut br, mut bw) = b.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+    let tx2 = tx.clone();
+    let back_a = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = ar.read(&mut buf).await {
+            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let back_b = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = br.read(&mut buf).await {
+            if n == 0 || tx2.send(buf[..n].to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let to_client = tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            if cw.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = 0usize;
+    let mut turn = false;
+    loop {
+        let n = match cr.read(&mut buf[pending..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let have = pending + n;
+        let whole = have / FRAME * FRAME;
+        if whole > 0 {
+            // Split the whole frames in two batches, one per sink.
+            let half = (whole / FRAME).div_ceil(2) * FRAME;
+            let (first, second) = buf[..whole].split_at(half);
+            let (x, y) = if turn {
+                (&mut bw, &mut aw)
+            } else {
+                (&mut aw, &mut bw)
+            };
+            turn = !turn;
+            if x.write_all(first).await.is_err() || y.write_all(second).await.is_err() {
+                break;
+            }
+        }
+        buf.copy_within(whole..have, 0);
+        pending = have - whole;
+    }
+    back_a.abort();
+    back_b.abort();
+    to_client.abort();
+}
+
+async fn relay_setup() -> std::io::Result<TcpStream> {
+    let (sinks, sink_addr) = listener().await?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = sinks.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(echo(s));
+        }
+    });
+    let (front, front_addr) = listener().await?;
+    tokio::spawn(async move {
+        if let Ok((c, _)) = front.accept().await {
+            let _ = c.set_nodelay(true);
+            let (Ok(a), Ok(b)) = (
+                TcpStream::connect(sink_addr).await,
+                TcpStream::connect(sink_addr).await,
+            ) else {
+                return;
+            };
+            let _ = a.set_nodelay(true);
+            let _ = b.set_nodelay(true);
+            relay(c, a, b).await;
+        }
+    });
+    let s = TcpStream::connect(front_addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+async fn stream(s: TcpStream, frames: u64) -> std::io::Result<f64> {
+    let (mut r, mut w) = s.into_split();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let got = received.clone();
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut bytes = 0u64;
+        while bytes < frames * FRAME as u64 {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    bytes += n as u64;
+                    got.store(bytes / FRAME as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        bytes / FRAME as u64
+    });
+    let chunk = vec![1u8; CHUNK_FRAMES * FRAME];
+    let mut sent = 0u64;
+    while sent < frames {
+        while sent - received.load(std::sync::atomic::Ordering::Relaxed) > WINDOW_FRAMES {
+            tokio::task::yield_now().await;
+        }
+        let n = (frames - sent).min(CHUNK_FRAMES as u64);
+        w.write_all(&chunk[..n as usize * FRAME]).await?;
+        sent += n;
+    }
+    let back = reader
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(back as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs the three baselines: `round_trips` sequential round trips for each
+/// latency, `frames` frames for the throughput.
+pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
+    let (l, addr) = listener().await?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(echo(s));
+        }
+    });
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let ping_pong = round_trips(s, round_trips_n).await?;
+    let relay_rtt = round_trips(relay_setup().await?, round_trips_n).await?;
+    let relay_frames_per_s = stream(relay_setup().await?, frames).await?;
+    Ok(Baseline {
+        ping_pong,
+        relay_rtt,
+        relay_frames_per_s,
+    })
+}
+
+/// Prints what a baseline measured.
+pub fn print(b: &Baseline) {
+    let ms = |v: u64| v as f64 / 1000.0;
+    println!(
+        "{:<34} {:>9} {:>9} {:>9} {:>9}",
+        "baseline round trip (ms)", "p50", "p99", "p99.9", "max"
+    );
+    for (name, h) in [
+        ("raw TCP ping-pong (1 hop)", &b.ping_pong),
+        ("raw relay (2 hops)", &b.relay_rtt),
+    ] {
+        println!(
+            "{:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            name,
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max())
+        );
+    }
+    println!(
+        "{:<34} {:>9.0}",
+        "raw relay throughput (frames/s)", b.relay_frames_per_s
+    );
+}
+
+/// Default number of round trips per latency baseline.
+pub const ROUND_TRIPS_DEFAULT: u32 = 20_000;
+/// Default frames for the relay's throughput.
+pub const FRAMES_DEFAULT: u64 = 5_000_000;
+/// How long a baseline may take before it is abandoned.
+pub const TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,0 +1,560 @@
+//! The load generator: drives a master (its own, spawned as processes, or an
+//! existing one) in a closed loop (a fixed number of tasks in flight) or an
+//! open loop (a fixed rate, latency measured from each task's intended start,
+//! so a stalled system is not excused: coordinated-omission correction as in
+//! wrk2), checks that every accepted task got exactly one result, and writes
+//! the latency reports.
+
+pub mod baseline;
+pub mod report;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::FutureExt;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::metrics;
+use crate::proto::{Accepted, NewTask, Payload, StatusReport, TaskStatus, Text, Wire};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Drive this master, or spawn one.
+    pub master: Option<SocketAddr>,
+    /// Workers to spawn with the master (when `master` is none).
+    pub spawn_workers: u32,
+    /// Slots per spawned worker (0: its cores).
+    pub worker_slots: u32,
+    /// The spawned master's `--prefetch`.
+    pub prefetch: u32,
+    /// Closed loop: tasks in flight.
+    pub concurrency: u32,
+    /// Open loop: tasks per second (overrides `concurrency`).
+    pub rate: Option<f64>,
+    /// Stop after this many tasks...
+    pub tasks: Option<u64>,
+    /// ...or after this long.
+    pub duration: Option<Duration>,
+    /// Task kind.
+    pub kind: String,
+    /// The kind's argument (sleep MS, spin US), as its payload.
+    pub arg: Option<String>,
+    /// Payload size for kinds without an argument.
+    pub payload_bytes: usize,
+    /// Fraction of tasks that fail on purpose (kind `fail`, no retries).
+    pub fail_fraction: f64,
+    /// Most tasks per submit frame.
+    pub batch: usize,
+    /// Wire.
+    pub wire: Wire,
+    /// Kill -9 or SIGSTOP a random worker every interval, and start a new one.
+    pub chaos: Option<(Chaos, Duration)>,
+    /// Where to write the reports.
+    pub report: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// How long to wait for the last results once everything is submitted.
+    pub drain_timeout: Duration,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// What the chaos does to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chaos {
+    /// `kill -9`.
+    Kill,
+    /// `SIGSTOP` (left stopped until the end of the run).
+    Stop,
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Bad options.
+    #[error("{0}")]
+    Usage(String),
+    /// The cluster could not be started or reached.
+    #[error("{0}")]
+    Setup(String),
+    /// The client failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Tasks submitted and accepted.
+    pub accepted: u64,
+    /// Results with status ok.
+    pub ok: u64,
+    /// Results with status failed (the failing fraction, and anything else).
+    pub failed: u64,
+    /// Results with status cancelled.
+    pub cancelled: u64,
+    /// Accepted tasks with no result by the end.
+    pub lost: u64,
+    /// Results beyond the first for a task.
+    pub duplicated: u64,
+    /// Results for ids never accepted.
+    pub unexpected: u64,
+    /// First submit to last result.
+    pub elapsed: Duration,
+    /// Client-side end to end latency (from intended start in open loop).
+    pub e2e: Histogram<u64>,
+    /// Per-second intervals of `e2e`, for the interval log.
+    pub intervals: Vec<(Duration, Histogram<u64>)>,
+    /// The master's status at the end (with histograms).
+    pub master: Option<StatusReport>,
+    /// Workers killed or stopped by chaos.
+    pub chaos_events: u32,
+}
+
+impl Outcome {
+    /// Results per second.
+    pub fn throughput(&self) -> f64 {
+        (self.ok + self.failed + self.cancelled) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One submitted batch: its ids and when each task was meant to start.
+struct Batch {
+    first_id: u64,
+    starts: Vec<Instant>,
+    got: Vec<bool>,
+}
+
+/// The spawned cluster, killed when dropped.
+struct Spawned {
+    master: Child,
+    workers: Vec<Child>,
+    runner: PathBuf,
+    master_addr: SocketAddr,
+    slots: u32,
+    wire: Wire,
+    next_worker: u32,
+    stopped: Vec<Child>,
+}
+
+async fn first_line(child: &mut Child, what: &str, prefix: &str) -> Result<String, LoadError> {
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| LoadError::Setup(format!("{what}: no stdout")))?;
+    let mut lines = BufReader::new(out).lines();
+    let deadline = Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout(deadline, lines.next_line()).await {
+            Ok(Ok(Some(l))) if l.starts_with(prefix) => {
+                // Keep draining its stdout so it never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                return Ok(l);
+            }
+            Ok(Ok(Some(_))) => continue,
+            _ => {
+                return Err(LoadError::Setup(format!(
+                    "{what} did not start (no {prefix:?} line)"
+                )))
+            }
+        }
+    }
+}
+
+impl Spawned {
+    async fn start(opts: &LoadOptions) -> Result<Spawned, LoadError> {
+        let exe = std::env::current_exe().map_err(|e| LoadError::Setup(e.to_string()))?;
+        let runner = exe.with_file_name("runner");
+        if !runner.exists() {
+            return Err(LoadError::Setup(format!(
+                "{} not found: build it first (cargo build --release)",
+                runner.display()
+            )));
+        }
+        let prefetch = opts.prefetch.to_string();
+        let mut master = Command::new(&runner)
+            .args([
+                "master",
+                "--quiet",
+                "--scan",
+                "1-1",
+                "--prefetch",
+                &prefetch,
+                "--wire",
+                opts.wire.as_str(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| LoadError::Setup(format!("cannot start {}: {e}", runner.display())))?;
+        let line = first_line(&mut master, "master", "master listening on ").await?;
+        let master_addr: SocketAddr = line
+            .trim_start_matches("master listening on ")
+            .parse()
+            .map_err(|_| {
+                LoadError::Setup(format!("cannot read the master's address from {line:?}"))
+            })?;
+        let mut s = Spawned {
+            master,
+            workers: Vec::new(),
+            runner,
+            master_addr,
+            slots: opts.worker_slots,
+            wire: opts.wire,
+            next_worker: 1,
+            stopped: Vec::new(),
+        };
+        for _ in 0..opts.spawn_workers {
+            s.add_worker().await?;
+        }
+        Ok(s)
+    }
+
+    async fn add_worker(&mut self) -> Result<(), LoadError> {
+        let id = format!("lg-w{}", self.next_worker);
+        self.next_worker += 1;
+        let master = self.master_addr.to_string();
+        let mut args = vec![
+            "worker".to_string(),
+            "--quiet".into(),
+            "--id".into(),
+            id.clone(),
+            "--master".into(),
+            master,
+            "--wire".into(),
+            self.wire.as_str().into(),
+        ];
+        if self.slots > 0 {
+            args.push("--slots".into());
+            args.push(self.slots.to_string());
+        }
+        let mut w = Command::new(&self.runner)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| LoadError::Setup(format!("cannot start worker {id}: {e}")))?;
+        first_line(&mut w, &id, "worker ").await?;
+        self.workers.push(w);
+        Ok(())
+    }
+
+    /// Kills (or stops) a random running worker and starts a new one.
+    async fn chaos(&mut self, what: Chaos, nth: u32) -> Result<(), LoadError> {
+        if self.workers.is_empty() {
+            return Ok(());
+        }
+        let i = (nth as usize * 7919) % self.workers.len();
+        let w = self.workers.remove(i);
+        if let Some(pid) = w.id() {
+            let sig = match what {
+                Chaos::Kill => libc::SIGKILL,
+                Chaos::Stop => libc::SIGSTOP,
+            };
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+        // A stopped worker stays stopped until the end of the run, when its
+        // handle (kill on drop) goes; a killed one is reaped now.
+        match what {
+            Chaos::Stop => self.stopped.push(w),
+            Chaos::Kill => drop(w),
+        }
+        self.add_worker().await
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.master.start_kill();
+        for w in &mut self.workers {
+            let _ = w.start_kill();
+        }
+    }
+}
+
+fn task_for(i: u64, opts: &LoadOptions, payload: &Payload) -> NewTask {
+    let failing = opts.fail_fraction > 0.0
+        && ((i as f64 * opts.fail_fraction).floor()
+            != ((i + 1) as f64 * opts.fail_fraction).floor());
+    if failing {
+        return NewTask {
+            kind: Text::from_static("fail"),
+            payload: Payload::from("failing on purpose (loadgen --fail-fraction)"),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        };
+    }
+    NewTask {
+        kind: Text::from(opts.kind.clone()),
+        payload: payload.clone(),
+        priority: 128,
+        retries: 3,
+        timeout_ms: 0,
+    }
+}
+
+/// Runs the load; see [`LoadOptions`].
+pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
+    if opts.tasks.is_none() && opts.duration.is_none() {
+        return Err(LoadError::Usage("give --tasks N or --duration D".into()));
+    }
+    if opts.batch == 0 || opts.batch > crate::limits::BATCH_TASKS_MAX {
+        return Err(LoadError::Usage(format!(
+            "--batch must be from 1 to {}",
+            crate::limits::BATCH_TASKS_MAX
+        )));
+    }
+    if !(0.0..=1.0).contains(&opts.fail_fraction) {
+        return Err(LoadError::Usage(
+            "--fail-fraction must be from 0 to 1".into(),
+        ));
+    }
+    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(LoadError::Usage(
+            "--rate must be a positive number of tasks per second".into(),
+        ));
+    }
+    let mut spawned = match opts.master {
+        Some(_) => None,
+        None => Some(Spawned::start(&opts).await?),
+    };
+    let addr = opts
+        .master
+        .or(spawned.as_ref().map(|s| s.master_addr))
+        .ok_or_else(|| LoadError::Usage("no master".into()))?;
+    let mut client = Client::connect(
+        addr,
+        ClientOptions {
+            wire: opts.wire,
+            name: "loadgen".into(),
+            ..ClientOptions::default()
+        },
+    )
+    .await?;
+    if let Some(s) = &spawned {
+        wait_workers(&client, s.workers.len()).await?;
+    }
+
+    let payload = match &opts.arg {
+        Some(a) => Payload::from(a.clone()),
+        None => Payload::from(vec![b'x'; opts.payload_bytes]),
+    };
+    let total = opts.tasks.unwrap_or(u64::MAX);
+    let deadline = opts.duration.map(|d| Instant::now() + d);
+    let bar = opts.progress.then(|| progress_bar(opts.tasks));
+
+    let mut batches: VecDeque<Batch> = VecDeque::new();
+    let mut acks = VecDeque::new();
+    let mut e2e = metrics::histogram();
+    let mut interval = metrics::histogram();
+    let mut intervals = Vec::new();
+    let (mut submitted, mut done) = (0u64, 0u64);
+    let (mut ok, mut failed, mut cancelled, mut duplicated, mut unexpected) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let started = Instant::now();
+    let mut interval_start = started;
+    let mut last_result = started;
+    let mut chaos_events = 0u32;
+    let mut next_chaos = opts.chaos.map(|(_, every)| started + every);
+    let rate_tick = Duration::from_millis(1);
+    let mut ticker = tokio::time::interval(rate_tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut drain_until: Option<Instant> = None;
+
+    loop {
+        let now = Instant::now();
+        let more = submitted < total && deadline.is_none_or(|d| now < d);
+        // Submit what the loop allows.
+        if more {
+            let want = match opts.rate {
+                Some(r) => {
+                    let due = (now.duration_since(started).as_secs_f64() * r) as u64 + 1;
+                    due.min(total).saturating_sub(submitted)
+                }
+                None => (opts.concurrency as u64)
+                    .saturating_sub(submitted - done)
+                    .min(total - submitted),
+            };
+            let mut left = want;
+            while left > 0 {
+                let n = left.min(opts.batch as u64) as usize;
+                let tasks: Vec<NewTask> = (submitted..submitted + n as u64)
+                    .map(|i| task_for(i, &opts, &payload))
+                    .collect();
+                let starts: Vec<Instant> = match opts.rate {
+                    // Open loop: each task's latency counts from when it
+                    // was due, not from when it was sent.
+                    Some(r) => (submitted..submitted + n as u64)
+                        .map(|i| started + Duration::from_secs_f64(i as f64 / r))
+                        .collect(),
+                    None => vec![now; n],
+                };
+                acks.push_back((client.send_batch(tasks)?.boxed(), starts));
+                submitted += n as u64;
+                left -= n as u64;
+            }
+        } else if drain_until.is_none() {
+            drain_until = Some(now + opts.drain_timeout);
+        }
+        if let Some(until) = drain_until {
+            if done >= submitted || now > until {
+                break;
+            }
+        }
+        if let (Some(at), Some((what, every))) = (next_chaos, opts.chaos) {
+            if now >= at {
+                if let Some(s) = spawned.as_mut() {
+                    chaos_events += 1;
+                    s.chaos(what, chaos_events).await?;
+                }
+                next_chaos = Some(at + every);
+            }
+        }
+        // Acceptances come before their results; take every one that is in.
+        while let Some((fut, _)) = acks.front_mut() {
+            match fut.now_or_never() {
+                None => break,
+                Some(r) => {
+                    let (_, starts) = acks.pop_front().expect("front exists");
+                    let Accepted { first_id, count } = r?;
+                    batches.push_back(Batch {
+                        first_id,
+                        got: vec![false; count as usize],
+                        starts,
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            r = client.next_result() => {
+                let Some(r) = r else {
+                    return Err(LoadError::Setup(format!("connection lost: {}", client.close_reason().unwrap_or_default())));
+                };
+                let now = Instant::now();
+                last_result = now;
+                // Make sure the batch holding this id is known.
+                while batch_of(&batches, r.id).is_none() && !acks.is_empty() {
+                    let (fut, starts) = acks.pop_front().expect("non-empty");
+                    let Accepted { first_id, count } = fut.await?;
+                    batches.push_back(Batch { first_id, got: vec![false; count as usize], starts });
+                }
+                match batch_of(&batches, r.id) {
+                    None => unexpected += 1,
+                    Some(bi) => {
+                        let b = &mut batches[bi];
+                        let k = (r.id - b.first_id) as usize;
+                        if b.got[k] {
+                            duplicated += 1;
+                        } else {
+                            b.got[k] = true;
+                            done += 1;
+                            let lat = now.saturating_duration_since(b.starts[k]);
+                            metrics::record(&mut e2e, lat);
+                            metrics::record(&mut interval, lat);
+                            match r.status {
+                                TaskStatus::Ok => ok += 1,
+                                TaskStatus::Failed => failed += 1,
+                                TaskStatus::Cancelled => cancelled += 1,
+                            }
+                        }
+                    }
+                }
+                // Forget fully answered batches at the front.
+                while batches.front().is_some_and(|b| b.got.iter().all(|g| *g)) {
+                    batches.pop_front();
+                }
+                if now.duration_since(interval_start) >= Duration::from_secs(1) {
+                    intervals.push((interval_start.duration_since(started), std::mem::replace(&mut interval, metrics::histogram())));
+                    interval_start = now;
+                    if let Some(b) = &bar {
+                        b.set_position(done);
+                        b.set_message(format!("{:.0} tasks/s", done as f64 / now.duration_since(started).as_secs_f64()));
+                    }
+                }
+            }
+            _ = ticker.tick(), if opts.rate.is_some() || drain_until.is_some() || next_chaos.is_some() => {}
+        }
+    }
+    let elapsed = last_result.duration_since(started);
+    if !interval.is_empty() {
+        intervals.push((interval_start.duration_since(started), interval));
+    }
+    if let Some(b) = &bar {
+        b.set_position(done);
+        b.finish_and_clear();
+    }
+    let lost = submitted - done;
+    let master = client.status(true).await.ok();
+    client.close();
+    drop(spawned);
+    Ok(Outcome {
+        accepted: submitted,
+        ok,
+        failed,
+        cancelled,
+        lost,
+        duplicated,
+        unexpected,
+        elapsed,
+        e2e,
+        intervals,
+        master,
+        chaos_events,
+    })
+}
+
+fn batch_of(batches: &VecDeque<Batch>, id: u64) -> Option<usize> {
+    let i = batches.partition_point(|b| b.first_id <= id);
+    let i = i.checked_sub(1)?;
+    let b = &batches[i];
+    (id < b.first_id + b.got.len() as u64).then_some(i)
+}
+
+async fn wait_workers(client: &Client, n: usize) -> Result<(), LoadError> {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = client.status(false).await?;
+        if s.workers.len() >= n {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(LoadError::Setup(format!(
+                "only {} of {n} workers registered",
+                s.workers.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let style =
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+/// When the run started, for interval logs.
+pub fn wall_clock_start(elapsed: Duration) -> SystemTime {
+    SystemTime::now() - elapsed
+}

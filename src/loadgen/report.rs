@@ -1,0 +1,221 @@
+//! The run's summary table and its report files: `*.hgrm`, `e2e.hlog`,
+//! `summary.json`, `summary.csv` and `latency.svg`.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::SystemTime;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::Outcome;
+use crate::metrics::{self, export};
+
+/// This machine, for reports: cores, CPU model, memory, kernel.
+pub fn machine() -> serde_json::Value {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mem_kib: u64 = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|r| r.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0);
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": model,
+        "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |v: u64| v as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.5)),
+        "p90_ms": ms(h.value_at_quantile(0.9)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+/// The master's histograms, decoded from its status.
+pub fn master_histograms(o: &Outcome) -> Vec<(String, Histogram<u64>)> {
+    o.master
+        .iter()
+        .flat_map(|s| s.histograms.iter())
+        .filter_map(|h| {
+            metrics::decode(&h.hdr)
+                .ok()
+                .map(|d| (h.name.to_string(), d))
+        })
+        .collect()
+}
+
+/// The summary as JSON.
+pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
+    let mut latency = serde_json::Map::new();
+    latency.insert("client_end_to_end".into(), percentiles(&o.e2e));
+    for (name, h) in master_histograms(o) {
+        latency.insert(format!("master_{name}"), percentiles(&h));
+    }
+    json!({
+        "command": command,
+        "machine": machine(),
+        "elapsed_s": o.elapsed.as_secs_f64(),
+        "throughput_per_s": o.throughput(),
+        "accepted": o.accepted,
+        "ok": o.ok,
+        "failed": o.failed,
+        "cancelled": o.cancelled,
+        "lost": o.lost,
+        "duplicated": o.duplicated,
+        "unexpected": o.unexpected,
+        "chaos_events": o.chaos_events,
+        "workers_at_end": o.master.as_ref().map_or(0, |s| s.workers.len()),
+        "latency": latency,
+    })
+}
+
+/// Prints the summary table.
+pub fn print_summary(o: &Outcome) {
+    println!();
+    println!(
+        "{:<28} {:>14}",
+        "throughput (results/s)",
+        format!("{:.0}", o.throughput())
+    );
+    println!(
+        "{:<28} {:>14}",
+        "elapsed (s)",
+        format!("{:.3}", o.elapsed.as_secs_f64())
+    );
+    println!(
+        "{:<28} {:>14}",
+        "accepted / ok / failed",
+        format!("{} / {} / {}", o.accepted, o.ok, o.failed)
+    );
+    println!(
+        "{:<28} {:>14}",
+        "lost / duplicated / unexpected",
+        format!("{} / {} / {}", o.lost, o.duplicated, o.unexpected)
+    );
+    if o.chaos_events > 0 {
+        println!("{:<28} {:>14}", "workers killed or stopped", o.chaos_events);
+    }
+    println!();
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    let row = |name: &str, h: &Histogram<u64>| {
+        let ms = |v: u64| v as f64 / 1000.0;
+        println!(
+            "{:<28} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            name,
+            h.len(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.9)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max())
+        );
+    };
+    row("client end to end", &o.e2e);
+    for (name, h) in master_histograms(o) {
+        row(&format!("master {name}"), &h);
+    }
+}
+
+/// Writes every report file into `dir`.
+pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
+    let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", dir.display());
+    fs::create_dir_all(dir).map_err(|e| io("create", e))?;
+    let mut all: Vec<(String, &Histogram<u64>)> = vec![("client_end_to_end".into(), &o.e2e)];
+    let master = master_histograms(o);
+    for (name, h) in &master {
+        all.push((format!("master_{name}"), h));
+    }
+    for (name, h) in &all {
+        let f = fs::File::create(dir.join(format!("{name}.hgrm"))).map_err(|e| io(name, e))?;
+        export::write_hgrm(h, std::io::BufWriter::new(f)).map_err(|e| io(name, e))?;
+    }
+    let base = SystemTime::now() - o.elapsed;
+    let intervals: Vec<export::Interval> = o
+        .intervals
+        .iter()
+        .map(|(start, h)| export::Interval {
+            start: *start,
+            length: std::time::Duration::from_secs(1),
+            histogram: h,
+        })
+        .collect();
+    let f = fs::File::create(dir.join("client_end_to_end.hlog")).map_err(|e| io("hlog", e))?;
+    export::write_hlog(
+        std::io::BufWriter::new(f),
+        base,
+        "client_end_to_end",
+        &intervals,
+    )
+    .map_err(|e| io("hlog", e))?;
+    let summary = summary_json(o, command);
+    fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n",
+    )
+    .map_err(|e| io("summary.json", e))?;
+    let mut csv = fs::File::create(dir.join("summary.csv")).map_err(|e| io("summary.csv", e))?;
+    writeln!(csv, "histogram,count,p50_ms,p90_ms,p99_ms,p999_ms,max_ms")
+        .map_err(|e| io("csv", e))?;
+    for (name, h) in &all {
+        let ms = |v: u64| v as f64 / 1000.0;
+        writeln!(
+            csv,
+            "{name},{},{},{},{},{},{}",
+            h.len(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.9)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max())
+        )
+        .map_err(|e| io("csv", e))?;
+    }
+    writeln!(
+        csv,
+        "# throughput_per_s={:.1},accepted={},ok={},failed={},lost={},duplicated={}",
+        o.throughput(),
+        o.accepted,
+        o.ok,
+        o.failed,
+        o.lost,
+        o.duplicated
+    )
+    .map_err(|e| io("csv", e))?;
+    let plotted: Vec<(&str, &Histogram<u64>)> = all
+        .iter()
+        .filter(|(n, _)| {
+            [
+                "client_end_to_end",
+                "master_end_to_end",
+                "master_queue_wait",
+                "master_dispatch_to_result",
+            ]
+            .contains(&n.as_str())
+        })
+        .map(|(n, h)| (n.as_str(), *h))
+        .collect();
+    export::plot_percentiles(&dir.join("latency.svg"), "latency by percentile", &plotted)?;
+    Ok(())
+}
