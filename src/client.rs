@@ -65,7 +65,11 @@ enum Cmd {
 /// over the same connection, and results arrive on [`Client::next_result`].
 pub struct Client {
     cmds: mpsc::UnboundedSender<Cmd>,
-    results: mpsc::UnboundedReceiver<TaskResult>,
+    /// Whole `results` frames from the connection's task: one channel
+    /// operation per frame, not per result.
+    results: mpsc::UnboundedReceiver<Vec<TaskResult>>,
+    /// The rest of the frame being handed out.
+    ready: std::collections::VecDeque<TaskResult>,
     closed: tokio::sync::watch::Receiver<Option<String>>,
     peer: String,
 }
@@ -94,6 +98,7 @@ impl Client {
         Ok(Client {
             cmds,
             results,
+            ready: std::collections::VecDeque::new(),
             closed,
             peer: peer.node.to_string(),
         })
@@ -214,13 +219,27 @@ impl Client {
     /// The next result, in completion order; `None` once the connection is
     /// closed and every result received has been returned.
     pub async fn next_result(&mut self) -> Option<TaskResult> {
-        self.results.recv().await
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
+            self.ready.extend(self.results.recv().await?);
+        }
     }
 
     /// Results as a stream, in completion order; it ends when the connection
     /// is closed and every result received has been yielded.
     pub fn results(&mut self) -> impl futures::Stream<Item = TaskResult> + '_ {
-        futures::stream::poll_fn(move |cx| self.results.poll_recv(cx))
+        futures::stream::poll_fn(move |cx| loop {
+            if let Some(r) = self.ready.pop_front() {
+                return std::task::Poll::Ready(Some(r));
+            }
+            match self.results.poll_recv(cx) {
+                std::task::Poll::Ready(Some(batch)) => self.ready.extend(batch),
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        })
     }
 
     /// Why the connection ended, once it has.
@@ -258,7 +277,7 @@ fn is_not_a_master(e: &crate::proto::handshake::HandshakeError) -> bool {
 async fn drive(
     mut conn: net::Conn<FromClient, ToClient>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    results: mpsc::UnboundedSender<TaskResult>,
+    results: mpsc::UnboundedSender<Vec<TaskResult>>,
     closed: tokio::sync::watch::Sender<Option<String>>,
 ) {
     let mut acks: VecDeque<oneshot::Sender<Result<Accepted, ErrorMsg>>> = VecDeque::new();
@@ -293,9 +312,7 @@ async fn drive(
                         }
                     }
                     ToClient::Results(r) => {
-                        for res in r.results {
-                            let _ = results.send(res);
-                        }
+                        let _ = results.send(r.results);
                     }
                     ToClient::Status(s) => {
                         if let Some(tx) = statuses.pop_front() {

@@ -132,7 +132,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the client's connection task and the load loop hand each
+    // other results without cross-thread wake-ups, and the cluster keeps the
+    // other core.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -142,6 +142,7 @@ struct Spawned {
     wire: Wire,
     next_worker: u32,
     stopped: Vec<Child>,
+    allow_exec: bool,
 }
 
 async fn first_line(child: &mut Child, what: &str, prefix: &str) -> Result<String, LoadError> {
@@ -211,6 +212,7 @@ impl Spawned {
             wire: opts.wire,
             next_worker: 1,
             stopped: Vec::new(),
+            allow_exec: opts.kind == "exec",
         };
         for _ in 0..opts.spawn_workers {
             s.add_worker().await?;
@@ -235,6 +237,9 @@ impl Spawned {
         if self.slots > 0 {
             args.push("--slots".into());
             args.push(self.slots.to_string());
+        }
+        if self.allow_exec {
+            args.push("--allow-exec".into());
         }
         let mut w = Command::new(&self.runner)
             .args(&args)
@@ -384,9 +389,20 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                     let due = (now.duration_since(started).as_secs_f64() * r) as u64 + 1;
                     due.min(total).saturating_sub(submitted)
                 }
-                None => (opts.concurrency as u64)
-                    .saturating_sub(submitted - done)
-                    .min(total - submitted),
+                None => {
+                    // Refill in batches, not one frame per finished task:
+                    // wait until a batch's worth (or a quarter of the
+                    // window) is free, or the pipe is empty.
+                    let free = (opts.concurrency as u64)
+                        .saturating_sub(submitted - done)
+                        .min(total - submitted);
+                    let threshold = (opts.batch as u64).min((opts.concurrency as u64 / 4).max(1));
+                    if free >= threshold || submitted == done || free == total - submitted {
+                        free
+                    } else {
+                        0
+                    }
+                }
             };
             let mut left = want;
             while left > 0 {

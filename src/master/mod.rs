@@ -179,8 +179,11 @@ pub(crate) struct Shared {
     pub clients: TaskTracker,
     /// Told to client sessions once every record has been finished.
     pub clients_close: CancellationToken,
-    /// Latency histograms, folded in from the sessions.
+    /// Latency histograms of ended sessions and of discovery.
     pub hists: Mutex<Histograms>,
+    /// Each live worker session's own histograms, which it records into
+    /// without contention; a reader merges them with `hists`.
+    pub live_hists: Mutex<HashMap<u64, Arc<Mutex<Histograms>>>>,
 }
 
 impl Shared {
@@ -190,6 +193,45 @@ impl Shared {
 
     pub(crate) fn hists(&self) -> std::sync::MutexGuard<'_, Histograms> {
         self.hists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new session's histograms, registered so readers see them live.
+    pub(crate) fn register_histograms(&self, session: u64) -> Arc<Mutex<Histograms>> {
+        let h = Arc::new(Mutex::new(Histograms::new()));
+        self.live_hists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session, h.clone());
+        h
+    }
+
+    /// Folds an ended session's histograms into the master's.
+    pub(crate) fn retire_histograms(&self, session: u64) {
+        let gone = self
+            .live_hists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session);
+        if let Some(h) = gone {
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            self.hists().drain_from(&mut h);
+        }
+    }
+
+    /// Every histogram so far: the master's plus each live session's.
+    pub(crate) fn histograms(&self) -> Histograms {
+        let mut all = self.hists().clone();
+        let live: Vec<Arc<Mutex<Histograms>>> = self
+            .live_hists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for h in live {
+            all.add(&h.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        all
     }
 
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -277,6 +319,7 @@ impl Master {
             clients: TaskTracker::new(),
             clients_close: CancellationToken::new(),
             hists: Mutex::new(Histograms::new()),
+            live_hists: Mutex::new(HashMap::new()),
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared

@@ -13,6 +13,12 @@ use tokio::sync::mpsc;
 use super::link::{Departure, LinkTiming, Outcome, WorkerLink};
 use super::{ClientOut, ClientRoute, LinkStats, Record, Route, Shared, WorkerEntry};
 use crate::metrics::{Histograms, Metric};
+use std::sync::Mutex;
+
+/// Locks a session's own histograms: contended only by a status reader.
+fn lock(h: &Mutex<Histograms>) -> std::sync::MutexGuard<'_, Histograms> {
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
 use crate::net::{self, Conn, Reader, Writer};
 use crate::proto::handshake::Peer;
 use crate::proto::*;
@@ -278,7 +284,7 @@ fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
         retried: t.retried.load(Ordering::Relaxed),
         running: t.running.load(Ordering::Relaxed),
         histograms: if histograms {
-            shared.hists().summaries()
+            shared.histograms().summaries()
         } else {
             Vec::new()
         },
@@ -372,13 +378,14 @@ pub(crate) async fn worker_session(
     let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Recorded here without a lock; folded into the master's on each tick.
-    let mut hists = Histograms::new();
+    let session_hists = shared.register_histograms(session_id);
+    let hists = &*session_hists;
 
     let departure = loop {
         let notified = shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats, &mut hists).await {
+        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats, hists).await {
             break Departure::ConnectionClosed(format!("write failed: {e}"));
         }
         tokio::select! {
@@ -399,13 +406,11 @@ pub(crate) async fn worker_session(
                     FromWorker::Done(d) => {
                         for r in d.results {
                             let o = link.finish(r, now);
-                            act(&shared, &node, o, &mut hists);
+                            act(&shared, &node, o, &mut lock(hists));
                         }
                         stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
                         stats.done.store(link.done, Ordering::Relaxed);
                         stats.failed.store(link.failed, Ordering::Relaxed);
-                        // One lock per frame of results, not per task.
-                        shared.hists().drain_from(&mut hists);
                     }
                     FromWorker::Ping(p) => {
                         if write.send(ToWorker::Pong(Pong { seq: p.seq })).await.is_err() {
@@ -415,7 +420,7 @@ pub(crate) async fn worker_session(
                     FromWorker::Pong(p) => {
                         if let Some(rtt) = link.pong(p.seq, now) {
                             stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
-                            hists.record(Metric::HeartbeatRtt, rtt);
+                            lock(hists).record(Metric::HeartbeatRtt, rtt);
                         }
                     }
                     FromWorker::Goodbye(g) => break Departure::Goodbye(g.reason.to_string()),
@@ -431,7 +436,6 @@ pub(crate) async fn worker_session(
             }
             _ = &mut notified, if link.credit() > 0 => {}
             _ = tick.tick() => {
-                shared.hists().drain_from(&mut hists);
                 let t = link.tick(Instant::now());
                 if let Some(lost) = t.lost {
                     break lost;
@@ -441,7 +445,7 @@ pub(crate) async fn worker_session(
                     let _ = write.feed(ToWorker::Cancel(c)).await;
                 }
                 for o in t.outcomes {
-                    act(&shared, &node, o, &mut hists);
+                    act(&shared, &node, o, &mut lock(hists));
                 }
                 if let Some(p) = t.ping {
                     if write.send(ToWorker::Ping(p)).await.is_err() {
@@ -460,7 +464,7 @@ pub(crate) async fn worker_session(
     };
     let held = link.in_flight();
     if !matches!(departure, Departure::Shutdown | Departure::Goodbye(_)) {
-        hists.record(Metric::FailureDetection, link.silent_for(Instant::now()));
+        lock(hists).record(Metric::FailureDetection, link.silent_for(Instant::now()));
     }
     match &departure {
         Departure::Shutdown => {
@@ -480,10 +484,10 @@ pub(crate) async fn worker_session(
                     record.cancelled("master shut down while the task was running".into());
                 shared.deliver(result, &reply);
             }
-            o => act(&shared, &node, o, &mut hists),
+            o => act(&shared, &node, o, &mut lock(hists)),
         }
     }
-    shared.hists().drain_from(&mut hists);
+    shared.retire_histograms(session_id);
     {
         let mut r = shared.registry();
         if r.workers
@@ -501,7 +505,7 @@ async fn dispatch(
     link: &mut WorkerLink<Route>,
     write: &mut Writer<ToWorker, FromWorker>,
     stats: &LinkStats,
-    hists: &mut Histograms,
+    hists: &Mutex<Histograms>,
 ) -> Result<(), ProtoError> {
     if shared.shutdown.is_cancelled() {
         return Ok(());
@@ -512,24 +516,27 @@ async fn dispatch(
     }
     let now = Instant::now();
     let mut tasks = Vec::new();
-    while tasks.len() < credit {
-        let Some((_, mut record)) = shared.queue.pop() else {
-            break;
-        };
-        hists.record(
-            Metric::QueueWait,
-            now.saturating_duration_since(record.queued_at),
-        );
-        match record.requeued.take() {
-            Some(Requeued::WorkerLost(at)) => {
-                hists.record(Metric::Recovery, now.saturating_duration_since(at))
+    {
+        let mut hists = lock(hists);
+        while tasks.len() < credit {
+            let Some((_, mut record)) = shared.queue.pop() else {
+                break;
+            };
+            hists.record(
+                Metric::QueueWait,
+                now.saturating_duration_since(record.queued_at),
+            );
+            match record.requeued.take() {
+                Some(Requeued::WorkerLost(at)) => {
+                    hists.record(Metric::Recovery, now.saturating_duration_since(at))
+                }
+                Some(Requeued::Failed(at)) => {
+                    hists.record(Metric::RetryDelay, now.saturating_duration_since(at))
+                }
+                None => {}
             }
-            Some(Requeued::Failed(at)) => {
-                hists.record(Metric::RetryDelay, now.saturating_duration_since(at))
-            }
-            None => {}
+            tasks.push(link.assign(record, now));
         }
-        tasks.push(link.assign(record, now));
     }
     if tasks.is_empty() {
         return Ok(());

@@ -136,6 +136,16 @@ impl Histograms {
         }
     }
 
+    /// Adds `other`'s samples to these.
+    pub fn add(&mut self, other: &Histograms) {
+        for (mine, theirs) in self.h.iter_mut().zip(other.h.iter()) {
+            if !theirs.is_empty() {
+                // Same bounds on both sides: cannot fail.
+                let _ = mine.add(theirs);
+            }
+        }
+    }
+
     /// Percentile summaries of every non-empty histogram.
     pub fn summaries(&self) -> Vec<HistogramSummary> {
         Metric::ALL
