@@ -38,6 +38,15 @@ enum Sub {
     /// Measure the baselines alone: a raw TCP ping-pong over loopback, and a
     /// raw relay (client, relay, 2 sinks, back) as round trip and throughput.
     Baseline(BaselineArgs),
+    /// A baseline peer (started by the baselines themselves): `echo`, or
+    /// `relay SINK_A SINK_B`.
+    #[command(hide = true)]
+    Peer {
+        /// echo or relay.
+        role: String,
+        /// The relay's two sinks.
+        sinks: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -148,6 +157,10 @@ fn main() -> ExitCode {
     match rt.block_on(async move {
         match cli.command {
             Some(Sub::Baseline(b)) => run_baseline(b).await,
+            Some(Sub::Peer { role, sinks }) => baseline::serve_peer(&role, &sinks)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| e.to_string()),
             None => run_load(cli.run).await,
         }
     }) {

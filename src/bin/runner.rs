@@ -222,10 +222,20 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The master runs on one thread: its sessions hand tasks to each other
+    // (submit, dispatch, result) without cross-thread wake-ups, which cost
+    // more here than the work itself. Workers and clients use every core.
+    let one_thread = matches!(cli.command, Some(Command::Master(_)));
+    let built = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runner: cannot start the async runtime: {e}");

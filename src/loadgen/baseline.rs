@@ -1,5 +1,7 @@
 //! Baselines measured in the same run as the cluster, so every figure can be
-//! a ratio on the same machine at the same moment:
+//! a ratio on the same machine at the same moment. Every server is a process
+//! of its own (`loadgen peer`), as the master and the workers are, so the
+//! baselines pay the same cross-process wake-ups:
 //! - ping-pong: one 16-byte frame to an echo server over loopback and back,
 //!   sequentially (the floor of any round trip here);
 //! - relay: a client sends 16-byte frames to a relay that spreads them over
@@ -129,32 +131,89 @@ async fn relay(client: TcpStream, a: TcpStream, b: TcpStream) {
     to_client.abort();
 }
 
-async fn relay_setup() -> std::io::Result<TcpStream> {
-    let (sinks, sink_addr) = listener().await?;
-    tokio::spawn(async move {
-        while let Ok((s, _)) = sinks.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(echo(s));
-        }
-    });
-    let (front, front_addr) = listener().await?;
-    tokio::spawn(async move {
-        if let Ok((c, _)) = front.accept().await {
-            let _ = c.set_nodelay(true);
-            let (Ok(a), Ok(b)) = (
-                TcpStream::connect(sink_addr).await,
-                TcpStream::connect(sink_addr).await,
-            ) else {
-                return;
-            };
-            let _ = a.set_nodelay(true);
-            let _ = b.set_nodelay(true);
-            relay(c, a, b).await;
-        }
-    });
-    let s = TcpStream::connect(front_addr).await?;
+/// A baseline peer in a process of its own (`loadgen peer ...`), as the
+/// master and the workers are: killed when dropped.
+struct Peer {
+    _child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+async fn spawn_peer(args: &[String]) -> std::io::Result<Peer> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("peer")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("peer has no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .map_err(|_| std::io::Error::other("peer did not start"))??
+        .ok_or_else(|| std::io::Error::other("peer exited"))?;
+    let addr = line
+        .trim_start_matches("listening on ")
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("peer said {line:?}")))?;
+    Ok(Peer {
+        _child: child,
+        addr,
+    })
+}
+
+async fn connect(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// Serves as a baseline peer until killed: `echo`, or `relay SINK_A SINK_B`.
+/// Prints `listening on ADDR` first.
+pub async fn serve_peer(role: &str, sinks: &[String]) -> std::io::Result<()> {
+    let (l, addr) = listener().await?;
+    println!("listening on {addr}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    match role {
+        "echo" => loop {
+            let (s, _) = l.accept().await?;
+            s.set_nodelay(true)?;
+            tokio::spawn(echo(s));
+        },
+        "relay" => {
+            let [a, b] = sinks else {
+                return Err(std::io::Error::other("relay needs two sink addresses"));
+            };
+            let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = (
+                a.parse().map_err(std::io::Error::other)?,
+                b.parse().map_err(std::io::Error::other)?,
+            );
+            loop {
+                let (c, _) = l.accept().await?;
+                c.set_nodelay(true)?;
+                let (sa, sb) = (connect(a).await?, connect(b).await?);
+                tokio::spawn(relay(c, sa, sb));
+            }
+        }
+        other => Err(std::io::Error::other(format!(
+            "unknown peer role {other:?}"
+        ))),
+    }
+}
+
+/// The relay and its two sinks, each a process; returns them (alive) and a
+/// connection to the relay.
+async fn relay_setup() -> std::io::Result<(Vec<Peer>, TcpStream)> {
+    let a = spawn_peer(&["echo".into()]).await?;
+    let b = spawn_peer(&["echo".into()]).await?;
+    let r = spawn_peer(&["relay".into(), a.addr.to_string(), b.addr.to_string()]).await?;
+    let s = connect(r.addr).await?;
+    Ok((vec![a, b, r], s))
 }
 
 async fn stream(s: TcpStream, frames: u64) -> std::io::Result<f64> {
@@ -192,21 +251,19 @@ async fn stream(s: TcpStream, frames: u64) -> std::io::Result<f64> {
     Ok(back as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Runs the three baselines: `round_trips` sequential round trips for each
-/// latency, `frames` frames for the throughput.
+/// Runs the three baselines, each peer a process of its own: `round_trips_n`
+/// sequential round trips for each latency, `frames` frames for the
+/// throughput.
 pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
-    let (l, addr) = listener().await?;
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(echo(s));
-        }
-    });
-    let s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    let ping_pong = round_trips(s, round_trips_n).await?;
-    let relay_rtt = round_trips(relay_setup().await?, round_trips_n).await?;
-    let relay_frames_per_s = stream(relay_setup().await?, frames).await?;
+    let echo_peer = spawn_peer(&["echo".into()]).await?;
+    let ping_pong = round_trips(connect(echo_peer.addr).await?, round_trips_n).await?;
+    drop(echo_peer);
+    let (peers, s) = relay_setup().await?;
+    let relay_rtt = round_trips(s, round_trips_n).await?;
+    drop(peers);
+    let (peers, s) = relay_setup().await?;
+    let relay_frames_per_s = stream(s, frames).await?;
+    drop(peers);
     Ok(Baseline {
         ping_pong,
         relay_rtt,
