@@ -57,6 +57,13 @@ struct BaselineArgs {
     /// Frames through the relay for its throughput.
     #[arg(long, default_value_t = baseline::FRAMES_DEFAULT)]
     frames: u64,
+    /// Also measure how fast a tokio program spawns `true`, this many times
+    /// with --spawn-in-flight at once (the ceiling for `exec` tasks).
+    #[arg(long, default_value_t = 0)]
+    spawns: u32,
+    /// Children in flight for --spawns.
+    #[arg(long, default_value_t = 2)]
+    spawn_in_flight: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -178,6 +185,16 @@ async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
         .map_err(|_| "the baseline took too long".to_string())?
         .map_err(|e| e.to_string())?;
     baseline::print(&r);
+    if b.spawns > 0 {
+        let rate = baseline::spawn_rate("true", b.spawns, b.spawn_in_flight)
+            .await
+            .map_err(|e| format!("spawning true: {e}"))?;
+        println!(
+            "{:<34} {:>9.0}",
+            format!("spawn `true`, {} in flight (/s)", b.spawn_in_flight),
+            rate
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -271,6 +271,29 @@ pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
     })
 }
 
+/// The bare spawn rate of `program` from a tokio program with `in_flight`
+/// children at a time: the ceiling for `exec` tasks on this machine.
+pub async fn spawn_rate(program: &str, n: u32, in_flight: u32) -> std::io::Result<f64> {
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    let mut done = 0;
+    while done < n {
+        while started < n && set.len() < in_flight as usize {
+            let p = program.to_string();
+            set.spawn(async move { tokio::process::Command::new(p).status().await });
+            started += 1;
+        }
+        match set.join_next().await {
+            Some(Ok(Ok(_))) => done += 1,
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+            None => break,
+        }
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Prints what a baseline measured.
 pub fn print(b: &Baseline) {
     let ms = |v: u64| v as f64 / 1000.0;
