@@ -463,7 +463,7 @@ pub(crate) async fn worker_session(
         }
     };
     let held = link.in_flight();
-    if !matches!(departure, Departure::Shutdown | Departure::Goodbye(_)) {
+    if !matches!(departure, Departure::Shutdown | Departure::Goodbye(_) | Departure::Replaced) {
         lock(hists).record(Metric::FailureDetection, link.silent_for(Instant::now()));
     }
     match &departure {

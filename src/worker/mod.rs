@@ -249,9 +249,12 @@ impl Worker {
                             Err(e) => {
                                 tracing::debug!("dialing the master failed: {e}");
                                 tokio::time::sleep(cfg.redial_interval).await;
+                                // Only a failed dial says so; a connection
+                                // ends the dialing when it is taken in, so
+                                // the two can never race into a second dial.
+                                let _ = dial_tx.send(()).await;
                             }
                         }
-                        let _ = dial_tx.send(()).await;
                     });
                 }
             }
@@ -268,6 +271,7 @@ impl Worker {
                     }
                 }
                 Some((conn, peer, peer_addr)) = conn_rx.recv() => {
+                    dialing = false;
                     if let Some((_, kick, _)) = session.take() {
                         tracing::info!("a new master connection replaces the current one");
                         kick.cancel();
