@@ -144,6 +144,10 @@ struct RunArgs {
     /// Wait this long for the last results.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     drain_timeout: Duration,
+    /// Only submit (wait for the acceptances, not the results): fills a
+    /// master's queue, e.g. one with no workers, to measure its memory.
+    #[arg(long)]
+    submit_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -251,6 +255,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         report: a.report.clone(),
         progress: !a.quiet,
         drain_timeout: a.drain_timeout,
+        submit_only: a.submit_only,
         command: command.clone(),
     };
     let o = loadgen::run(opts).await.map_err(|e| e.to_string())?;

@@ -62,6 +62,9 @@ pub struct LoadOptions {
     pub progress: bool,
     /// How long to wait for the last results once everything is submitted.
     pub drain_timeout: Duration,
+    /// Submit everything, wait for the acceptances, and stop without waiting
+    /// for results (to fill a master's queue, e.g. to measure its memory).
+    pub submit_only: bool,
     /// The command line, for the report.
     pub command: String,
 }
@@ -429,6 +432,17 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
             if done >= submitted || now > until {
                 break;
             }
+            if opts.submit_only {
+                while let Some((fut, starts)) = acks.pop_front() {
+                    let Accepted { first_id, count } = fut.await?;
+                    batches.push_back(Batch {
+                        first_id,
+                        got: vec![false; count as usize],
+                        starts,
+                    });
+                }
+                break;
+            }
         }
         if let (Some(at), Some((what, every))) = (next_chaos, opts.chaos) {
             if now >= at {
@@ -502,7 +516,8 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                     }
                 }
             }
-            _ = ticker.tick(), if opts.rate.is_some() || drain_until.is_some() || next_chaos.is_some() => {}
+            // Always: the rate, the drain deadline and chaos all run on it.
+            _ = ticker.tick() => {}
         }
     }
     let elapsed = last_result.duration_since(started);
@@ -513,7 +528,11 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         b.set_position(done);
         b.finish_and_clear();
     }
-    let lost = submitted - done;
+    let lost = if opts.submit_only {
+        0
+    } else {
+        submitted - done
+    };
     let master = client.status(true).await.ok();
     client.close();
     drop(spawned);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::proto::{Assignment, AttemptResult, AttemptStatus, Cancel, Ping, TaskResult, Text};
-use crate::sched::{Requeued, RetryPolicy, TaskRecord, Verdict};
+use crate::sched::{Requeued, RetryPolicy, Stamp, TaskRecord, Verdict};
 
 /// How one attempt's end is to be acted on.
 #[derive(Debug)]
@@ -241,7 +241,7 @@ impl<R> WorkerLink<R> {
         };
         let ran = now.saturating_duration_since(f.sent_at);
         let record = f.record;
-        let accepted_at = record.accepted_at;
+        let accepted_at = record.accepted_at.instant();
         let reason = match r.status {
             AttemptStatus::Ok => {
                 self.done += 1;
@@ -284,9 +284,9 @@ impl<R> WorkerLink<R> {
         match record.fail(self.node.clone(), reason, &self.retry) {
             Verdict::Retry { delay } => {
                 record.requeued = Some(if backoff {
-                    Requeued::Failed(now)
+                    Requeued::Failed(Stamp::of(now))
                 } else {
-                    Requeued::WorkerLost(now)
+                    Requeued::WorkerLost(Stamp::of(now))
                 });
                 Outcome::Requeue {
                     record,
@@ -294,7 +294,7 @@ impl<R> WorkerLink<R> {
                 }
             }
             Verdict::Exhausted => {
-                let accepted_at = record.accepted_at;
+                let accepted_at = record.accepted_at.instant();
                 let (result, reply) = record.failed();
                 Outcome::Finished {
                     result,

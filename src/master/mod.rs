@@ -261,7 +261,7 @@ impl Shared {
             return;
         }
         if delay.is_zero() {
-            record.queued_at = Instant::now();
+            record.queued_at = crate::sched::Stamp::of(Instant::now());
             self.queue.push(record.spec.priority, record);
             self.work.notify_waiters();
             return;

@@ -463,7 +463,10 @@ pub(crate) async fn worker_session(
         }
     };
     let held = link.in_flight();
-    if !matches!(departure, Departure::Shutdown | Departure::Goodbye(_) | Departure::Replaced) {
+    if !matches!(
+        departure,
+        Departure::Shutdown | Departure::Goodbye(_) | Departure::Replaced
+    ) {
         lock(hists).record(Metric::FailureDetection, link.silent_for(Instant::now()));
     }
     match &departure {
@@ -524,15 +527,17 @@ async fn dispatch(
             };
             hists.record(
                 Metric::QueueWait,
-                now.saturating_duration_since(record.queued_at),
+                now.saturating_duration_since(record.queued_at.instant()),
             );
             match record.requeued.take() {
-                Some(Requeued::WorkerLost(at)) => {
-                    hists.record(Metric::Recovery, now.saturating_duration_since(at))
-                }
-                Some(Requeued::Failed(at)) => {
-                    hists.record(Metric::RetryDelay, now.saturating_duration_since(at))
-                }
+                Some(Requeued::WorkerLost(at)) => hists.record(
+                    Metric::Recovery,
+                    now.saturating_duration_since(at.instant()),
+                ),
+                Some(Requeued::Failed(at)) => hists.record(
+                    Metric::RetryDelay,
+                    now.saturating_duration_since(at.instant()),
+                ),
                 None => {}
             }
             tasks.push(link.assign(record, now));

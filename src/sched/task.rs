@@ -5,6 +5,7 @@
 //! worker's in-flight table, or a retry timer), so exactly one place can
 //! finish it: that is how each task gets exactly one result.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::proto::{AttemptError, NewTask, Payload, TaskResult, TaskStatus, Text};
@@ -47,14 +48,63 @@ pub enum Verdict {
     Exhausted,
 }
 
+/// An instant in 8 bytes (nanoseconds since the first one taken in this
+/// process) instead of `Instant`'s 16: a queued task holds two, and a master
+/// holds millions of queued tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(u64);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Stamp {
+    /// The stamp of `at` (instants before the epoch count as the epoch).
+    pub fn of(at: Instant) -> Stamp {
+        Stamp(at.saturating_duration_since(epoch()).as_nanos() as u64)
+    }
+    /// The instant it stands for.
+    pub fn instant(self) -> Instant {
+        epoch() + Duration::from_nanos(self.0)
+    }
+}
+
 /// Why a record went back into the queue, and when: the next dispatch then
 /// measures how long recovery or a retry took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requeued {
     /// Its worker was lost, at this instant.
-    WorkerLost(Instant),
+    WorkerLost(Stamp),
     /// Its attempt failed, at this instant.
-    Failed(Instant),
+    Failed(Stamp),
+}
+
+/// A task's failed attempts: 8 bytes while there are none (nearly always),
+/// where a `Vec` is 24. Reads as a slice.
+#[derive(Debug, Default)]
+pub struct Errors(Option<Box<[AttemptError]>>);
+
+impl Errors {
+    /// Appends one.
+    pub fn push(&mut self, e: AttemptError) {
+        // A failure is rare and costs a reallocation; the common case
+        // (no failure) costs nothing.
+        let mut v = self.0.take().map(Vec::from).unwrap_or_default();
+        v.push(e);
+        self.0 = Some(v.into_boxed_slice());
+    }
+    /// All of them, oldest first.
+    pub fn into_vec(self) -> Vec<AttemptError> {
+        self.0.map(Vec::from).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Errors {
+    type Target = [AttemptError];
+    fn deref(&self) -> &[AttemptError] {
+        self.0.as_deref().unwrap_or(&[])
+    }
 }
 
 /// One accepted task, with `R` the route its result takes back to its client.
@@ -67,13 +117,13 @@ pub struct TaskRecord<R> {
     /// The number of the latest attempt handed out (0: none yet).
     pub attempt: u32,
     /// Every failed attempt, oldest first.
-    pub errors: Vec<AttemptError>,
+    pub errors: Errors,
     /// Where its result goes.
     pub reply: R,
     /// When the master accepted it.
-    pub accepted_at: Instant,
+    pub accepted_at: Stamp,
     /// When it last entered the queue.
-    pub queued_at: Instant,
+    pub queued_at: Stamp,
     /// Why it is queued again, if it is.
     pub requeued: Option<Requeued>,
 }
@@ -85,10 +135,10 @@ impl<R> TaskRecord<R> {
             id,
             spec,
             attempt: 0,
-            errors: Vec::new(),
+            errors: Errors::default(),
             reply,
-            accepted_at: now,
-            queued_at: now,
+            accepted_at: Stamp::of(now),
+            queued_at: Stamp::of(now),
             requeued: None,
         }
     }
@@ -150,7 +200,7 @@ impl<R> TaskRecord<R> {
                 output,
                 attempts: self.attempt,
                 worker,
-                errors: self.errors,
+                errors: self.errors.into_vec(),
             },
             self.reply,
         )
