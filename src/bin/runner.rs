@@ -121,6 +121,10 @@ struct MasterArgs {
     /// Allow a non-loopback --bind without a secret.
     #[arg(long)]
     insecure: bool,
+    /// Serve Prometheus metrics (counters, gauges, latency histograms) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -396,6 +400,7 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
         prefetch: a.prefetch,
         secret,
         wire: a.common.wire.into(),
+        metrics: a.metrics,
         ..MasterConfig::default()
     };
     if cfg.worker_timeout <= cfg.heartbeat {

@@ -12,6 +12,7 @@
 
 pub mod discovery;
 pub mod link;
+mod metrics_http;
 mod serve;
 
 use std::collections::{HashMap, HashSet};
@@ -75,6 +76,8 @@ pub struct MasterConfig {
     pub wire: Wire,
     /// The master's node id.
     pub node: String,
+    /// Serve Prometheus `/metrics` on this address.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for MasterConfig {
@@ -99,6 +102,7 @@ impl Default for MasterConfig {
             secret: None,
             wire: Wire::Bincode,
             node: "master".into(),
+            metrics: None,
         }
     }
 }
@@ -290,6 +294,14 @@ pub enum MasterError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl Master {
@@ -297,6 +309,14 @@ impl Master {
     /// and scanning in the background.
     pub async fn start(cfg: MasterConfig) -> Result<Master, MasterError> {
         let listener = net::bind_first_free(cfg.bind, cfg.ports).await?;
+        let metrics = match cfg.metrics {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| MasterError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
         let local_addr = listener.local_addr()?;
         let identity = Identity {
             role: Role::Master,
@@ -326,6 +346,10 @@ impl Master {
             .tracker
             .spawn(serve::accept_loop(shared.clone(), listener));
         shared.tracker.spawn(discovery::scan_loop(shared.clone()));
+        if let Some(l) = metrics {
+            tracing::info!(addr = ?l.local_addr().ok(), "serving Prometheus /metrics");
+            shared.tracker.spawn(metrics_http::serve(shared.clone(), l));
+        }
         Ok(Master { shared })
     }
 

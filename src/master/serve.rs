@@ -244,7 +244,7 @@ async fn flush_results(
         .is_ok()
 }
 
-fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
+pub(crate) fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
     let now = Instant::now();
     let now_ms = shared.millis(now);
     let workers = {

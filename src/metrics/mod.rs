@@ -7,6 +7,7 @@
 //! figures at most one tick old.
 
 pub mod export;
+pub mod prometheus;
 
 use std::time::Duration;
 

@@ -1,0 +1,107 @@
+//! `runner master --metrics ADDR` serves Prometheus metrics that `promtool
+//! check metrics` accepts, with the counters and histograms of the work done.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use runner::proto::{NewTask, Payload, Text};
+use support::{collect, Cluster, Opts};
+
+const PORT_BASE: u16 = 25000;
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn promtool() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("promtool"))
+        .find(|p| p.exists())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
+    let metrics_port = support::port_block(PORT_BASE);
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &["--metrics", &metrics],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let task = NewTask {
+        kind: Text::from_static("echo"),
+        payload: Payload::from("m"),
+        priority: 7,
+        retries: 0,
+        timeout_ms: 0,
+    };
+    client.submit_batch(vec![task; 5]).await.unwrap();
+    collect(&mut client, 5, Duration::from_secs(10)).await;
+    drop(c.master_log());
+
+    let resp = get(&metrics, "/metrics");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    for line in [
+        "runner_tasks_submitted_total 5",
+        "runner_tasks_completed_total 5",
+        "runner_workers 1",
+        "runner_end_to_end_seconds_count 5",
+        "runner_end_to_end_seconds_bucket{le=\"+Inf\"} 5",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("runner_worker_in_flight{worker=\"w1\"} 0"),
+        "{body}"
+    );
+    assert!(get(&metrics, "/other").starts_with("HTTP/1.1 404"));
+
+    match promtool() {
+        Some(tool) => {
+            let mut child = std::process::Command::new(tool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("promtool is not installed, and CI must check the metrics with it")
+        }
+        None => eprintln!(
+            "SKIPPED the promtool check: promtool is not installed (apt-get install prometheus)"
+        ),
+    }
+}
