@@ -148,6 +148,11 @@ struct RunArgs {
     /// master's queue, e.g. one with no workers, to measure its memory.
     #[arg(long)]
     submit_only: bool,
+    /// Instead of a load: hold this many lightweight fake workers (real
+    /// sessions: handshake, register, heartbeats at 500 ms) on the master for
+    /// --duration, and report the master's CPU and memory.
+    #[arg(long, default_value_t = 0)]
+    fake_workers: u32,
 }
 
 fn main() -> ExitCode {
@@ -202,24 +207,8 @@ async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    if a.tasks.is_none() && a.duration.is_none() {
-        return Err("give --tasks N or --duration D (see --help)".into());
-    }
-    let base = if a.baseline {
-        let b = baseline::run(baseline::ROUND_TRIPS_DEFAULT, baseline::FRAMES_DEFAULT)
-            .await
-            .map_err(|e| format!("baseline: {e}"))?;
-        Some(b)
-    } else {
-        None
-    };
-    let master = match &a.master {
-        Some(m) => Some(runner::net::resolve(m).await?),
-        None => None,
-    };
-    let opts = LoadOptions {
+fn options(a: &RunArgs, master: Option<std::net::SocketAddr>, command: String) -> LoadOptions {
+    LoadOptions {
         master,
         spawn_workers: a.spawn_workers,
         worker_slots: a.worker_slots,
@@ -256,8 +245,55 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         progress: !a.quiet,
         drain_timeout: a.drain_timeout,
         submit_only: a.submit_only,
-        command: command.clone(),
+        command,
+    }
+}
+
+async fn run_pool(a: RunArgs) -> Result<ExitCode, String> {
+    let master = match &a.master {
+        Some(m) => Some(runner::net::resolve(m).await?),
+        None => None,
     };
+    let window = a.duration.unwrap_or(Duration::from_secs(10));
+    let opts = options(&a, master, String::new());
+    let r = loadgen::run_pool(&opts, a.fake_workers, window)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("fake workers registered      {}", r.registered);
+    println!("time to connect them all     {:.2} s", r.setup.as_secs_f64());
+    println!("measured over                {:.1} s", r.window.as_secs_f64());
+    match r.master_cpu_percent {
+        Some(c) => println!("master CPU                   {c:.1} % of one core"),
+        None => println!("master CPU                   (unknown: not our process)"),
+    }
+    match r.master_rss_mib {
+        Some(m) => println!("master resident memory       {m:.0} MiB"),
+        None => println!("master resident memory       (unknown: not our process)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if a.fake_workers > 0 {
+        return run_pool(a).await;
+    }
+    if a.tasks.is_none() && a.duration.is_none() {
+        return Err("give --tasks N or --duration D (see --help)".into());
+    }
+    let base = if a.baseline {
+        let b = baseline::run(baseline::ROUND_TRIPS_DEFAULT, baseline::FRAMES_DEFAULT)
+            .await
+            .map_err(|e| format!("baseline: {e}"))?;
+        Some(b)
+    } else {
+        None
+    };
+    let master = match &a.master {
+        Some(m) => Some(runner::net::resolve(m).await?),
+        None => None,
+    };
+    let opts = options(&a, master, command.clone());
     let o = loadgen::run(opts).await.map_err(|e| e.to_string())?;
     report::print_summary(&o);
     let mut summary = report::summary_json(&o, &command);

@@ -6,6 +6,7 @@
 //! the latency reports.
 
 pub mod baseline;
+pub mod fake;
 pub mod report;
 
 use std::collections::VecDeque;
@@ -550,6 +551,40 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         master,
         chaos_events,
     })
+}
+
+/// Holds `n` fake workers on a master (its own, unless `opts.master` is
+/// given) for `window`, and measures what the pool costs the master.
+pub async fn run_pool(opts: &LoadOptions, n: u32, window: Duration) -> Result<fake::PoolReport, LoadError> {
+    let spawned = match opts.master {
+        Some(_) => None,
+        None => {
+            let mut o = opts.clone();
+            o.spawn_workers = 0;
+            Some(Spawned::start(&o).await?)
+        }
+    };
+    let addr = opts
+        .master
+        .or(spawned.as_ref().map(|s| s.master_addr))
+        .ok_or_else(|| LoadError::Usage("no master".into()))?;
+    let pid = spawned.as_ref().and_then(|s| s.master.id());
+    let client = Client::connect(
+        addr,
+        ClientOptions {
+            wire: opts.wire,
+            name: "loadgen".into(),
+            ..ClientOptions::default()
+        },
+    )
+    .await?;
+    let heartbeat = Duration::from_millis(500);
+    let r = fake::hold_pool(addr, pid, n, opts.wire, heartbeat, window, &client)
+        .await
+        .map_err(LoadError::Setup)?;
+    client.close();
+    drop(spawned);
+    Ok(r)
 }
 
 fn batch_of(batches: &VecDeque<Batch>, id: u64) -> Option<usize> {

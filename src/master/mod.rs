@@ -183,11 +183,10 @@ pub(crate) struct Shared {
     pub clients: TaskTracker,
     /// Told to client sessions once every record has been finished.
     pub clients_close: CancellationToken,
-    /// Latency histograms of ended sessions and of discovery.
+    /// Latency histograms. Recorded into once per frame (a batch of
+    /// samples per lock), never merged: each is ~190 KB, so one set per
+    /// session would not scale to thousands of workers.
     pub hists: Mutex<Histograms>,
-    /// Each live worker session's own histograms, which it records into
-    /// without contention; a reader merges them with `hists`.
-    pub live_hists: Mutex<HashMap<u64, Arc<Mutex<Histograms>>>>,
 }
 
 impl Shared {
@@ -199,43 +198,9 @@ impl Shared {
         self.hists.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new session's histograms, registered so readers see them live.
-    pub(crate) fn register_histograms(&self, session: u64) -> Arc<Mutex<Histograms>> {
-        let h = Arc::new(Mutex::new(Histograms::new()));
-        self.live_hists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session, h.clone());
-        h
-    }
-
-    /// Folds an ended session's histograms into the master's.
-    pub(crate) fn retire_histograms(&self, session: u64) {
-        let gone = self
-            .live_hists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&session);
-        if let Some(h) = gone {
-            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-            self.hists().drain_from(&mut h);
-        }
-    }
-
-    /// Every histogram so far: the master's plus each live session's.
+    /// Every histogram so far.
     pub(crate) fn histograms(&self) -> Histograms {
-        let mut all = self.hists().clone();
-        let live: Vec<Arc<Mutex<Histograms>>> = self
-            .live_hists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for h in live {
-            all.add(&h.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        all
+        self.hists().clone()
     }
 
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -339,7 +304,6 @@ impl Master {
             clients: TaskTracker::new(),
             clients_close: CancellationToken::new(),
             hists: Mutex::new(Histograms::new()),
-            live_hists: Mutex::new(HashMap::new()),
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared

@@ -13,12 +13,6 @@ use tokio::sync::mpsc;
 use super::link::{Departure, LinkTiming, Outcome, WorkerLink};
 use super::{ClientOut, ClientRoute, LinkStats, Record, Route, Shared, WorkerEntry};
 use crate::metrics::{Histograms, Metric};
-use std::sync::Mutex;
-
-/// Locks a session's own histograms: contended only by a status reader.
-fn lock(h: &Mutex<Histograms>) -> std::sync::MutexGuard<'_, Histograms> {
-    h.lock().unwrap_or_else(|e| e.into_inner())
-}
 use crate::net::{self, Conn, Reader, Writer};
 use crate::proto::handshake::Peer;
 use crate::proto::*;
@@ -378,14 +372,12 @@ pub(crate) async fn worker_session(
     let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Recorded here without a lock; folded into the master's on each tick.
-    let session_hists = shared.register_histograms(session_id);
-    let hists = &*session_hists;
 
     let departure = loop {
         let notified = shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats, hists).await {
+        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats).await {
             break Departure::ConnectionClosed(format!("write failed: {e}"));
         }
         tokio::select! {
@@ -404,10 +396,13 @@ pub(crate) async fn worker_session(
                 stats.last_heard_ms.store(shared.millis(now), Ordering::Relaxed);
                 match msg {
                     FromWorker::Done(d) => {
+                        // One lock per frame of results, not per result.
+                        let mut hists = shared.hists();
                         for r in d.results {
                             let o = link.finish(r, now);
-                            act(&shared, &node, o, &mut lock(hists));
+                            act(&shared, &node, o, &mut hists);
                         }
+                        drop(hists);
                         stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
                         stats.done.store(link.done, Ordering::Relaxed);
                         stats.failed.store(link.failed, Ordering::Relaxed);
@@ -420,7 +415,7 @@ pub(crate) async fn worker_session(
                     FromWorker::Pong(p) => {
                         if let Some(rtt) = link.pong(p.seq, now) {
                             stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
-                            lock(hists).record(Metric::HeartbeatRtt, rtt);
+                            shared.hists().record(Metric::HeartbeatRtt, rtt);
                         }
                     }
                     FromWorker::Goodbye(g) => break Departure::Goodbye(g.reason.to_string()),
@@ -445,7 +440,7 @@ pub(crate) async fn worker_session(
                     let _ = write.feed(ToWorker::Cancel(c)).await;
                 }
                 for o in t.outcomes {
-                    act(&shared, &node, o, &mut lock(hists));
+                    act(&shared, &node, o, &mut shared.hists());
                 }
                 if let Some(p) = t.ping {
                     if write.send(ToWorker::Ping(p)).await.is_err() {
@@ -467,7 +462,7 @@ pub(crate) async fn worker_session(
         departure,
         Departure::Shutdown | Departure::Goodbye(_) | Departure::Replaced
     ) {
-        lock(hists).record(Metric::FailureDetection, link.silent_for(Instant::now()));
+        shared.hists().record(Metric::FailureDetection, link.silent_for(Instant::now()));
     }
     match &departure {
         Departure::Shutdown => {
@@ -487,10 +482,9 @@ pub(crate) async fn worker_session(
                     record.cancelled("master shut down while the task was running".into());
                 shared.deliver(result, &reply);
             }
-            o => act(&shared, &node, o, &mut lock(hists)),
+            o => act(&shared, &node, o, &mut shared.hists()),
         }
     }
-    shared.retire_histograms(session_id);
     {
         let mut r = shared.registry();
         if r.workers
@@ -508,7 +502,6 @@ async fn dispatch(
     link: &mut WorkerLink<Route>,
     write: &mut Writer<ToWorker, FromWorker>,
     stats: &LinkStats,
-    hists: &Mutex<Histograms>,
 ) -> Result<(), ProtoError> {
     if shared.shutdown.is_cancelled() {
         return Ok(());
@@ -520,7 +513,9 @@ async fn dispatch(
     let now = Instant::now();
     let mut tasks = Vec::new();
     {
-        let mut hists = lock(hists);
+        // The master runs on one thread: this lock is never contended; it is
+        // taken once per frame, not per task.
+        let mut hists = shared.hists();
         while tasks.len() < credit {
             let Some((_, mut record)) = shared.queue.pop() else {
                 break;
