@@ -149,7 +149,7 @@ struct RunArgs {
     #[arg(long)]
     submit_only: bool,
     /// Instead of a load: hold this many lightweight fake workers (real
-    /// sessions: handshake, register, heartbeats at 500 ms) on the master for
+    /// sessions: handshake, register, heartbeats at the default 1 s) on the master for
     /// --duration, and report the master's CPU and memory.
     #[arg(long, default_value_t = 0)]
     fake_workers: u32,
@@ -260,8 +260,14 @@ async fn run_pool(a: RunArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     println!("fake workers registered      {}", r.registered);
-    println!("time to connect them all     {:.2} s", r.setup.as_secs_f64());
-    println!("measured over                {:.1} s", r.window.as_secs_f64());
+    println!(
+        "time to connect them all     {:.2} s",
+        r.setup.as_secs_f64()
+    );
+    println!(
+        "measured over                {:.1} s",
+        r.window.as_secs_f64()
+    );
     match r.master_cpu_percent {
         Some(c) => println!("master CPU                   {c:.1} % of one core"),
         None => println!("master CPU                   (unknown: not our process)"),

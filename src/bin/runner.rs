@@ -109,7 +109,7 @@ struct MasterArgs {
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     scan_interval: Duration,
     /// How often to ping each worker.
-    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
     heartbeat: Duration,
     /// Drop a worker not heard from for this long, and re-run its tasks.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
@@ -152,7 +152,7 @@ struct WorkerArgs {
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     master_timeout: Duration,
     /// How often to ping the master.
-    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
     heartbeat: Duration,
     /// Run `exec` tasks (programs given by clients). Off by default: only
     /// enable it in a cluster with a secret.

@@ -52,9 +52,12 @@ async fn serve(mut conn: WorkerConn, id: u32, heartbeat: Duration) -> Result<(),
     let offset = heartbeat.mul_f64((id % 1000) as f64 / 1000.0);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
     let mut seq = 0u64;
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            frame = conn.next() => match frame {
+            frame = conn.next() => {
+                last_heard = Instant::now();
+                match frame {
                 Some(Ok(ToWorker::Ping(p))) => conn.send(FromWorker::Pong(Pong { seq: p.seq })).await.map_err(|e| e.to_string())?,
                 Some(Ok(ToWorker::Run(run))) => {
                     let results = run
@@ -73,10 +76,14 @@ async fn serve(mut conn: WorkerConn, id: u32, heartbeat: Duration) -> Result<(),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.to_string()),
                 None => return Ok(()),
-            },
+                }
+            }
             _ = tick.tick() => {
-                seq += 1;
-                conn.send(FromWorker::Ping(Ping { seq })).await.map_err(|e| e.to_string())?;
+                // As a real worker: ping only when the master has gone quiet.
+                if last_heard.elapsed() >= heartbeat {
+                    seq += 1;
+                    conn.send(FromWorker::Ping(Ping { seq })).await.map_err(|e| e.to_string())?;
+                }
             }
         }
     }
@@ -153,7 +160,10 @@ pub async fn hold_pool(
             break s.workers.len();
         }
         if Instant::now() > deadline {
-            return Err(format!("only {} of {n} fake workers registered", s.workers.len()));
+            return Err(format!(
+                "only {} of {n} fake workers registered",
+                s.workers.len()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

@@ -555,7 +555,11 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
 
 /// Holds `n` fake workers on a master (its own, unless `opts.master` is
 /// given) for `window`, and measures what the pool costs the master.
-pub async fn run_pool(opts: &LoadOptions, n: u32, window: Duration) -> Result<fake::PoolReport, LoadError> {
+pub async fn run_pool(
+    opts: &LoadOptions,
+    n: u32,
+    window: Duration,
+) -> Result<fake::PoolReport, LoadError> {
     let spawned = match opts.master {
         Some(_) => None,
         None => {
@@ -578,7 +582,7 @@ pub async fn run_pool(opts: &LoadOptions, n: u32, window: Duration) -> Result<fa
         },
     )
     .await?;
-    let heartbeat = Duration::from_millis(500);
+    let heartbeat = Duration::from_secs(1);
     let r = fake::hold_pool(addr, pid, n, opts.wire, heartbeat, window, &client)
         .await
         .map_err(LoadError::Setup)?;

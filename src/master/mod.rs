@@ -93,7 +93,7 @@ impl Default for MasterConfig {
             scan_interval: Duration::from_secs(2),
             scan_connect_timeout: Duration::from_millis(300),
             scan_handshake_timeout: Duration::from_secs(2),
-            heartbeat: Duration::from_millis(500),
+            heartbeat: Duration::from_secs(1),
             worker_timeout: Duration::from_secs(3),
             prefetch: 0,
             retry: RetryPolicy::default(),

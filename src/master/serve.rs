@@ -368,7 +368,10 @@ pub(crate) async fn worker_session(
         shared.cfg.retry,
         Instant::now(),
     );
-    let period = (shared.cfg.heartbeat / 2).min(shared.cfg.worker_timeout / 4);
+    // One tick per heartbeat: with thousands of workers the master's timer
+    // wake-ups are a cost of their own; loss is still judged within
+    // worker-timeout plus one heartbeat.
+    let period = shared.cfg.heartbeat.min(shared.cfg.worker_timeout / 2);
     let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Recorded here without a lock; folded into the master's on each tick.
@@ -462,7 +465,9 @@ pub(crate) async fn worker_session(
         departure,
         Departure::Shutdown | Departure::Goodbye(_) | Departure::Replaced
     ) {
-        shared.hists().record(Metric::FailureDetection, link.silent_for(Instant::now()));
+        shared
+            .hists()
+            .record(Metric::FailureDetection, link.silent_for(Instant::now()));
     }
     match &departure {
         Departure::Shutdown => {

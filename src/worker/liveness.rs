@@ -29,6 +29,11 @@ impl MasterWatch {
         self.last_heard
     }
 
+    /// How long the master has been silent.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_heard)
+    }
+
     /// `Some(silence)` once the master has been silent longer than the
     /// timeout.
     pub fn expired(&self, now: Instant) -> Option<Duration> {

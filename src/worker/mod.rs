@@ -66,7 +66,7 @@ impl Default for WorkerConfig {
             master: None,
             slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             master_timeout: Duration::from_secs(30),
-            heartbeat: Duration::from_millis(500),
+            heartbeat: Duration::from_secs(1),
             allow_exec: false,
             secret: None,
             wire: Wire::Bincode,
@@ -550,9 +550,15 @@ impl Session {
                     if let Some(silent) = watch.expired(Instant::now()) {
                         break format!("master silent for {} ms", silent.as_millis());
                     }
-                    ping_seq += 1;
-                    if write.send(FromWorker::Ping(Ping { seq: ping_seq })).await.is_err() {
-                        break "write to master failed".into();
+                    // The master pings every heartbeat and this worker
+                    // answers, so both sides hear each other; the worker pings
+                    // only when the master has gone quiet for a heartbeat,
+                    // which halves the traffic of a large idle pool.
+                    if watch.silent_for(Instant::now()) >= self.cfg.heartbeat {
+                        ping_seq += 1;
+                        if write.send(FromWorker::Ping(Ping { seq: ping_seq })).await.is_err() {
+                            break "write to master failed".into();
+                        }
                     }
                 }
                 _ = kick.cancelled() => break "replaced by a newer master connection".into(),
