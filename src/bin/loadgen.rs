@@ -207,7 +207,7 @@ async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn options(a: &RunArgs, master: Option<std::net::SocketAddr>, command: String) -> LoadOptions {
+fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
     LoadOptions {
         master,
         spawn_workers: a.spawn_workers,
@@ -241,11 +241,9 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>, command: String) -
                 a.chaos_every,
             )
         }),
-        report: a.report.clone(),
         progress: !a.quiet,
         drain_timeout: a.drain_timeout,
         submit_only: a.submit_only,
-        command,
     }
 }
 
@@ -255,7 +253,7 @@ async fn run_pool(a: RunArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let window = a.duration.unwrap_or(Duration::from_secs(10));
-    let opts = options(&a, master, String::new());
+    let opts = options(&a, master);
     let r = loadgen::run_pool(&opts, a.fake_workers, window)
         .await
         .map_err(|e| e.to_string())?;
@@ -299,7 +297,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,
     };
-    let opts = options(&a, master, command.clone());
+    let opts = options(&a, master);
     let o = loadgen::run(opts).await.map_err(|e| e.to_string())?;
     report::print_summary(&o);
     let mut summary = report::summary_json(&o, &command);

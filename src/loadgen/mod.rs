@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use hdrhistogram::Histogram;
@@ -57,8 +57,6 @@ pub struct LoadOptions {
     pub wire: Wire,
     /// Kill -9 or SIGSTOP a random worker every interval, and start a new one.
     pub chaos: Option<(Chaos, Duration)>,
-    /// Where to write the reports.
-    pub report: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
     /// How long to wait for the last results once everything is submitted.
@@ -66,8 +64,6 @@ pub struct LoadOptions {
     /// Submit everything, wait for the acceptances, and stop without waiting
     /// for results (to fill a master's queue, e.g. to measure its memory).
     pub submit_only: bool,
-    /// The command line, for the report.
-    pub command: String,
 }
 
 /// What the chaos does to a worker.
@@ -626,9 +622,4 @@ fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
             .progress_chars("=> ");
     bar.set_style(style);
     bar
-}
-
-/// When the run started, for interval logs.
-pub fn wall_clock_start(elapsed: Duration) -> SystemTime {
-    SystemTime::now() - elapsed
 }
