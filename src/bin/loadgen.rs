@@ -153,6 +153,10 @@ struct RunArgs {
     /// --duration, and report the master's CPU and memory.
     #[arg(long, default_value_t = 0)]
     fake_workers: u32,
+    /// Do not record the latency of tasks meant to start in this first
+    /// stretch of the run (they are still run and checked).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    warmup: Duration,
 }
 
 fn main() -> ExitCode {
@@ -244,6 +248,7 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
         progress: !a.quiet,
         drain_timeout: a.drain_timeout,
         submit_only: a.submit_only,
+        warmup: a.warmup,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct LoadOptions {
     /// Submit everything, wait for the acceptances, and stop without waiting
     /// for results (to fill a master's queue, e.g. to measure its memory).
     pub submit_only: bool,
+    /// Tasks meant to start within this long of the beginning are run and
+    /// checked but not recorded: connections, buffers and the allocator warm
+    /// up first, as wrk2's calibration does.
+    pub warmup: Duration,
 }
 
 /// What the chaos does to a worker.
@@ -370,6 +374,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     let (mut ok, mut failed, mut cancelled, mut duplicated, mut unexpected) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
+    let record_from = started + opts.warmup;
     let mut interval_start = started;
     let mut last_result = started;
     let mut chaos_events = 0u32;
@@ -489,9 +494,11 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                         } else {
                             b.got[k] = true;
                             done += 1;
-                            let lat = now.saturating_duration_since(b.starts[k]);
-                            metrics::record(&mut e2e, lat);
-                            metrics::record(&mut interval, lat);
+                            if b.starts[k] >= record_from {
+                                let lat = now.saturating_duration_since(b.starts[k]);
+                                metrics::record(&mut e2e, lat);
+                                metrics::record(&mut interval, lat);
+                            }
                             match r.status {
                                 TaskStatus::Ok => ok += 1,
                                 TaskStatus::Failed => failed += 1,
