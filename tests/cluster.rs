@@ -99,12 +99,7 @@ async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none(wire: Wire) {
         .await
         .unwrap();
     // Wait until w1 holds work, then kill it.
-    c.wait_status(&client, Duration::from_secs(10), "w1 busy", |s| {
-        s.workers
-            .iter()
-            .any(|w| w.id.as_str() == "w1" && w.in_flight > 0)
-    })
-    .await;
+    c.wait_busy(&client, "w1").await;
     let mut c = c;
     c.worker("w1").signal(libc::SIGKILL);
     c.wait_status(
@@ -150,12 +145,7 @@ async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignor
         .submit_batch((0..n).map(|_| task("sleep", "400", 128, 3, 0)).collect())
         .await
         .unwrap();
-    c.wait_status(&client, Duration::from_secs(10), "w1 busy", |s| {
-        s.workers
-            .iter()
-            .any(|w| w.id.as_str() == "w1" && w.in_flight > 0)
-    })
-    .await;
+    c.wait_busy(&client, "w1").await;
     c.worker("w1").signal(libc::SIGSTOP);
     let started = std::time::Instant::now();
     c.wait_status(
@@ -457,12 +447,7 @@ async fn a_worker_stopped_with_ctrl_c_hands_its_tasks_back_uncharged() {
         .submit_batch((0..8).map(|_| task("sleep", "600", 128, 0, 0)).collect())
         .await
         .unwrap();
-    c.wait_status(&client, Duration::from_secs(10), "w1 busy", |s| {
-        s.workers
-            .iter()
-            .any(|w| w.id.as_str() == "w1" && w.in_flight > 0)
-    })
-    .await;
+    c.wait_busy(&client, "w1").await;
     c.worker("w1").signal(libc::SIGINT);
     let w1 = c.worker("w1");
     assert!(w1.wait_exit(Duration::from_secs(10)).success());

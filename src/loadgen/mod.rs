@@ -344,15 +344,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         .master
         .or(spawned.as_ref().map(|s| s.master_addr))
         .ok_or_else(|| LoadError::Usage("no master".into()))?;
-    let mut client = Client::connect(
-        addr,
-        ClientOptions {
-            wire: opts.wire,
-            name: "loadgen".into(),
-            ..ClientOptions::default()
-        },
-    )
-    .await?;
+    let mut client = connect(addr, opts.wire).await?;
     if let Some(s) = &spawned {
         wait_workers(&client, s.workers.len()).await?;
     }
@@ -576,15 +568,7 @@ pub async fn run_pool(
         .or(spawned.as_ref().map(|s| s.master_addr))
         .ok_or_else(|| LoadError::Usage("no master".into()))?;
     let pid = spawned.as_ref().and_then(|s| s.master.id());
-    let client = Client::connect(
-        addr,
-        ClientOptions {
-            wire: opts.wire,
-            name: "loadgen".into(),
-            ..ClientOptions::default()
-        },
-    )
-    .await?;
+    let client = connect(addr, opts.wire).await?;
     let heartbeat = Duration::from_secs(1);
     let r = fake::hold_pool(addr, pid, n, opts.wire, heartbeat, window, &client)
         .await
@@ -592,6 +576,15 @@ pub async fn run_pool(
     client.close();
     drop(spawned);
     Ok(r)
+}
+
+async fn connect(addr: SocketAddr, wire: Wire) -> Result<Client, LoadError> {
+    let opts = ClientOptions {
+        wire,
+        name: "loadgen".into(),
+        ..ClientOptions::default()
+    };
+    Ok(Client::connect(addr, opts).await?)
 }
 
 fn batch_of(batches: &VecDeque<Batch>, id: u64) -> Option<usize> {

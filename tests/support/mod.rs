@@ -170,28 +170,13 @@ impl Cluster {
     pub fn start(base: u16, o: Opts) -> Cluster {
         let first_port = port_block(base);
         let logs = tempfile::tempdir().unwrap();
-        let port = first_port.to_string();
-        let scan = format!("{}-{}", first_port + 1, first_port + BLOCK - 1);
-        let log_dir = logs.path().to_str().unwrap().to_string();
-        let mut args = vec![
-            "master",
-            "--quiet",
-            "--log-dir",
-            &log_dir,
-            "--port",
-            &port,
-            "--scan",
-            &scan,
-            "--scan-interval",
-            "200ms",
-            "--heartbeat",
-            "200ms",
-            "--worker-timeout",
-            "1s",
-            "--wire",
-            wire_name(o.wire),
-        ];
-        args.extend_from_slice(o.master_args);
+        let args = master_args(
+            first_port,
+            logs.path().to_str().unwrap(),
+            o.wire,
+            o.master_args,
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut master = Proc::spawn("master", &args);
         let line = master.wait_line(Duration::from_secs(10), |l| {
             l.starts_with("master listening on ")
@@ -301,6 +286,16 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until worker `id` holds at least one attempt.
+    pub async fn wait_busy(&self, client: &Client, id: &str) {
+        self.wait_status(client, Duration::from_secs(10), "worker busy", |s| {
+            s.workers
+                .iter()
+                .any(|w| w.id.as_str() == id && w.in_flight > 0)
+        })
+        .await;
     }
 
     pub async fn wait_workers(&self, client: &Client, n: usize) {
