@@ -40,6 +40,11 @@ pub const TASK_TIMEOUT_MS_MAX: u32 = 24 * 60 * 60 * 1000;
 /// unauthenticated connections do not pile up.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 15_000;
 
+/// Most result bytes (estimated) waiting for one client: a client that does
+/// not read its results is disconnected past this, instead of growing the
+/// master's memory without bound.
+pub const CLIENT_OUTBOX_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Smallest shared secret accepted, in bytes (128 bits).
 pub const SECRET_BYTES_MIN: usize = 16;
 

@@ -628,3 +628,62 @@ async fn a_worker_accepts_a_restarted_master_before_its_master_timeout() {
         "the worker is still running"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_is_disconnected_and_others_are_still_served() {
+    let (c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            ..Opts::default()
+        },
+    )
+    .await;
+    // A JSON client that submits 80 MB worth of echo results and never reads.
+    let addr = c.addr;
+    let hog = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        writeln!(
+            s,
+            r#"{{"type":"hello","role":"client","node":"never-reads"}}"#
+        )
+        .unwrap();
+        let payload = "x".repeat(4096);
+        let task = format!(r#"{{"kind":"echo","payload":"{payload}","retries":0}}"#);
+        let batch = format!(
+            r#"{{"type":"submit","tasks":[{}]}}"#,
+            vec![task; 1000].join(",")
+        );
+        for _ in 0..20 {
+            if writeln!(s, "{batch}").is_err() {
+                break;
+            }
+        }
+        s
+    });
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if c.master_log()
+            .contains("client is not reading its results; disconnecting it")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the master never gave up on the client:\n{}",
+            c.master_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = client
+        .submit(task("echo", "still served", 128, 0, 0))
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(30))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(r.output.as_text(), Some("still served"));
+    drop(hog.join());
+}

@@ -119,6 +119,19 @@ pub(crate) enum ClientOut {
 pub(crate) struct ClientRoute {
     pub tx: mpsc::UnboundedSender<ClientOut>,
     pub name: Text,
+    /// Estimated bytes of results queued for the client and not yet written.
+    pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Cancelled when the client stops reading (its queue passed the limit).
+    pub too_slow: CancellationToken,
+}
+
+/// What a result weighs in a client's queue: its bytes plus a fixed overhead.
+pub(crate) fn result_weight(r: &TaskResult) -> usize {
+    64 + r.output.len()
+        + r.errors
+            .iter()
+            .map(|e| 32 + e.reason.len() + e.worker.len())
+            .sum::<usize>()
 }
 
 pub(crate) type Route = Arc<ClientRoute>;
@@ -216,6 +229,19 @@ impl Shared {
             _ => self.totals.failed.fetch_add(1, Ordering::Relaxed),
         };
         let id = result.id;
+        let weight = result_weight(&result);
+        let queued = reply.queued_bytes.fetch_add(weight, Ordering::Relaxed) + weight;
+        if queued > crate::limits::CLIENT_OUTBOX_BYTES_MAX {
+            if !reply.too_slow.is_cancelled() {
+                tracing::warn!(
+                    client = %reply.name,
+                    queued_bytes = queued,
+                    "client is not reading its results; disconnecting it"
+                );
+                reply.too_slow.cancel();
+            }
+            return;
+        }
         if reply.tx.send(ClientOut::Result(result)).is_err() {
             tracing::debug!(task = id, client = %reply.name, "client gone; result dropped");
         }

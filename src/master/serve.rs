@@ -84,11 +84,21 @@ async fn client_session(
 ) {
     tracing::info!(%addr, client = %peer.node, "client connected");
     let (tx, rx) = mpsc::unbounded_channel();
+    let queued_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let too_slow = tokio_util::sync::CancellationToken::new();
     let route: Route = Arc::new(ClientRoute {
         tx: tx.clone(),
         name: peer.node.clone(),
+        queued_bytes: queued_bytes.clone(),
+        too_slow: too_slow.clone(),
     });
-    let writer = tokio::spawn(client_writer(write, rx, shared.clients_close.clone()));
+    let writer = tokio::spawn(client_writer(
+        write,
+        rx,
+        shared.clients_close.clone(),
+        queued_bytes,
+        too_slow.clone(),
+    ));
     let say = |m: ToClient| {
         let _ = tx.send(ClientOut::Msg(m));
     };
@@ -96,6 +106,7 @@ async fn client_session(
         let msg = tokio::select! {
             m = read.next() => m,
             _ = shared.clients_close.cancelled() => break,
+            _ = too_slow.cancelled() => break,
         };
         let msg = match msg {
             None => break,
@@ -134,6 +145,10 @@ async fn client_session(
     drop(route);
     // The writer ends when the client goes, or, on shutdown, once it has
     // delivered every result (the last route clone is dropped).
+    if too_slow.is_cancelled() {
+        // Its writer may be stuck writing to a socket nobody reads.
+        writer.abort();
+    }
     let _ = writer.await;
     tracing::info!(%addr, client = %peer.node, "client disconnected");
 }
@@ -174,6 +189,8 @@ async fn client_writer(
     mut write: Writer<ToClient, FromClient>,
     mut rx: mpsc::UnboundedReceiver<ClientOut>,
     close: tokio_util::sync::CancellationToken,
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    too_slow: tokio_util::sync::CancellationToken,
 ) {
     let mut results = Vec::new();
     let mut closing = false;
@@ -183,6 +200,8 @@ async fn client_writer(
         } else {
             tokio::select! {
                 biased;
+                // A client that does not read is dropped, not waited for.
+                _ = too_slow.cancelled() => return,
                 item = rx.recv() => item,
                 _ = close.cancelled() => { closing = true; continue; }
             }
@@ -198,7 +217,10 @@ async fn client_writer(
         let mut next = Some(first);
         while let Some(item) = next {
             match item {
-                ClientOut::Result(r) => results.push(r),
+                ClientOut::Result(r) => {
+                    queued_bytes.fetch_sub(super::result_weight(&r), Ordering::Relaxed);
+                    results.push(r);
+                }
                 ClientOut::Msg(m) => {
                     if !flush_results(&mut write, &mut results).await
                         || write.feed(m).await.is_err()
