@@ -687,3 +687,99 @@ async fn a_client_that_never_reads_is_disconnected_and_others_are_still_served()
     assert_eq!(r.output.as_text(), Some("still served"));
     drop(hog.join());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_secret_only_peers_that_hold_it_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(&wrong, "fedcba9876543210fedcba9876543210\n").unwrap();
+    let (s, w) = (secret.to_str().unwrap(), wrong.to_str().unwrap());
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            master_args: &["--secret-file", s],
+            ..Opts::default()
+        },
+    );
+    c.add_worker("good", 1, &["--secret-file", s]);
+    c.add_worker("no-secret", 1, &[]);
+    c.add_worker("bad", 1, &["--secret-file", w]);
+    let secret_bytes =
+        runner::proto::handshake::Secret::from_text(b"0123456789abcdef0123456789abcdef").unwrap();
+    let mut client = runner::client::Client::connect(
+        c.addr,
+        runner::client::ClientOptions {
+            secret: Some(secret_bytes),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a client with the secret gets in");
+    let s1 = c
+        .wait_status(
+            &client,
+            Duration::from_secs(10),
+            "the good worker registered",
+            |s| s.workers.iter().any(|w| w.id.as_str() == "good"),
+        )
+        .await;
+    // Several scans later, still only the worker with the secret.
+    let log_has = |c: &Cluster, needle: &str| {
+        c.master_log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while log_has(&c, "skipping listener") < 2 {
+        assert!(std::time::Instant::now() < end, "{}", c.master_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s2 = client.status(false).await.unwrap();
+    for s in [&s1, &s2] {
+        let ids: Vec<&str> = s.workers.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["good"],
+            "only the worker holding the secret is registered"
+        );
+    }
+    let id = client
+        .submit(task("echo", "authenticated", 128, 0, 0))
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(10))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(
+        (r.worker.as_str(), r.output.as_text()),
+        ("good", Some("authenticated"))
+    );
+
+    // A client without the secret, or with a wrong one, is refused.
+    let refused = runner::client::Client::connect(c.addr, Default::default()).await;
+    assert!(
+        matches!(refused, Err(ref e) if e.to_string().contains("authentication required")),
+        "{:?}",
+        refused.err()
+    );
+    let wrong_secret =
+        runner::proto::handshake::Secret::from_text(b"fedcba9876543210fedcba9876543210").unwrap();
+    let refused = runner::client::Client::connect(
+        c.addr,
+        runner::client::ClientOptions {
+            secret: Some(wrong_secret),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(refused.is_err(), "a wrong secret gets nothing");
+    assert!(
+        !c.master_log().contains("0123456789abcdef"),
+        "the secret never appears in the log"
+    );
+}
