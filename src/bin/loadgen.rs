@@ -92,8 +92,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     worker_slots: u32,
     /// The started master's --prefetch (tasks kept in flight per worker
-    /// beyond its slots).
-    #[arg(long, default_value_t = 4096)]
+    /// beyond its slots). 256 hides the round trip without making frames
+    /// so large that they hold up everything behind them (measured in
+    /// results/cluster.md).
+    #[arg(long, default_value_t = 256)]
     prefetch: u32,
     /// Closed loop: tasks in flight.
     #[arg(long, default_value_t = 10_000)]
