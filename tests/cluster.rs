@@ -783,3 +783,65 @@ async fn with_a_secret_only_peers_that_hold_it_get_in() {
         "the secret never appears in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_task_process_outlives_a_kill_9_of_its_worker() {
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pids");
+    // The task and a grandchild, both sleeping; it writes both pids.
+    let script = format!("sleep 60 & echo $$ $! > {}; wait", pidfile.display());
+    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
+    client
+        .submit(NewTask {
+            kind: Text::from_static("exec"),
+            payload: Payload::from(spec),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let pids: Vec<i32> = loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            let v: Vec<i32> = text
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if v.len() == 2 {
+                break v;
+            }
+        }
+        assert!(std::time::Instant::now() < end, "the task did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.worker("w1").signal(libc::SIGKILL);
+    c.worker("w1").wait_exit(Duration::from_secs(5));
+    let dead = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("gone")
+            .to_string();
+        state == "gone" || state == "Z" || state == "X"
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !pids.iter().all(|p| dead(*p)) {
+        assert!(
+            std::time::Instant::now() < end,
+            "task processes {pids:?} outlived their worker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -226,6 +226,12 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(&cli.command, Some(Command::Worker(w)) if w.allow_exec) {
+        // SAFETY: still single-threaded: no runtime or thread has started.
+        if let Err(e) = unsafe { runner::worker::reaper::install() } {
+            eprintln!("runner: cannot start the task reaper ({e}); exec tasks fall back to PR_SET_PDEATHSIG");
+        }
+    }
     // The master runs on one thread: its sessions hand tasks to each other
     // (submit, dispatch, result) without cross-thread wake-ups, which cost
     // more here than the work itself. Workers and clients use every core.

@@ -8,6 +8,7 @@
 //! itself, so a lost cluster does not leave workers behind.
 
 pub mod liveness;
+pub mod reaper;
 pub mod tasks;
 
 use std::collections::HashMap;

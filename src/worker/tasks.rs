@@ -189,6 +189,9 @@ impl Drop for GroupKill {
         unsafe {
             libc::killpg(self.0, libc::SIGKILL);
         }
+        if let Some(r) = super::reaper::get() {
+            r.forget(self.0);
+        }
     }
 }
 
@@ -231,18 +234,28 @@ async fn exec(input: TaskInput) -> TaskOutput {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL
-    // the child when the worker thread that forked it dies.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+    let reaper = super::reaper::get();
+    if reaper.is_none() {
+        // No reaper (a worker embedded in another program): fall back to
+        // asking the kernel to kill the child when the worker thread that
+        // forked it dies. This forces fork instead of posix_spawn.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
     }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("exec: cannot start {program:?}: {e}"))?;
-    let _group = child.id().map(|pid| GroupKill(pid as i32));
+    let _group = child.id().map(|pid| {
+        if let Some(r) = reaper {
+            r.watch(pid as i32);
+        }
+        GroupKill(pid as i32)
+    });
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let (out, err, status) = tokio::join!(
