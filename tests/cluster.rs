@@ -571,17 +571,12 @@ async fn exec_captures_output_and_kills_the_whole_process_group_at_the_timeout()
         .trim()
         .parse()
         .unwrap();
-    // Dead means gone or a zombie (state Z) waiting for init to reap it.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or("gone");
-    assert!(
-        state == "gone" || state == "Z" || state == "X",
-        "the task's grandchild {pid} was killed with its group (state {state})"
-    );
+    support::wait_dead(
+        &[pid],
+        Duration::from_secs(5),
+        "the task's grandchild, killed with its group",
+    )
+    .await;
 }
 
 both_wires!(a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored);
@@ -826,22 +821,10 @@ async fn no_task_process_outlives_a_kill_9_of_its_worker() {
     };
     c.worker("w1").signal(libc::SIGKILL);
     c.worker("w1").wait_exit(Duration::from_secs(5));
-    let dead = |pid: i32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or("gone")
-            .to_string();
-        state == "gone" || state == "Z" || state == "X"
-    };
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while !pids.iter().all(|p| dead(*p)) {
-        assert!(
-            std::time::Instant::now() < end,
-            "task processes {pids:?} outlived their worker"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_dead(
+        &pids,
+        Duration::from_secs(5),
+        "task processes outliving their worker",
+    )
+    .await;
 }

@@ -338,6 +338,29 @@ fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Ve
     args
 }
 
+/// Whether process `pid` is dead: gone, or a zombie waiting to be reaped.
+pub fn process_dead(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("gone");
+    matches!(state, "gone" | "Z" | "X")
+}
+
+/// Waits until every process of `pids` is dead; panics at the deadline.
+pub async fn wait_dead(pids: &[i32], deadline: Duration, what: &str) {
+    let end = Instant::now() + deadline;
+    while !pids.iter().all(|p| process_dead(*p)) {
+        assert!(
+            Instant::now() < end,
+            "{what}: processes {pids:?} still alive after {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Reads `n` results; panics on a duplicate or a missing one.
 pub async fn collect(
     client: &mut Client,
