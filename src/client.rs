@@ -158,14 +158,7 @@ impl Client {
         let mut tasks = tasks;
         while !tasks.is_empty() {
             let rest = tasks.split_off(tasks.len().min(crate::limits::BATCH_TASKS_MAX));
-            let (tx, rx) = oneshot::channel();
-            self.cmds
-                .send(Cmd::Submit(tasks, tx))
-                .map_err(|_| ClientError::Closed(self.closed_reason()))?;
-            let acc = rx
-                .await
-                .map_err(|_| ClientError::Closed(self.closed_reason()))?
-                .map_err(ClientError::Refused)?;
+            let acc = self.send_batch(tasks)?.await?;
             let r = acc.first_id..acc.first_id + acc.count as u64;
             range = Some(match range {
                 // The master hands out ids per batch; split batches may not

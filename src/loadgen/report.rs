@@ -38,15 +38,28 @@ pub fn machine() -> serde_json::Value {
     })
 }
 
-fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+/// p50, p90, p99, p99.9 and max of `h` (microseconds), in milliseconds: the
+/// columns of every report.
+fn points_ms(h: &Histogram<u64>) -> [f64; 5] {
     let ms = |v: u64| v as f64 / 1000.0;
+    [
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+    ]
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    let [p50, p90, p99, p999, max] = points_ms(h);
     json!({
         "count": h.len(),
-        "p50_ms": ms(h.value_at_quantile(0.5)),
-        "p90_ms": ms(h.value_at_quantile(0.9)),
-        "p99_ms": ms(h.value_at_quantile(0.99)),
-        "p999_ms": ms(h.value_at_quantile(0.999)),
-        "max_ms": ms(h.max()),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "p999_ms": p999,
+        "max_ms": max,
     })
 }
 
@@ -120,16 +133,11 @@ pub fn print_summary(o: &Outcome) {
         "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
     );
     let row = |name: &str, h: &Histogram<u64>| {
-        let ms = |v: u64| v as f64 / 1000.0;
+        let [p50, p90, p99, p999, max] = points_ms(h);
         println!(
-            "{:<28} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            "{:<28} {:>9} {p50:>9.3} {p90:>9.3} {p99:>9.3} {p999:>9.3} {max:>9.3}",
             name,
-            h.len(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.9)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            ms(h.max())
+            h.len()
         );
     };
     row("client end to end", &o.e2e);
@@ -179,18 +187,9 @@ pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
     writeln!(csv, "histogram,count,p50_ms,p90_ms,p99_ms,p999_ms,max_ms")
         .map_err(|e| io("csv", e))?;
     for (name, h) in &all {
-        let ms = |v: u64| v as f64 / 1000.0;
-        writeln!(
-            csv,
-            "{name},{},{},{},{},{},{}",
-            h.len(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.9)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            ms(h.max())
-        )
-        .map_err(|e| io("csv", e))?;
+        let [p50, p90, p99, p999, max] = points_ms(h);
+        writeln!(csv, "{name},{},{p50},{p90},{p99},{p999},{max}", h.len())
+            .map_err(|e| io("csv", e))?;
     }
     writeln!(
         csv,
