@@ -1,7 +1,13 @@
 //! [`Client`]: submit tasks to a master and read their results, over one
 //! connection shared by every call.
+//!
+//! Every result received is acknowledged to the master, which may then
+//! forget it. With [`ClientOptions::reconnect`] set, a client that loses its
+//! master (a crash, a restart on its journal) dials it again and fetches
+//! every task it holds an id for and has no result of; a result it already
+//! has is dropped if it comes again, so each arrives exactly once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
@@ -26,6 +32,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Deadline for the handshake.
     pub handshake_timeout: Duration,
+    /// On losing the master, keep dialing it for this long, then fetch
+    /// every result still due. `None`: a lost connection ends the client.
+    pub reconnect: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -36,6 +45,7 @@ impl Default for ClientOptions {
             name: format!("client-{}", std::process::id()),
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_millis(crate::limits::HANDSHAKE_TIMEOUT_MS),
+            reconnect: None,
         }
     }
 }
@@ -58,6 +68,7 @@ pub enum ClientError {
 enum Cmd {
     Submit(Vec<NewTask>, oneshot::Sender<Result<Accepted, ErrorMsg>>),
     Status(bool, oneshot::Sender<StatusReport>),
+    Fetch(Vec<u64>),
     Close,
 }
 
@@ -94,7 +105,16 @@ impl Client {
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (res_tx, results) = mpsc::unbounded_channel();
         let (closed_tx, closed) = tokio::sync::watch::channel(None);
-        tokio::spawn(drive(conn, cmd_rx, res_tx, closed_tx));
+        let d = Driver {
+            addr,
+            opts,
+            cmds: cmd_rx,
+            results: res_tx,
+            outstanding: HashSet::new(),
+            acks: VecDeque::new(),
+            statuses: VecDeque::new(),
+        };
+        tokio::spawn(d.run(conn, closed_tx));
         Ok(Client {
             cmds,
             results,
@@ -240,6 +260,19 @@ impl Client {
         self.closed.borrow().clone()
     }
 
+    /// Attaches to tasks by id (submitted earlier, perhaps by another
+    /// client or before the master restarted): their results arrive on
+    /// [`Client::next_result`], at once for finished ones, status `unknown`
+    /// for ids the master does not know.
+    pub fn fetch(&self, ids: Vec<u64>) -> Result<(), ClientError> {
+        for chunk in ids.chunks(crate::limits::BATCH_TASKS_MAX) {
+            self.cmds
+                .send(Cmd::Fetch(chunk.to_vec()))
+                .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+        }
+        Ok(())
+    }
+
     /// The master's state.
     pub async fn status(&self, histograms: bool) -> Result<StatusReport, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -267,65 +300,185 @@ fn is_not_a_master(e: &crate::proto::handshake::HandshakeError) -> bool {
     }
 }
 
-async fn drive(
-    mut conn: net::Conn<FromClient, ToClient>,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+/// The connection's task: sends commands, routes replies, acknowledges
+/// results, and with `reconnect` set survives the master's restarts.
+struct Driver {
+    addr: SocketAddr,
+    opts: ClientOptions,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
     results: mpsc::UnboundedSender<Vec<TaskResult>>,
-    closed: tokio::sync::watch::Sender<Option<String>>,
-) {
-    let mut acks: VecDeque<oneshot::Sender<Result<Accepted, ErrorMsg>>> = VecDeque::new();
-    let mut statuses: VecDeque<oneshot::Sender<StatusReport>> = VecDeque::new();
-    let reason = loop {
-        tokio::select! {
-            cmd = cmds.recv() => match cmd {
-                None | Some(Cmd::Close) => {
-                    let _ = conn.send(FromClient::Goodbye(Goodbye { reason: Text::from_static("client done") })).await;
-                    break "closed by the client".to_string();
-                }
-                Some(Cmd::Submit(tasks, tx)) => {
-                    acks.push_back(tx);
-                    if let Err(e) = conn.send(FromClient::Submit(Submit { tasks })).await {
-                        break format!("write failed: {e}");
-                    }
-                }
-                Some(Cmd::Status(histograms, tx)) => {
-                    statuses.push_back(tx);
-                    if let Err(e) = conn.send(FromClient::Status(StatusRequest { histograms })).await {
-                        break format!("write failed: {e}");
-                    }
-                }
-            },
-            frame = conn.next() => match frame {
-                None => break "closed by the master".into(),
-                Some(Err(e)) => break format!("bad input from the master: {e}"),
-                Some(Ok(msg)) => match msg {
-                    ToClient::Accepted(a) => {
-                        if let Some(tx) = acks.pop_front() {
-                            let _ = tx.send(Ok(a));
-                        }
-                    }
-                    ToClient::Results(r) => {
-                        let _ = results.send(r.results);
-                    }
-                    ToClient::Status(s) => {
-                        if let Some(tx) = statuses.pop_front() {
-                            let _ = tx.send(s);
-                        }
-                    }
-                    ToClient::Ping(p) => {
-                        let _ = conn.send(FromClient::Pong(Pong { seq: p.seq })).await;
-                    }
-                    ToClient::Error(e) if matches!(e.code, ErrorCode::INVALID | ErrorCode::SHUTTING_DOWN) && !acks.is_empty() => {
-                        if let Some(tx) = acks.pop_front() {
-                            let _ = tx.send(Err(e));
-                        }
-                    }
-                    ToClient::Error(e) => break format!("master sent error: {} ({})", e.message, e.code.name()),
-                    ToClient::Goodbye(g) => break format!("master said goodbye: {}", g.reason),
-                    ToClient::Pong(_) | ToClient::Hello(_) | ToClient::Auth(_) => {}
-                },
-            },
-        }
-    };
-    let _ = closed.send(Some(reason));
+    /// With `reconnect`: ids accepted or fetched whose result has not come.
+    outstanding: HashSet<u64>,
+    acks: VecDeque<oneshot::Sender<Result<Accepted, ErrorMsg>>>,
+    statuses: VecDeque<oneshot::Sender<StatusReport>>,
 }
+
+/// How a connection ended.
+enum End {
+    /// The client closed it.
+    ByClient(String),
+    /// It was lost.
+    Lost(String),
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut conn: net::Conn<FromClient, ToClient>,
+        closed: tokio::sync::watch::Sender<Option<String>>,
+    ) {
+        loop {
+            let why = match self.session(&mut conn).await {
+                End::ByClient(why) => {
+                    let _ = closed.send(Some(why));
+                    return;
+                }
+                End::Lost(why) => why,
+            };
+            // Whatever was waiting for an answer will not get one on this
+            // connection: say so now rather than hang.
+            for tx in self.acks.drain(..) {
+                let _ = tx.send(Err(ErrorMsg::new(
+                    ErrorCode::UNEXPECTED,
+                    format!("connection lost before the master acknowledged the batch ({why}); it may or may not have been accepted"),
+                )));
+            }
+            self.statuses.clear();
+            let Some(limit) = self.opts.reconnect else {
+                let _ = closed.send(Some(why));
+                return;
+            };
+            tracing::warn!(master = %self.addr, "lost the master ({why}); reconnecting for up to {} s", limit.as_secs());
+            match self.redial(limit).await {
+                Some(c) => conn = c,
+                None => {
+                    let _ = closed.send(Some(format!(
+                        "{why}; no master at {} within {} s",
+                        self.addr,
+                        limit.as_secs()
+                    )));
+                    return;
+                }
+            }
+            let ids: Vec<u64> = self.outstanding.iter().copied().collect();
+            tracing::info!(master = %self.addr, tasks = ids.len(), "reconnected; fetching the results still due");
+            for chunk in ids.chunks(crate::limits::BATCH_TASKS_MAX) {
+                let fetch = FromClient::Fetch(Fetch {
+                    ids: chunk.to_vec(),
+                });
+                if conn.feed(fetch).await.is_err() {
+                    break;
+                }
+            }
+            let _ = conn.flush().await;
+        }
+    }
+
+    async fn redial(&self, limit: Duration) -> Option<net::Conn<FromClient, ToClient>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let me = Identity {
+            role: Role::Client,
+            node: Text::from(self.opts.name.clone()),
+            secret: self.opts.secret.clone(),
+        };
+        while tokio::time::Instant::now() < deadline {
+            match net::connect::<FromClient, ToClient>(
+                self.addr,
+                self.opts.wire,
+                me.clone(),
+                &[Role::Master],
+                self.opts.connect_timeout,
+                self.opts.handshake_timeout,
+            )
+            .await
+            {
+                Ok((conn, _)) => return Some(conn),
+                Err(e) => tracing::debug!("redial failed: {e}"),
+            }
+            tokio::time::sleep(REDIAL_INTERVAL).await;
+        }
+        None
+    }
+
+    async fn session(&mut self, conn: &mut net::Conn<FromClient, ToClient>) -> End {
+        let tracking = self.opts.reconnect.is_some();
+        loop {
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    None | Some(Cmd::Close) => {
+                        let _ = conn.send(FromClient::Goodbye(Goodbye { reason: Text::from_static("client done") })).await;
+                        return End::ByClient("closed by the client".to_string());
+                    }
+                    Some(Cmd::Submit(tasks, tx)) => {
+                        self.acks.push_back(tx);
+                        if let Err(e) = conn.send(FromClient::Submit(Submit { tasks })).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        }
+                    }
+                    Some(Cmd::Status(histograms, tx)) => {
+                        self.statuses.push_back(tx);
+                        if let Err(e) = conn.send(FromClient::Status(StatusRequest { histograms })).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        }
+                    }
+                    Some(Cmd::Fetch(ids)) => {
+                        if tracking {
+                            self.outstanding.extend(ids.iter().copied());
+                        }
+                        if let Err(e) = conn.send(FromClient::Fetch(Fetch { ids })).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        }
+                    }
+                },
+                frame = conn.next() => match frame {
+                    None => return End::Lost("closed by the master".into()),
+                    Some(Err(e)) => return End::Lost(format!("bad input from the master: {e}")),
+                    Some(Ok(msg)) => match msg {
+                        ToClient::Accepted(a) => {
+                            if tracking {
+                                self.outstanding.extend(a.first_id..a.first_id + a.count as u64);
+                            }
+                            if let Some(tx) = self.acks.pop_front() {
+                                let _ = tx.send(Ok(a));
+                            }
+                        }
+                        ToClient::Results(mut r) => {
+                            let ids: Vec<u64> = r.results.iter().map(|r| r.id).collect();
+                            if tracking {
+                                // A result fetched again after a reconnect
+                                // may come twice: hand out the first only.
+                                r.results.retain(|r| self.outstanding.remove(&r.id));
+                            }
+                            if let Err(e) = conn.send(FromClient::Ack(Ack { ids })).await {
+                                let _ = self.results.send(r.results);
+                                return End::Lost(format!("write failed: {e}"));
+                            }
+                            if !r.results.is_empty() {
+                                let _ = self.results.send(r.results);
+                            }
+                        }
+                        ToClient::Status(s) => {
+                            if let Some(tx) = self.statuses.pop_front() {
+                                let _ = tx.send(s);
+                            }
+                        }
+                        ToClient::Ping(p) => {
+                            let _ = conn.send(FromClient::Pong(Pong { seq: p.seq })).await;
+                        }
+                        ToClient::Error(e) if matches!(e.code, ErrorCode::INVALID | ErrorCode::SHUTTING_DOWN | ErrorCode::JOURNAL_FAILED) && !self.acks.is_empty() => {
+                            if let Some(tx) = self.acks.pop_front() {
+                                let _ = tx.send(Err(e));
+                            }
+                        }
+                        ToClient::Error(e) => return End::Lost(format!("master sent error: {} ({})", e.message, e.code.name())),
+                        ToClient::Goodbye(g) => return End::Lost(format!("master said goodbye: {}", g.reason)),
+                        ToClient::Pong(_) | ToClient::Hello(_) | ToClient::Auth(_) => {}
+                    },
+                },
+            }
+        }
+    }
+}
+
+/// Pause between dials while reconnecting.
+const REDIAL_INTERVAL: Duration = Duration::from_millis(200);

@@ -8,6 +8,8 @@
 //!   machine. `proto-spec/PROTOCOL.md` is its normative description.
 //! - [`sched`]: the lock-free priority queue, task records and retry policy;
 //!   no I/O.
+//! - [`journal`]: the master's write-ahead journal: records, the writer
+//!   thread with group commit, replay and compaction.
 //! - [`net`]: ports, binding, typed connections and their handshake.
 //! - [`master`]: the master: client and worker sessions, dispatch, discovery,
 //!   and [`master::link`], its sans-IO view of one worker.
@@ -20,6 +22,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod journal;
 pub mod limits;
 pub mod loadgen;
 pub mod master;

@@ -84,6 +84,8 @@ fn from_client() -> impl Strategy<Value = FromClient> {
         common_msg().prop_map(FromClient::from),
         vec(new_task(), 1..6).prop_map(|tasks| FromClient::Submit(Submit { tasks })),
         any::<bool>().prop_map(|histograms| FromClient::Status(StatusRequest { histograms })),
+        vec(any::<u64>(), 0..6).prop_map(|ids| FromClient::Fetch(Fetch { ids })),
+        vec(any::<u64>(), 0..6).prop_map(|ids| FromClient::Ack(Ack { ids })),
     ]
 }
 
@@ -91,7 +93,8 @@ fn task_status() -> impl Strategy<Value = TaskStatus> {
     prop_oneof![
         Just(TaskStatus::Ok),
         Just(TaskStatus::Failed),
-        Just(TaskStatus::Cancelled)
+        Just(TaskStatus::Cancelled),
+        Just(TaskStatus::Unknown)
     ]
 }
 

@@ -97,6 +97,10 @@ struct RunArgs {
     /// results/cluster.md).
     #[arg(long, default_value_t = 256)]
     prefetch: u32,
+    /// An argument for the started master, e.g. --master-arg=--journal=/tmp/j
+    /// (repeat for more).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    master_arg: Vec<String>,
     /// Closed loop: tasks in flight.
     #[arg(long, default_value_t = 10_000)]
     concurrency: u32,
@@ -219,6 +223,7 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
         spawn_workers: a.spawn_workers,
         worker_slots: a.worker_slots,
         prefetch: a.prefetch,
+        master_args: a.master_arg.clone(),
         concurrency: a.concurrency,
         rate: a.rate,
         tasks: a.tasks,

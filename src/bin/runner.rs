@@ -44,6 +44,10 @@ enum Command {
     /// Submit tasks and print their results as they arrive; exits non-zero if
     /// any task failed.
     Submit(SubmitArgs),
+    /// Fetch the results of tasks by id (submitted earlier, e.g. with
+    /// `submit --detach`, or before the master restarted on its journal);
+    /// waits for unfinished ones.
+    Results(ResultsArgs),
     /// Show the master's workers, queues and totals.
     Status(StatusArgs),
 }
@@ -125,6 +129,39 @@ struct MasterArgs {
     /// http://ADDR/metrics, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Journal every accepted task and every result to PATH before
+    /// acknowledging it, and resume from PATH on start: unfinished tasks run
+    /// again, unclaimed results wait for their clients.
+    #[arg(long, value_name = "PATH")]
+    journal: Option<PathBuf>,
+    /// When a journaled record counts as stored: none (written to the OS;
+    /// survives a master crash, not a machine crash), batch (also synced
+    /// within 10 ms), fsync (synced before the acknowledgement; many records
+    /// share one sync).
+    #[arg(long, value_enum, default_value = "batch", requires = "journal")]
+    durability: DurabilityArg,
+    /// Compact the journal once it is this many bytes and twice its size
+    /// after the last compaction.
+    #[arg(long, value_name = "BYTES", default_value_t = runner::journal::COMPACT_AT_BYTES_DEFAULT, requires = "journal")]
+    journal_compact_at: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    None,
+    Batch,
+    Fsync,
+}
+
+impl From<DurabilityArg> for runner::journal::Durability {
+    fn from(d: DurabilityArg) -> Self {
+        use runner::journal::Durability as D;
+        match d {
+            DurabilityArg::None => D::None,
+            DurabilityArg::Batch => D::Batch,
+            DurabilityArg::Fsync => D::Fsync,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -185,11 +222,37 @@ struct SubmitArgs {
     /// Print each result as one JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Print the task ids and exit without waiting; fetch the results later
+    /// with `runner results ID..`.
+    #[arg(long)]
+    detach: bool,
+    /// If the master goes away (a crash, a restart), keep dialing it this
+    /// long and then fetch every result still due.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    reconnect: Duration,
     /// The task: KIND [ARGS..]. Kinds: noop, echo TEXT, sleep MS, spin US,
     /// fail [REASON], flaky N, stall N, exec PROGRAM [ARGS..], or a custom
     /// kind (its ARGS joined by spaces become the payload).
     #[arg(last = true, required = true, value_name = "KIND [ARGS]")]
     task: Vec<String>,
+}
+
+#[derive(Args)]
+struct ResultsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The master (HOST:PORT); default: found on this machine.
+    #[arg(long)]
+    master: Option<String>,
+    /// Print each result as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// If the master goes away, keep dialing it this long.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    reconnect: Duration,
+    /// Task ids, or ranges like 10-20.
+    #[arg(required = true, value_name = "ID")]
+    ids: Vec<String>,
 }
 
 #[derive(Args)]
@@ -273,6 +336,7 @@ fn main() -> ExitCode {
             Command::Master(a) => master(a).await,
             Command::Worker(a) => worker(a).await,
             Command::Submit(a) => submit(a).await,
+            Command::Results(a) => results(a).await,
             Command::Status(a) => status(a).await,
         }
     });
@@ -407,6 +471,10 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
         secret,
         wire: a.common.wire.into(),
         metrics: a.metrics,
+        journal: a.journal.map(|p| runner::journal::JournalConfig {
+            compact_at: a.journal_compact_at,
+            ..runner::journal::JournalConfig::new(p, a.durability.into())
+        }),
         ..MasterConfig::default()
     };
     if cfg.worker_timeout <= cfg.heartbeat {
@@ -469,10 +537,15 @@ async fn worker(a: WorkerArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connect(common: &Common, master: &Option<String>) -> Result<Client, String> {
+async fn connect(
+    common: &Common,
+    master: &Option<String>,
+    reconnect: Option<Duration>,
+) -> Result<Client, String> {
     let opts = ClientOptions {
         wire: common.wire.into(),
         secret: load_secret(common)?,
+        reconnect,
         ..ClientOptions::default()
     };
     match master {
@@ -555,10 +628,11 @@ fn print_result(r: &TaskResult, json: bool) {
             say(format_args!(
                 "task {} {} after {} attempt{}",
                 r.id,
-                if status == TaskStatus::Failed {
-                    "FAILED"
-                } else {
-                    "CANCELLED"
+                match status {
+                    TaskStatus::Failed => "FAILED",
+                    TaskStatus::Unknown =>
+                        "UNKNOWN (never accepted, or its result was already collected)",
+                    _ => "CANCELLED",
                 },
                 r.attempts,
                 if r.attempts == 1 { "" } else { "s" }
@@ -598,11 +672,32 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
     if a.count == 0 {
         return Err("--count must be at least 1".into());
     }
-    let mut client = connect(&a.common, &a.master).await?;
+    let reconnect = (!a.detach).then_some(a.reconnect);
+    let mut client = connect(&a.common, &a.master, reconnect).await?;
     let ids = client
         .submit_batch(vec![task; a.count as usize])
         .await
         .map_err(|e| e.to_string())?;
+    if a.detach {
+        if a.json {
+            say(format_args!(
+                "{}",
+                serde_json::json!({"first_id": ids.start, "count": a.count})
+            ));
+        } else {
+            say(format_args!(
+                "submitted {} task{}: ids {}..={}; fetch with `runner results {}-{}`",
+                a.count,
+                if a.count == 1 { "" } else { "s" },
+                ids.start,
+                ids.end.saturating_sub(1),
+                ids.start,
+                ids.end.saturating_sub(1)
+            ));
+        }
+        client.close();
+        return Ok(ExitCode::SUCCESS);
+    }
     if !a.json {
         say(format_args!(
             "submitted {} task{} (ids {}..={})",
@@ -637,8 +732,63 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// Ids from the command line: `7`, `10-20`.
+fn parse_ids(args: &[String]) -> Result<Vec<u64>, String> {
+    let mut ids = Vec::new();
+    for a in args {
+        let bad = || format!("bad task id {a:?}: expected a number like 7 or a range like 10-20");
+        match a.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi): (u64, u64) = (
+                    lo.trim().parse().map_err(|_| bad())?,
+                    hi.trim().parse().map_err(|_| bad())?,
+                );
+                if lo > hi || hi - lo >= 10_000_000 {
+                    return Err(format!(
+                        "bad range {a:?}: the first id must not exceed the last, and at most 10,000,000 ids"
+                    ));
+                }
+                ids.extend(lo..=hi);
+            }
+            None => ids.push(a.trim().parse().map_err(|_| bad())?),
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+async fn results(a: ResultsArgs) -> Result<ExitCode, String> {
+    let ids = parse_ids(&a.ids)?;
+    let mut client = connect(&a.common, &a.master, Some(a.reconnect)).await?;
+    client.fetch(ids.clone()).map_err(|e| e.to_string())?;
+    let mut failed = 0;
+    for _ in 0..ids.len() {
+        match client.next_result().await {
+            Some(r) => {
+                if r.status != TaskStatus::Ok {
+                    failed += 1;
+                }
+                print_result(&r, a.json);
+            }
+            None => {
+                return Err(format!(
+                    "lost the master before every result arrived: {}",
+                    client.close_reason().unwrap_or_default()
+                ))
+            }
+        }
+    }
+    client.close();
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 async fn status(a: StatusArgs) -> Result<ExitCode, String> {
-    let client = connect(&a.common, &a.master).await?;
+    let client = connect(&a.common, &a.master, None).await?;
     let s = client
         .status(a.histograms)
         .await

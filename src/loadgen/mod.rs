@@ -35,6 +35,8 @@ pub struct LoadOptions {
     pub worker_slots: u32,
     /// The spawned master's `--prefetch`.
     pub prefetch: u32,
+    /// More arguments for the spawned master (e.g. `--journal=PATH`).
+    pub master_args: Vec<String>,
     /// Closed loop: tasks in flight.
     pub concurrency: u32,
     /// Open loop: tasks per second (overrides `concurrency`).
@@ -195,6 +197,7 @@ impl Spawned {
                 "--wire",
                 opts.wire.as_str(),
             ])
+            .args(&opts.master_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -494,7 +497,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                             match r.status {
                                 TaskStatus::Ok => ok += 1,
                                 TaskStatus::Failed => failed += 1,
-                                TaskStatus::Cancelled => cancelled += 1,
+                                TaskStatus::Cancelled | TaskStatus::Unknown => cancelled += 1,
                             }
                         }
                     }

@@ -37,10 +37,8 @@ pub enum Outcome<R> {
     /// A result for an attempt this worker does not hold (a late result for
     /// an attempt already given up on): dropped.
     Stale {
-        /// The task.
-        task_id: u64,
-        /// The attempt reported.
-        attempt: u32,
+        /// What the worker reported.
+        result: AttemptResult,
     },
 }
 
@@ -228,16 +226,10 @@ impl<R> WorkerLink<R> {
         let held =
             matches!(self.in_flight.get(&r.task_id), Some(f) if f.record.attempt == r.attempt);
         if !held {
-            return Outcome::Stale {
-                task_id: r.task_id,
-                attempt: r.attempt,
-            };
+            return Outcome::Stale { result: r };
         }
         let Some(f) = self.in_flight.remove(&r.task_id) else {
-            return Outcome::Stale {
-                task_id: r.task_id,
-                attempt: r.attempt,
-            };
+            return Outcome::Stale { result: r };
         };
         let ran = now.saturating_duration_since(f.sent_at);
         let record = f.record;

@@ -13,6 +13,7 @@
 pub mod discovery;
 pub mod link;
 mod metrics_http;
+mod results;
 mod serve;
 
 use std::collections::{HashMap, HashSet};
@@ -25,11 +26,13 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::journal::{Entry, Journal, JournalConfig, JournalError};
 use crate::metrics::Histograms;
 use crate::net::{self, PortRange};
 use crate::proto::handshake::{Identity, Secret};
 use crate::proto::{Role, TaskResult, Text, ToClient, Wire};
 use crate::sched::{PriorityQueue, RetryPolicy, TaskRecord};
+use results::{DoneSet, ResultStore};
 
 /// Where the master listens by default: the first free port from here.
 pub const PORT_DEFAULT: u16 = 4999;
@@ -78,6 +81,8 @@ pub struct MasterConfig {
     pub node: String,
     /// Serve Prometheus `/metrics` on this address.
     pub metrics: Option<SocketAddr>,
+    /// Journal accepted tasks and results here, and resume from it.
+    pub journal: Option<JournalConfig>,
 }
 
 impl Default for MasterConfig {
@@ -103,6 +108,7 @@ impl Default for MasterConfig {
             wire: Wire::Bincode,
             node: "master".into(),
             metrics: None,
+            journal: None,
         }
     }
 }
@@ -200,7 +206,20 @@ pub(crate) struct Shared {
     /// samples per lock), never merged: each is ~190 KB, so one set per
     /// session would not scale to thousands of workers.
     pub hists: Mutex<Histograms>,
+    /// The journal, if the master keeps one.
+    pub journal: Option<Journal>,
+    /// Finished ids, kept results, clients attached by id.
+    pub store: Mutex<ResultStore>,
+    /// Ids below this were restored from the journal: a worker may report a
+    /// result for them from before the restart.
+    pub restored_below: u64,
+    /// The route of restored tasks, whose clients have yet to attach.
+    pub detached: Route,
 }
+
+/// Most results kept for clients that went away, without a journal (with
+/// one, every result is kept until acknowledged, on disk as well).
+pub(crate) const UNCLAIMED_RESULTS_MAX: usize = 1_000_000;
 
 impl Shared {
     pub(crate) fn millis(&self, at: Instant) -> u64 {
@@ -222,12 +241,62 @@ impl Shared {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends a finished task's result to its client.
-    pub(crate) fn deliver(&self, result: TaskResult, reply: &Route) {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, ResultStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finishes a task: journals its result, keeps it where a client may
+    /// fetch it later, and sends it to its client (or to the client attached
+    /// to it). False, and nothing done, if the task had already finished (a
+    /// result from before a restart, then a re-run's).
+    pub(crate) fn deliver(&self, result: TaskResult, reply: &Route) -> bool {
+        let id = result.id;
+        let targets = {
+            let mut st = self.store();
+            if !st.done.insert(id) {
+                tracing::debug!(task = id, "second result for a finished task; dropped");
+                return false;
+            }
+            if let Some(j) = &self.journal {
+                j.append(Entry::Finished(&result));
+            }
+            // Usually empty (and then not allocated): clients that fetched
+            // this id, besides the one that submitted it.
+            let mut watchers = if st.watchers.is_empty() {
+                Vec::new()
+            } else {
+                st.watchers.remove(&id).unwrap_or_default()
+            };
+            watchers.retain(|t| !t.tx.is_closed() && !Arc::ptr_eq(t, reply));
+            let to_reply = !reply.tx.is_closed();
+            if self.journal.is_some() {
+                st.kept.insert(id, result.clone());
+            } else if watchers.is_empty() && !to_reply {
+                if st.kept.len() < UNCLAIMED_RESULTS_MAX {
+                    st.kept.insert(id, result.clone());
+                } else {
+                    tracing::warn!(task = id, "client gone and {UNCLAIMED_RESULTS_MAX} results already unclaimed; result dropped");
+                }
+            }
+            (watchers, to_reply)
+        };
+        let (watchers, to_reply) = targets;
         match result.status {
             crate::proto::TaskStatus::Ok => self.totals.completed.fetch_add(1, Ordering::Relaxed),
             _ => self.totals.failed.fetch_add(1, Ordering::Relaxed),
         };
+        for route in &watchers {
+            self.send_result(result.clone(), route);
+        }
+        if to_reply {
+            self.send_result(result, reply);
+        }
+        true
+    }
+
+    /// Queues a result for a client, disconnecting a client that does not
+    /// read.
+    pub(crate) fn send_result(&self, result: TaskResult, reply: &Route) {
         let id = result.id;
         let weight = result_weight(&result);
         let queued = reply.queued_bytes.fetch_add(weight, Ordering::Relaxed) + weight;
@@ -243,16 +312,25 @@ impl Shared {
             return;
         }
         if reply.tx.send(ClientOut::Result(result)).is_err() {
-            tracing::debug!(task = id, client = %reply.name, "client gone; result dropped");
+            tracing::debug!(task = id, client = %reply.name, "client gone; result kept for a fetch");
         }
+    }
+
+    /// A task the master stops without finishing (shutdown): with a journal
+    /// it stays unfinished there and resumes after a restart; without one it
+    /// is reported cancelled with `why`.
+    pub(crate) fn abandon(&self, record: Record, why: &str) {
+        if self.journal.is_some() {
+            return;
+        }
+        let (result, reply) = record.cancelled(why.to_string().into());
+        self.deliver(result, &reply);
     }
 
     /// Queues a record (again); during shutdown reports it cancelled instead.
     pub(crate) fn enqueue(self: &Arc<Self>, mut record: Record, delay: Duration) {
         if self.shutdown.is_cancelled() {
-            let (result, reply) =
-                record.cancelled("master shut down before the task finished".into());
-            self.deliver(result, &reply);
+            self.abandon(record, "master shut down before the task finished");
             return;
         }
         if delay.is_zero() {
@@ -285,6 +363,9 @@ pub enum MasterError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The journal cannot be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -309,6 +390,52 @@ impl Master {
             None => None,
         };
         let local_addr = listener.local_addr()?;
+        let (journal, restored) = match &cfg.journal {
+            Some(jc) => {
+                let started = Instant::now();
+                let (j, r) = Journal::open(jc)?;
+                tracing::info!(
+                    journal = %jc.path.display(),
+                    durability = %jc.durability,
+                    records = r.records,
+                    unfinished = r.state.pending.len(),
+                    results_kept = r.state.results.len(),
+                    next_id = r.state.next_id,
+                    ms = started.elapsed().as_millis() as u64,
+                    "journal replayed"
+                );
+                (Some(j), Some(r.state))
+            }
+            None => (None, None),
+        };
+        let detached: Route = {
+            let (tx, _) = mpsc::unbounded_channel();
+            Arc::new(ClientRoute {
+                tx,
+                name: Text::from_static("(restored; no client attached)"),
+                queued_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                too_slow: CancellationToken::new(),
+            })
+        };
+        let next_id = restored.as_ref().map_or(1, |r| r.next_id.max(1));
+        let store = match &restored {
+            Some(r) => {
+                let mut st =
+                    ResultStore::new(DoneSet::restored(r.next_id, r.pending.keys().copied()));
+                st.kept = r.results.iter().map(|(k, v)| (*k, v.clone())).collect();
+                st
+            }
+            None => ResultStore::new(DoneSet::new()),
+        };
+        let queue = PriorityQueue::new();
+        if let Some(r) = restored {
+            let now = Instant::now();
+            for (_, p) in r.pending {
+                let record =
+                    TaskRecord::restored(p.id, p.spec, p.attempt, p.errors, detached.clone(), now);
+                queue.push(record.spec.priority, record);
+            }
+        }
         let identity = Identity {
             role: Role::Master,
             node: Text::from(cfg.node.clone()),
@@ -319,9 +446,9 @@ impl Master {
             identity,
             local_addr,
             started: Instant::now(),
-            queue: PriorityQueue::new(),
+            queue,
             work: Notify::new(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(next_id),
             next_session: AtomicU64::new(1),
             registry: Mutex::new(Registry::default()),
             totals: Totals::default(),
@@ -330,6 +457,10 @@ impl Master {
             clients: TaskTracker::new(),
             clients_close: CancellationToken::new(),
             hists: Mutex::new(Histograms::new()),
+            journal,
+            store: Mutex::new(store),
+            restored_below: next_id,
+            detached,
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared
@@ -361,18 +492,25 @@ impl Master {
         s.shutdown.cancel();
         s.tracker.close();
         s.tracker.wait().await;
-        let mut cancelled = 0;
+        let mut left = 0;
         while let Some((_, record)) = s.queue.pop() {
-            let (result, reply) = record.cancelled("master shut down before the task ran".into());
-            s.deliver(result, &reply);
-            cancelled += 1;
+            s.abandon(record, "master shut down before the task ran");
+            left += 1;
         }
-        if cancelled > 0 {
-            tracing::info!(cancelled, "queued tasks reported cancelled");
+        if left > 0 && s.journal.is_some() {
+            tracing::info!(
+                unfinished = left,
+                "queued tasks stay in the journal; they resume when the master restarts"
+            );
+        } else if left > 0 {
+            tracing::info!(cancelled = left, "queued tasks reported cancelled");
         }
         s.clients_close.cancel();
         s.clients.close();
         s.clients.wait().await;
+        if let Some(j) = &s.journal {
+            j.close();
+        }
         tracing::info!("master stopped");
     }
 }

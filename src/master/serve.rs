@@ -98,6 +98,7 @@ async fn client_session(
         shared.clients_close.clone(),
         queued_bytes,
         too_slow.clone(),
+        shared.journal.clone(),
     ));
     let say = |m: ToClient| {
         let _ = tx.send(ClientOut::Msg(m));
@@ -122,6 +123,8 @@ async fn client_session(
             FromClient::Status(req) => {
                 say(ToClient::Status(status_report(&shared, req.histograms)))
             }
+            FromClient::Fetch(f) => fetch(&shared, &route, f),
+            FromClient::Ack(a) => ack(&shared, a),
             FromClient::Ping(p) => say(ToClient::Pong(Pong { seq: p.seq })),
             FromClient::Pong(_) => {}
             FromClient::Goodbye(g) => {
@@ -166,8 +169,25 @@ fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient
         say(ToClient::Error(ErrorMsg::new(e.code(), e.to_string())));
         return;
     }
+    if let Some(why) = shared.journal.as_ref().and_then(|j| j.failure()) {
+        say(ToClient::Error(ErrorMsg::new(
+            ErrorCode::JOURNAL_FAILED,
+            format!(
+                "the master cannot write its journal ({why}); no task is accepted until it can"
+            ),
+        )));
+        return;
+    }
     let n = s.tasks.len() as u64;
     let first_id = shared.next_id.fetch_add(n, Ordering::Relaxed);
+    if let Some(j) = &shared.journal {
+        // Before `accepted` is queued: the client's writer sends it only
+        // once this record is stored.
+        j.append(crate::journal::Entry::Accepted {
+            first_id,
+            tasks: &s.tasks,
+        });
+    }
     // `accepted` goes into the client's queue before any record can finish.
     say(ToClient::Accepted(Accepted {
         first_id,
@@ -183,17 +203,62 @@ fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient
     shared.work.notify_waiters();
 }
 
+/// Attaches a client to tasks by id: kept results go out now, unfinished
+/// tasks' results when they finish, unknown ids get status `unknown`.
+fn fetch(shared: &Shared, route: &Route, f: Fetch) {
+    let next_id = shared.next_id.load(Ordering::Relaxed);
+    let mut now = Vec::new();
+    {
+        let mut st = shared.store();
+        for id in f.ids {
+            if let Some(r) = st.kept.get(&id) {
+                now.push(r.clone());
+            } else if id == 0 || id >= next_id || st.done.contains(id) {
+                now.push(super::results::unknown(id));
+            } else {
+                let w = st.watchers.entry(id).or_default();
+                if !w.iter().any(|r| Arc::ptr_eq(r, route)) {
+                    w.push(route.clone());
+                }
+            }
+        }
+    }
+    for r in now {
+        shared.send_result(r, route);
+    }
+}
+
+/// A client holds these results: forget them (and journal that).
+fn ack(shared: &Shared, a: Ack) {
+    let mut st = shared.store();
+    if st.kept.is_empty() {
+        return;
+    }
+    let forgotten: Vec<u64> = a
+        .ids
+        .into_iter()
+        .filter(|id| st.kept.remove(id).is_some())
+        .collect();
+    if let (Some(j), false) = (&shared.journal, forgotten.is_empty()) {
+        j.append(crate::journal::Entry::Forgotten(&forgotten));
+    }
+}
+
 /// Writes a client's messages in order, folding consecutive results into
-/// one `results` frame: many per frame when busy, no wait when idle.
+/// one `results` frame: many per frame when busy, no wait when idle. With a
+/// journal, nothing is written before the records behind it are stored: an
+/// `accepted` or a result the client sees survives a crash of the master.
 async fn client_writer(
     mut write: Writer<ToClient, FromClient>,
     mut rx: mpsc::UnboundedReceiver<ClientOut>,
     close: tokio_util::sync::CancellationToken,
     queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     too_slow: tokio_util::sync::CancellationToken,
+    journal: Option<crate::journal::Journal>,
 ) {
     let mut results = Vec::new();
     let mut closing = false;
+    let mut items = Vec::new();
     loop {
         let first = if closing {
             rx.try_recv().ok()
@@ -214,8 +279,27 @@ async fn client_writer(
             }
             return;
         };
-        let mut next = Some(first);
-        while let Some(item) = next {
+        items.push(first);
+        while items.len() < crate::limits::BATCH_TASKS_MAX {
+            match rx.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        if let Some(j) = &journal {
+            // Everything taken was appended before it was queued here.
+            if let Err(why) = j.wait_stored(j.appended()).await {
+                let _ = write
+                    .send(ToClient::Error(ErrorMsg::new(
+                        ErrorCode::JOURNAL_FAILED,
+                        format!("the master cannot write its journal ({why}); what it has not acknowledged is not accepted"),
+                    )))
+                    .await;
+                too_slow.cancel();
+                return;
+            }
+        }
+        for item in items.drain(..) {
             match item {
                 ClientOut::Result(r) => {
                     queued_bytes.fetch_sub(super::result_weight(&r), Ordering::Relaxed);
@@ -229,11 +313,6 @@ async fn client_writer(
                     }
                 }
             }
-            next = if results.len() < crate::limits::BATCH_TASKS_MAX {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
         }
         if !flush_results(&mut write, &mut results).await || write.flush().await.is_err() {
             return;
@@ -505,9 +584,7 @@ pub(crate) async fn worker_session(
         match o {
             Outcome::Requeue { record, .. } if departure == Departure::Shutdown => {
                 shared.totals.running.fetch_sub(1, Ordering::Relaxed);
-                let (result, reply) =
-                    record.cancelled("master shut down while the task was running".into());
-                shared.deliver(result, &reply);
+                shared.abandon(record, "master shut down while the task was running");
             }
             o => act(&shared, &node, o, &mut shared.hists()),
         }
@@ -547,6 +624,11 @@ async fn dispatch(
             let Some((_, mut record)) = shared.queue.pop() else {
                 break;
             };
+            if record.id < shared.restored_below && shared.store().done.contains(record.id) {
+                // Restored, then finished by a result reported from before
+                // the restart: nothing left to run.
+                continue;
+            }
             hists.record(
                 Metric::QueueWait,
                 now.saturating_duration_since(record.queued_at.instant()),
@@ -567,6 +649,9 @@ async fn dispatch(
     }
     if tasks.is_empty() {
         return Ok(());
+    }
+    if let Some(j) = &shared.journal {
+        j.append(crate::journal::Entry::Dispatched(&tasks));
     }
     shared
         .totals
@@ -607,12 +692,37 @@ fn act(shared: &Arc<Shared>, worker: &Text, o: Outcome<Route>, hists: &mut Histo
         }
         Outcome::Requeue { record, delay } => {
             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
+            if let (Some(j), Some(e)) = (&shared.journal, record.errors.last()) {
+                if e.attempt == record.attempt {
+                    j.append(crate::journal::Entry::AttemptFailed {
+                        id: record.id,
+                        error: e,
+                    });
+                }
+            }
             log_retry(worker, &record, delay);
             shared.totals.retried.fetch_add(1, Ordering::Relaxed);
             shared.enqueue(record, delay);
         }
-        Outcome::Stale { task_id, attempt } => {
-            tracing::info!(worker = %worker, task = task_id, attempt, "late result for an attempt no longer assigned here; dropped");
+        Outcome::Stale { result: r } => {
+            let (task, attempt) = (r.task_id, r.attempt);
+            if task < shared.restored_below && r.status == AttemptStatus::Ok {
+                // Handed out before a restart, finished while the master
+                // was away: it counts, unless the task finished meanwhile.
+                let result = TaskResult {
+                    id: task,
+                    status: TaskStatus::Ok,
+                    output: r.output,
+                    attempts: attempt,
+                    worker: worker.clone(),
+                    errors: Vec::new(),
+                };
+                if shared.deliver(result, &shared.detached) {
+                    tracing::info!(worker = %worker, task, attempt, "result of an attempt from before the restart accepted");
+                    return;
+                }
+            }
+            tracing::info!(worker = %worker, task, attempt, "late result for an attempt no longer assigned here; dropped");
         }
     }
 }

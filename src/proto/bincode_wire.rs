@@ -33,7 +33,10 @@ impl bincode::enc::write::Writer for BufWriter<'_> {
 }
 
 /// Appends the body of `msg` to `dst`.
-pub(crate) fn encode_body<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<(), ProtoError> {
+pub(crate) fn encode_body<T: Serialize + ?Sized>(
+    msg: &T,
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
     bincode::serde::encode_into_writer(msg, BufWriter(dst), CONFIG)
         .map_err(|e| ProtoError::Encode(e.to_string()))
 }

@@ -101,6 +101,9 @@ error_codes! {
     WRONG_ROLE = 12, "wrong_role";
     /// A fault inside the node, not caused by the peer.
     INTERNAL = 13, "internal";
+    /// The master cannot write its journal (a full disk): it acknowledges
+    /// nothing until it can again.
+    JOURNAL_FAILED = 14, "journal_failed";
 }
 
 /// Checks a message body against the limits of `crate::limits`; run by the
@@ -362,6 +365,37 @@ pub struct StatusRequest {
 }
 impl Validate for StatusRequest {}
 
+/// Attach this connection to tasks by id (submitted earlier, perhaps over
+/// another connection or before a master restart): the master sends the
+/// result of each one here, at once for those already finished, when they
+/// finish for the others, and with status `unknown` for ids it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetch {
+    /// Task ids, from [`Accepted`].
+    pub ids: Vec<u64>,
+}
+
+impl Validate for Fetch {
+    fn validate(&self) -> Result<(), ProtoError> {
+        check_len("fetch.ids", self.ids.len(), limits::BATCH_TASKS_MAX)
+    }
+}
+
+/// The client holds these results: the master may forget them. Until a
+/// result is acknowledged the master keeps it (in its journal, when it has
+/// one) so that a client can fetch it again after a lost connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Ids of results received.
+    pub ids: Vec<u64>,
+}
+
+impl Validate for Ack {
+    fn validate(&self) -> Result<(), ProtoError> {
+        check_len("ack.ids", self.ids.len(), limits::BATCH_TASKS_MAX)
+    }
+}
+
 /// The master accepted a [`Submit`]: its tasks got ids `first_id ..
 /// first_id + count`, in submission order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +417,10 @@ pub enum TaskStatus {
     Failed,
     /// The master stopped before the task finished (shutdown).
     Cancelled,
+    /// The master knows no task with this id: it was never accepted, or its
+    /// result was already acknowledged by a client ([`Ack`]). Sent only in
+    /// answer to a [`Fetch`].
+    Unknown,
 }
 
 /// One failed attempt of a task, as reported to the client.
@@ -782,6 +820,10 @@ direction! {
         Submit(Submit) = 0x10, "submit";
         /// Ask for the master's state.
         Status(StatusRequest) = 0x11, "status";
+        /// Attach to tasks by id.
+        Fetch(Fetch) = 0x12, "fetch";
+        /// Results received; the master may forget them.
+        Ack(Ack) = 0x13, "ack";
     }
 }
 

@@ -100,3 +100,20 @@ fn encode_body<T: Serialize>(
         Wire::Json => json_wire::encode_body(name, msg, dst),
     }
 }
+
+/// Encodes `value` as the protocol's bincode (for the journal, whose records
+/// reuse the wire's body encoding so that one spec covers both).
+pub(crate) fn encode_record_body<T: Serialize + ?Sized>(
+    value: &T,
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    bincode_wire::encode_body(value, dst)
+}
+
+/// Decodes a whole bincode body; payloads and texts become slices of `body`.
+pub(crate) fn decode_record_body<T: serde::de::DeserializeOwned>(
+    body: &bytes::Bytes,
+) -> Result<T, ProtoError> {
+    let _scope = types::FrameScope::enter(body);
+    bincode_wire::decode_body(body)
+}

@@ -143,6 +143,32 @@ impl<R> TaskRecord<R> {
         }
     }
 
+    /// A task read back from the journal after a restart: its attempt count
+    /// and failures are kept, so the next attempt gets a new number.
+    pub fn restored(
+        id: u64,
+        spec: NewTask,
+        attempt: u32,
+        errors: Vec<AttemptError>,
+        reply: R,
+        now: Instant,
+    ) -> Self {
+        TaskRecord {
+            id,
+            spec,
+            attempt,
+            errors: Errors(if errors.is_empty() {
+                None
+            } else {
+                Some(errors.into_boxed_slice())
+            }),
+            reply,
+            accepted_at: Stamp::of(now),
+            queued_at: Stamp::of(now),
+            requeued: None,
+        }
+    }
+
     /// Starts the next attempt; returns its number.
     pub fn next_attempt(&mut self) -> u32 {
         self.attempt += 1;

@@ -5,7 +5,10 @@
 //! cluster's secret before the worker proves anything or runs anything). It
 //! keeps one master session at a time; a newer one replaces the old (a
 //! restarted master). With no master for `master_timeout` it terminates
-//! itself, so a lost cluster does not leave workers behind.
+//! itself, so a lost cluster does not leave workers behind. Until then what
+//! it runs keeps running across sessions, and results that finish while no
+//! master is connected are reported to the next one (a master restarted on
+//! its journal accepts them).
 
 pub mod liveness;
 pub mod reaper;
@@ -218,6 +221,7 @@ impl Worker {
             mpsc::channel::<(net::Conn<FromWorker, ToWorker>, Peer, SocketAddr)>(4);
         let (end_tx, mut end_rx) = mpsc::channel::<(u64, SessionEnd)>(4);
         let mut session: Option<(u64, CancellationToken, CancellationToken)> = None;
+        let mut runs = Some(Runs::new(cfg.slots));
         let mut session_seq = 0u64;
         let mut watch = MasterWatch::new(cfg.master_timeout, Instant::now());
         let mut dialing = false;
@@ -273,16 +277,23 @@ impl Worker {
                 }
                 Some((conn, peer, peer_addr)) = conn_rx.recv() => {
                     dialing = false;
-                    if let Some((_, kick, _)) = session.take() {
+                    if let Some((old, kick, _)) = session.take() {
                         tracing::info!("a new master connection replaces the current one");
                         kick.cancel();
+                        // Take back what it was running before starting the next.
+                        while let Some((sid, end)) = end_rx.recv().await {
+                            if sid == old {
+                                runs = Some(end.runs);
+                                break;
+                            }
+                        }
                     }
                     session_seq += 1;
                     let (kick, drain) = (CancellationToken::new(), CancellationToken::new());
                     tracing::info!(master = %peer.node, %peer_addr, "connected to master");
                     watch.heard(Instant::now());
                     let (r, w) = net::split(conn);
-                    let s = Session::new(cfg.clone(), self.handlers.clone(), addr);
+                    let s = Session::new(cfg.clone(), self.handlers.clone(), addr, runs.take().unwrap_or_else(|| Runs::new(cfg.slots)));
                     let (end_tx, id) = (end_tx.clone(), session_seq);
                     let (k, d) = (kick.clone(), drain.clone());
                     tokio::spawn(async move {
@@ -296,6 +307,11 @@ impl Worker {
                     tracing::warn!("master session ended: {}", end.reason);
                     if session.as_ref().is_some_and(|(s, _, _)| *s == id) {
                         session = None;
+                        let waiting = end.runs.running.len() + end.runs.done.len();
+                        if waiting > 0 {
+                            tracing::info!(attempts = waiting, "keeping running and finished attempts for the next master session");
+                        }
+                        runs = Some(end.runs);
                     }
                 }
                 Some(()) = dial_rx.recv() => dialing = false,
@@ -325,10 +341,35 @@ impl Worker {
     }
 }
 
-/// Why and when a master session ended.
+/// Why and when a master session ended, and what it leaves running.
 struct SessionEnd {
     reason: String,
     last_heard: Instant,
+    runs: Runs,
+}
+
+/// The attempts a worker runs and the results it has not reported yet:
+/// they outlive a master session, so that a master that comes back gets
+/// them.
+struct Runs {
+    slots: Arc<Semaphore>,
+    running: HashMap<(u64, u32), AbortHandle>,
+    done: Vec<AttemptResult>,
+    results_tx: mpsc::UnboundedSender<AttemptResult>,
+    results_rx: mpsc::UnboundedReceiver<AttemptResult>,
+}
+
+impl Runs {
+    fn new(slots: u32) -> Self {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        Runs {
+            slots: Arc::new(Semaphore::new(slots as usize)),
+            running: HashMap::new(),
+            done: Vec::new(),
+            results_tx,
+            results_rx,
+        }
+    }
 }
 
 /// One master session: run what it sends, report what ends.
@@ -336,11 +377,7 @@ struct Session {
     cfg: Arc<WorkerConfig>,
     handlers: Arc<HashMap<String, Handler>>,
     listen: SocketAddr,
-    slots: Arc<Semaphore>,
-    running: HashMap<(u64, u32), AbortHandle>,
-    done: Vec<AttemptResult>,
-    results_tx: mpsc::UnboundedSender<AttemptResult>,
-    results_rx: mpsc::UnboundedReceiver<AttemptResult>,
+    runs: Runs,
 }
 
 fn result(
@@ -364,17 +401,13 @@ impl Session {
         cfg: Arc<WorkerConfig>,
         handlers: Arc<HashMap<String, Handler>>,
         listen: SocketAddr,
+        runs: Runs,
     ) -> Self {
-        let (results_tx, results_rx) = mpsc::unbounded_channel();
         Session {
-            slots: Arc::new(Semaphore::new(cfg.slots as usize)),
             cfg,
             handlers,
             listen,
-            running: HashMap::new(),
-            done: Vec::new(),
-            results_tx,
-            results_rx,
+            runs,
         }
     }
 
@@ -394,7 +427,7 @@ impl Session {
                         kinds.join(", ")
                     )
                 };
-                self.done.push(result(
+                self.runs.done.push(result(
                     id,
                     attempt,
                     AttemptStatus::Unsupported,
@@ -415,10 +448,10 @@ impl Session {
                     Ok(out) => result(id, attempt, AttemptStatus::Ok, out, String::new()),
                     Err(e) => result(id, attempt, AttemptStatus::Failed, Payload::empty(), e),
                 };
-                self.done.push(r);
+                self.runs.done.push(r);
             }
             Handler::Spawn(f) => {
-                let (slots, tx) = (self.slots.clone(), self.results_tx.clone());
+                let (slots, tx) = (self.runs.slots.clone(), self.runs.results_tx.clone());
                 let timeout =
                     (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64));
                 let handle = tokio::spawn(async move {
@@ -445,29 +478,31 @@ impl Session {
                     };
                     let _ = tx.send(r);
                 });
-                self.running.insert((id, attempt), handle.abort_handle());
+                self.runs
+                    .running
+                    .insert((id, attempt), handle.abort_handle());
             }
         }
     }
 
     fn stop_all(&mut self) -> Vec<(u64, u32)> {
-        let keys: Vec<(u64, u32)> = self.running.keys().copied().collect();
-        for (_, h) in self.running.drain() {
+        let keys: Vec<(u64, u32)> = self.runs.running.keys().copied().collect();
+        for (_, h) in self.runs.running.drain() {
             h.abort();
         }
         keys
     }
 
     async fn flush(&mut self, write: &mut Writer<FromWorker, ToWorker>) -> Result<(), ProtoError> {
-        while let Ok(r) = self.results_rx.try_recv() {
-            self.running.remove(&(r.task_id, r.attempt));
-            self.done.push(r);
+        while let Ok(r) = self.runs.results_rx.try_recv() {
+            self.runs.running.remove(&(r.task_id, r.attempt));
+            self.runs.done.push(r);
         }
-        if self.done.is_empty() {
+        if self.runs.done.is_empty() {
             return Ok(());
         }
-        let n = self.done.len().min(crate::limits::BATCH_TASKS_MAX);
-        let results: Vec<AttemptResult> = self.done.drain(..n).collect();
+        let n = self.runs.done.len().min(crate::limits::BATCH_TASKS_MAX);
+        let results: Vec<AttemptResult> = self.runs.done.drain(..n).collect();
         write.send(FromWorker::Done(Done { results })).await
     }
 
@@ -479,9 +514,10 @@ impl Session {
         drain: CancellationToken,
     ) -> SessionEnd {
         let mut watch = MasterWatch::new(self.cfg.master_timeout, Instant::now());
-        let end = |reason: String, watch: MasterWatch| SessionEnd {
+        let end = |reason: String, watch: MasterWatch, runs: Runs| SessionEnd {
             reason,
             last_heard: watch.last_heard(),
+            runs,
         };
         let mut kinds: Vec<Text> = self
             .handlers
@@ -495,7 +531,7 @@ impl Session {
             listen: Text::from(self.listen.to_string()),
         };
         if let Err(e) = write.send(FromWorker::Register(register)).await {
-            return end(format!("could not register: {e}"), watch);
+            return end(format!("could not register: {e}"), watch, self.runs);
         }
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -523,7 +559,7 @@ impl Session {
                             }
                         }
                         ToWorker::Cancel(c) => {
-                            if let Some(h) = self.running.remove(&(c.task_id, c.attempt)) {
+                            if let Some(h) = self.runs.running.remove(&(c.task_id, c.attempt)) {
                                 tracing::info!(task = c.task_id, attempt = c.attempt, "attempt cancelled by the master");
                                 h.abort();
                             }
@@ -543,9 +579,9 @@ impl Session {
                         }
                     }
                 }
-                Some(r) = self.results_rx.recv() => {
-                    self.running.remove(&(r.task_id, r.attempt));
-                    self.done.push(r);
+                Some(r) = self.runs.results_rx.recv() => {
+                    self.runs.running.remove(&(r.task_id, r.attempt));
+                    self.runs.done.push(r);
                 }
                 _ = heartbeat.tick() => {
                     if let Some(silent) = watch.expired(Instant::now()) {
@@ -577,13 +613,6 @@ impl Session {
                 }
             }
         };
-        let stopped = self.stop_all();
-        if !stopped.is_empty() {
-            tracing::info!(
-                attempts = stopped.len(),
-                "stopped the attempts of the ended session (the master re-runs them)"
-            );
-        }
-        end(reason, watch)
+        end(reason, watch, self.runs)
     }
 }

@@ -70,6 +70,13 @@ pub fn from_client() -> Vec<(&'static str, FromClient)> {
         "status",
         FromClient::Status(StatusRequest { histograms: true }),
     ));
+    v.push((
+        "fetch",
+        FromClient::Fetch(Fetch {
+            ids: vec![7, 300, 1 << 40],
+        }),
+    ));
+    v.push(("ack", FromClient::Ack(Ack { ids: vec![7, 8, 9] })));
     v
 }
 
@@ -116,6 +123,14 @@ pub fn to_client() -> Vec<(&'static str, ToClient)> {
                 TaskResult {
                     id: 1_000_002,
                     status: TaskStatus::Cancelled,
+                    output: Payload::empty(),
+                    attempts: 0,
+                    worker: Text::empty(),
+                    errors: vec![],
+                },
+                TaskResult {
+                    id: 1_000_003,
+                    status: TaskStatus::Unknown,
                     output: Payload::empty(),
                     attempts: 0,
                     worker: Text::empty(),

@@ -1,0 +1,726 @@
+//! The master's write-ahead journal: what it accepted, handed out and
+//! finished, so that a restarted master resumes where the old one stopped.
+//!
+//! One append-only file of checksummed records ([`record`]), written by one
+//! thread of its own. The master's thread only encodes a record into a
+//! shared buffer (no syscall); the writer thread takes the whole buffer,
+//! writes it with one `write`, and with `--durability fsync` syncs it with
+//! one `fdatasync`: every record that arrived while the previous sync ran
+//! shares the next one (group commit). Two watermarks say how far the file
+//! is written and synced; a client hears `accepted` (or a result) only once
+//! the watermark its durability asks for has passed the record.
+//!
+//! The file is compacted while the master runs: past a size, a helper thread
+//! replays a prefix of it into the live state ([`replay`]) and writes that
+//! state as a new file; the writer appends what came since and renames it
+//! over the old one. So the file follows unfinished work, not history.
+
+pub mod record;
+pub mod replay;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+pub use record::{Entry, PendingTask, Record};
+pub use replay::{Replayed, State};
+
+/// When an appended record counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Written to the operating system (survives the master's crash, not the
+    /// machine's); never synced while running.
+    None,
+    /// Written at once, synced at most [`BATCH_SYNC_INTERVAL`] later:
+    /// acknowledged once written.
+    #[default]
+    Batch,
+    /// Synced before it is acknowledged, many records per sync.
+    Fsync,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Durability::None),
+            "batch" => Ok(Durability::Batch),
+            "fsync" => Ok(Durability::Fsync),
+            other => Err(format!(
+                "unknown durability {other:?}: expected none, batch or fsync"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::None => "none",
+            Durability::Batch => "batch",
+            Durability::Fsync => "fsync",
+        })
+    }
+}
+
+/// With [`Durability::Batch`], the longest a written record waits for a sync.
+pub const BATCH_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+/// How often a write that failed (a full disk) is tried again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Compact once the file is this large and twice its size after the last
+/// compaction, unless configured otherwise.
+pub const COMPACT_AT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Where and how to journal.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The journal file.
+    pub path: PathBuf,
+    /// When a record counts as stored.
+    pub durability: Durability,
+    /// Smallest size at which the file is compacted.
+    pub compact_at: u64,
+}
+
+impl JournalConfig {
+    /// A journal at `path` with the given durability and default compaction.
+    pub fn new(path: impl Into<PathBuf>, durability: Durability) -> Self {
+        JournalConfig {
+            path: path.into(),
+            durability,
+            compact_at: COMPACT_AT_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// Why a journal cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// An I/O call failed.
+    #[error("journal {path}: {what}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a journal.
+    #[error("not a runner journal: {0}")]
+    NotAJournal(String),
+    /// Written by a newer runner.
+    #[error("the journal has format version {found}, newer than this runner's {supported}; run the runner that wrote it (or a newer one)")]
+    NewerVersion {
+        /// Its version.
+        found: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// A damaged record with intact records after it: not a torn write.
+    #[error("the journal is corrupt at byte {offset} ({why}), with intact records after it (at byte {intact_after}); refusing to start rather than skip acknowledged work. Keep a copy of the file for inspection; to start anyway, move it aside")]
+    Corrupt {
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+        /// Where the next intact record starts.
+        intact_after: u64,
+    },
+    /// Another master holds the file.
+    #[error("journal {0} is in use by another master (it holds the file's lock)")]
+    Locked(PathBuf),
+}
+
+fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        what,
+        source,
+    }
+}
+
+/// Counters, for logs, status and the journal's measurements.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Bytes appended since start.
+    pub appended: AtomicU64,
+    /// `fdatasync` calls.
+    pub syncs: AtomicU64,
+    /// `write` calls.
+    pub writes: AtomicU64,
+    /// Compactions finished.
+    pub compactions: AtomicU64,
+    /// The file's size now.
+    pub file_len: AtomicU64,
+}
+
+struct Pending {
+    buf: BytesMut,
+    /// Logical offset after the last appended record (bytes appended since
+    /// start; unlike the file, never shrinks).
+    end: u64,
+    writer_sleeping: bool,
+    stop: bool,
+}
+
+struct Inner {
+    path: PathBuf,
+    durability: Durability,
+    compact_at: u64,
+    pending: Mutex<Pending>,
+    more: Condvar,
+    written: AtomicU64,
+    synced: AtomicU64,
+    /// Woken whenever a watermark moves or the failure changes.
+    progress: tokio::sync::Notify,
+    failing: AtomicBool,
+    failure: Mutex<Option<String>>,
+    stats: JournalStats,
+}
+
+impl Inner {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn set_failure(&self, why: Option<String>) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*f, &why) {
+            (None, Some(w)) => {
+                tracing::error!(journal = %self.path.display(), "journal write failed: {w}; acknowledgements paused, new tasks refused, retrying every {} s", RETRY_INTERVAL.as_secs())
+            }
+            (Some(_), None) => {
+                tracing::warn!(journal = %self.path.display(), "journal writable again; acknowledgements resume")
+            }
+            _ => {}
+        }
+        self.failing.store(why.is_some(), Ordering::Release);
+        *f = why;
+        drop(f);
+        self.progress.notify_waiters();
+    }
+}
+
+/// A handle on the journal; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal, replays it, cuts a torn tail, and
+    /// starts the writer thread. The file is locked against a second master.
+    pub fn open(cfg: &JournalConfig) -> Result<(Journal, Replayed), JournalError> {
+        let path = cfg.path.clone();
+        let _ = std::fs::remove_file(compacting_path(&path));
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path, "open"))?;
+        lock(&file, &path)?;
+        let replayed = if existed && file.metadata().map_err(io(&path, "stat"))?.len() > 0 {
+            let mut data = Vec::new();
+            file.read_to_end(&mut data).map_err(io(&path, "read"))?;
+            let data = Bytes::from(data);
+            let r = replay::replay(&data)?;
+            if let Some((at, why)) = &r.torn {
+                tracing::warn!(
+                    journal = %path.display(),
+                    offset = at,
+                    cut_bytes = data.len() - at,
+                    "the journal's last record is torn ({why}); cutting it (it was never acknowledged)"
+                );
+                file.set_len(r.valid_len as u64)
+                    .map_err(io(&path, "truncate the torn tail"))?;
+                file.sync_all().map_err(io(&path, "sync"))?;
+            }
+            r
+        } else {
+            file.write_all(&record::header())
+                .map_err(io(&path, "write the header"))?;
+            file.sync_all().map_err(io(&path, "sync"))?;
+            sync_dir(&path)?;
+            Replayed {
+                state: State {
+                    next_id: 1,
+                    ..State::default()
+                },
+                records: 0,
+                valid_len: record::HEADER_LEN,
+                torn: None,
+            }
+        };
+        file.seek(SeekFrom::End(0)).map_err(io(&path, "seek"))?;
+        let len = replayed.valid_len as u64;
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            durability: cfg.durability,
+            compact_at: cfg.compact_at,
+            pending: Mutex::new(Pending {
+                buf: BytesMut::with_capacity(1 << 20),
+                end: 0,
+                writer_sleeping: false,
+                stop: false,
+            }),
+            more: Condvar::new(),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            progress: tokio::sync::Notify::new(),
+            failing: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            stats: JournalStats::default(),
+        });
+        inner.stats.file_len.store(len, Ordering::Relaxed);
+        let i = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || Writer::new(i, file, len).run())
+            .map_err(io(&path, "start the writer thread"))?;
+        Ok((
+            Journal {
+                inner,
+                thread: Arc::new(Mutex::new(Some(thread))),
+            },
+            replayed,
+        ))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Its durability.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// Appends a record; returns its end as a logical offset, for
+    /// [`Journal::stored`]. Never blocks on I/O.
+    pub fn append(&self, entry: Entry<'_>) -> u64 {
+        let mut p = self.inner.pending();
+        let before = p.buf.len();
+        if let Err(e) = entry.encode(&mut p.buf) {
+            // Only a record above the size limit fails, and the master's own
+            // limits keep every record far below it.
+            tracing::error!("journal record not written: {e}");
+            return p.end;
+        }
+        p.end += (p.buf.len() - before) as u64;
+        let (end, wake) = (p.end, p.writer_sleeping);
+        drop(p);
+        if wake {
+            self.inner.more.notify_one();
+        }
+        end
+    }
+
+    /// Logical offset after the last appended record.
+    pub fn appended(&self) -> u64 {
+        self.inner.pending().end
+    }
+
+    /// How far records count as stored under the configured durability.
+    pub fn stored(&self) -> u64 {
+        match self.inner.durability {
+            Durability::Fsync => self.inner.synced.load(Ordering::Acquire),
+            _ => self.inner.written.load(Ordering::Acquire),
+        }
+    }
+
+    /// Why the journal cannot write now, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        if !self.inner.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until everything up to `offset` is stored; an error says why it
+    /// cannot be stored now (the writer keeps trying).
+    pub async fn wait_stored(&self, offset: u64) -> Result<(), String> {
+        loop {
+            let notified = self.inner.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stored() >= offset {
+                return Ok(());
+            }
+            if let Some(why) = self.failure() {
+                return Err(why);
+            }
+            notified.await;
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &JournalStats {
+        &self.inner.stats
+    }
+
+    /// Writes and syncs everything appended, stops the writer thread and
+    /// waits for it.
+    pub fn close(&self) {
+        self.inner.pending().stop = true;
+        self.inner.more.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn compacting_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".compacting");
+    path.with_file_name(name)
+}
+
+fn sync_dir(path: &Path) -> Result<(), JournalError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "sync the directory"))
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(JournalError::Locked(path.to_owned()));
+        }
+        return Err(io(path, "lock")(e));
+    }
+    Ok(())
+}
+
+/// What a finished compaction hands the writer.
+struct Compacted {
+    /// The new file, open for writing, holding the live state of the old
+    /// file's first `upto` bytes.
+    file: File,
+    upto: u64,
+}
+
+/// The writer thread's state.
+struct Writer {
+    inner: Arc<Inner>,
+    file: File,
+    file_len: u64,
+    /// File size after the last compaction (or at start).
+    compacted_len: u64,
+    spare: BytesMut,
+    unsynced: bool,
+    last_sync: Instant,
+    compactor: Option<std::thread::JoinHandle<Result<Compacted, JournalError>>>,
+}
+
+impl Writer {
+    fn new(inner: Arc<Inner>, file: File, len: u64) -> Self {
+        Writer {
+            inner,
+            file,
+            file_len: len,
+            compacted_len: len,
+            spare: BytesMut::with_capacity(1 << 20),
+            unsynced: false,
+            last_sync: Instant::now(),
+            compactor: None,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let (end, stop) = self.take();
+            if !self.spare.is_empty() {
+                let buf = std::mem::take(&mut self.spare);
+                if !self.write_all(&buf) {
+                    return;
+                }
+                self.spare = buf;
+                self.spare.clear();
+                self.inner.written.store(end, Ordering::Release);
+                self.unsynced = true;
+            }
+            let sync = self.unsynced
+                && match self.inner.durability {
+                    Durability::Fsync => true,
+                    Durability::Batch => self.last_sync.elapsed() >= BATCH_SYNC_INTERVAL,
+                    Durability::None => stop,
+                };
+            if sync || (stop && self.unsynced) {
+                if !self.sync() {
+                    return;
+                }
+                self.inner.synced.store(end, Ordering::Release);
+            }
+            self.inner.progress.notify_waiters();
+            self.compaction();
+            if stop {
+                if let Some(h) = self.compactor.take() {
+                    let _ = h.join();
+                }
+                let _ = std::fs::remove_file(compacting_path(&self.inner.path));
+                return;
+            }
+        }
+    }
+
+    /// Waits for records (or a due sync, or a compaction to finish) and swaps
+    /// the appended bytes into `spare`.
+    fn take(&mut self) -> (u64, bool) {
+        let mut p = self.inner.pending();
+        loop {
+            if !p.buf.is_empty() || p.stop {
+                break;
+            }
+            let timeout = if self.unsynced && self.inner.durability == Durability::Batch {
+                Some(BATCH_SYNC_INTERVAL.saturating_sub(self.last_sync.elapsed()))
+            } else if self.compactor.is_some() {
+                Some(Duration::from_millis(20))
+            } else {
+                None
+            };
+            p.writer_sleeping = true;
+            p = match timeout {
+                None => self.inner.more.wait(p).unwrap_or_else(|e| e.into_inner()),
+                Some(t) => {
+                    let (g, r) = self
+                        .inner
+                        .more
+                        .wait_timeout(p, t)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if r.timed_out() {
+                        let mut g = g;
+                        g.writer_sleeping = false;
+                        return (g.end, g.stop);
+                    }
+                    g
+                }
+            };
+            p.writer_sleeping = false;
+        }
+        p.writer_sleeping = false;
+        std::mem::swap(&mut p.buf, &mut self.spare);
+        (p.end, p.stop)
+    }
+
+    /// Writes `buf` whole; on failure (a full disk) reports it and retries
+    /// from where it stopped until it succeeds. False if stopped meanwhile.
+    fn write_all(&mut self, buf: &[u8]) -> bool {
+        let mut off = 0;
+        while off < buf.len() {
+            match self.file.write(&buf[off..]) {
+                Ok(0) => {
+                    if !self.wait_retry("write returned 0 bytes".into()) {
+                        return false;
+                    }
+                }
+                Ok(n) => {
+                    off += n;
+                    self.file_len += n as u64;
+                    self.inner.stats.writes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if !self.wait_retry(format!("write: {e}")) {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.inner
+            .stats
+            .appended
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner
+            .stats
+            .file_len
+            .store(self.file_len, Ordering::Relaxed);
+        if self.inner.failing.load(Ordering::Relaxed) {
+            self.inner.set_failure(None);
+        }
+        true
+    }
+
+    fn sync(&mut self) -> bool {
+        loop {
+            match self.file.sync_data() {
+                Ok(()) => {
+                    self.inner.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    self.unsynced = false;
+                    self.last_sync = Instant::now();
+                    if self.inner.failing.load(Ordering::Relaxed) {
+                        self.inner.set_failure(None);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if !self.wait_retry(format!("fdatasync: {e}")) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports a failure and waits before the next try; false when the
+    /// journal is being closed (what is unwritten then was never
+    /// acknowledged).
+    fn wait_retry(&self, why: String) -> bool {
+        self.inner.set_failure(Some(why));
+        let p = self.inner.pending();
+        if p.stop {
+            tracing::error!("journal closed while it could not write; unacknowledged records are lost (they were never acknowledged)");
+            return false;
+        }
+        let _ = self
+            .inner
+            .more
+            .wait_timeout(p, RETRY_INTERVAL)
+            .unwrap_or_else(|e| e.into_inner());
+        true
+    }
+
+    /// Starts a compaction when the file has grown enough; installs one that
+    /// has finished.
+    fn compaction(&mut self) {
+        if self.compactor.as_ref().is_some_and(|h| h.is_finished()) {
+            let h = self.compactor.take().expect("checked");
+            match h.join() {
+                Ok(Ok(c)) => {
+                    if let Err(e) = self.install(c) {
+                        tracing::warn!("journal compaction abandoned: {e}");
+                        let _ = std::fs::remove_file(compacting_path(&self.inner.path));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("journal compaction failed: {e}");
+                    let _ = std::fs::remove_file(compacting_path(&self.inner.path));
+                    // Try again only after as much growth again.
+                    self.compacted_len = self.file_len;
+                }
+                Err(_) => tracing::error!("journal compaction thread panicked"),
+            }
+            return;
+        }
+        if self.compactor.is_some()
+            || self.inner.failing.load(Ordering::Relaxed)
+            || self.file_len < self.inner.compact_at.max(2 * self.compacted_len)
+        {
+            return;
+        }
+        let (path, upto) = (self.inner.path.clone(), self.file_len);
+        tracing::debug!(bytes = upto, "compacting the journal");
+        self.compactor = std::thread::Builder::new()
+            .name("journal-compact".into())
+            .spawn(move || compact(&path, upto))
+            .ok();
+    }
+
+    /// Appends what was written since the compaction started to the new
+    /// file and puts it in place of the old one.
+    fn install(&mut self, mut c: Compacted) -> Result<(), JournalError> {
+        let path = self.inner.path.clone();
+        let mut old = File::open(&path).map_err(io(&path, "reopen"))?;
+        old.seek(SeekFrom::Start(c.upto))
+            .map_err(io(&path, "seek"))?;
+        let tail = std::io::copy(&mut old, &mut c.file).map_err(io(&path, "copy the tail"))?;
+        c.file.sync_all().map_err(io(&path, "sync"))?;
+        let tmp = compacting_path(&path);
+        std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
+        sync_dir(&path)?;
+        lock(&c.file, &path)?;
+        let before = self.file_len;
+        self.file_len = c.file.metadata().map_err(io(&path, "stat"))?.len();
+        self.file = c.file;
+        self.compacted_len = self.file_len;
+        self.unsynced = false;
+        self.inner
+            .stats
+            .file_len
+            .store(self.file_len, Ordering::Relaxed);
+        self.inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            before_bytes = before,
+            after_bytes = self.file_len,
+            tail_bytes = tail,
+            "journal compacted"
+        );
+        Ok(())
+    }
+}
+
+/// Replays the first `upto` bytes of the journal and writes their live state
+/// as a new journal beside it.
+fn compact(path: &Path, upto: u64) -> Result<Compacted, JournalError> {
+    let mut data = vec![0u8; upto as usize];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut data))
+        .map_err(io(path, "read for compaction"))?;
+    let replayed = replay::replay(&Bytes::from(data))?;
+    let tmp = compacting_path(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp, "create"))?;
+    write_state(&mut file, &replayed.state).map_err(io(&tmp, "write"))?;
+    file.sync_all().map_err(io(&tmp, "sync"))?;
+    Ok(Compacted { file, upto })
+}
+
+/// Writes a header and `state` as records.
+pub fn write_state(out: &mut impl Write, state: &State) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    buf.extend_from_slice(&record::header());
+    let flush = |buf: &mut BytesMut, out: &mut dyn Write| -> std::io::Result<()> {
+        out.write_all(buf)?;
+        buf.clear();
+        Ok(())
+    };
+    let bad = |e: crate::proto::ProtoError| std::io::Error::other(e.to_string());
+    Entry::NextId(state.next_id).encode(&mut buf).map_err(bad)?;
+    for p in state.pending.values() {
+        Entry::Pending(p).encode(&mut buf).map_err(bad)?;
+        if buf.len() >= 1 << 20 {
+            flush(&mut buf, out)?;
+        }
+    }
+    for r in state.results.values() {
+        Entry::Finished(r).encode(&mut buf).map_err(bad)?;
+        if buf.len() >= 1 << 20 {
+            flush(&mut buf, out)?;
+        }
+    }
+    flush(&mut buf, out)
+}

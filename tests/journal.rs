@@ -1,0 +1,305 @@
+//! The journal file on its own: what a restart reads back, torn tails,
+//! corruption, versions and compaction (no master, no sockets).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use runner::journal::{
+    record, Durability, Entry, Journal, JournalConfig, JournalError, PendingTask,
+};
+use runner::proto::{Assignment, AttemptError, NewTask, Payload, TaskResult, TaskStatus, Text};
+
+fn task(i: u64) -> NewTask {
+    NewTask {
+        kind: Text::from_static("echo"),
+        payload: Payload::from(format!("payload {i}")),
+        priority: (i % 7) as u8,
+        retries: 2,
+        timeout_ms: 1000,
+    }
+}
+
+fn result(id: u64) -> TaskResult {
+    TaskResult {
+        id,
+        status: TaskStatus::Ok,
+        output: Payload::from(format!("out {id}")),
+        attempts: 1,
+        worker: Text::from_static("w1"),
+        errors: Vec::new(),
+    }
+}
+
+fn open(path: &std::path::Path) -> Result<(Journal, runner::journal::Replayed), JournalError> {
+    Journal::open(&JournalConfig::new(path, Durability::Fsync))
+}
+
+/// Writes a journal with a little of everything: 3 batches of 10 tasks,
+/// dispatches, a failure, results, an acknowledgement. Returns its path.
+fn sample(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("j");
+    let (j, r) = open(&path).unwrap();
+    assert_eq!(r.records, 0);
+    for b in 0..3u64 {
+        let tasks: Vec<NewTask> = (0..10).map(|i| task(b * 10 + i + 1)).collect();
+        j.append(Entry::Accepted {
+            first_id: b * 10 + 1,
+            tasks: &tasks,
+        });
+    }
+    let assigned: Vec<Assignment> = (1..=5)
+        .map(|id| Assignment {
+            task_id: id,
+            attempt: 1,
+            kind: Text::from_static("echo"),
+            payload: Payload::empty(),
+            timeout_ms: 0,
+        })
+        .collect();
+    j.append(Entry::Dispatched(&assigned));
+    j.append(Entry::AttemptFailed {
+        id: 5,
+        error: &AttemptError {
+            attempt: 1,
+            worker: Text::from_static("w1"),
+            reason: Text::from_static("boom"),
+        },
+    });
+    for id in 1..=4 {
+        j.append(Entry::Finished(&result(id)));
+    }
+    j.append(Entry::Forgotten(&[1, 2]));
+    j.close();
+    path
+}
+
+#[test]
+fn a_reopened_journal_gives_back_unfinished_tasks_and_unacknowledged_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let (_j, r) = open(&path).unwrap();
+    assert!(r.torn.is_none());
+    let s = r.state;
+    assert_eq!(s.next_id, 31);
+    assert_eq!(s.pending.len(), 26, "30 accepted, 4 finished");
+    assert_eq!(s.pending[&5].attempt, 1, "attempt counts are kept");
+    assert_eq!(s.pending[&5].errors.len(), 1, "failures are kept");
+    assert_eq!(s.pending[&6].attempt, 0);
+    assert_eq!(s.pending[&17].spec, task(17));
+    assert_eq!(
+        s.results.keys().copied().collect::<Vec<_>>(),
+        [3, 4],
+        "acknowledged results are forgotten"
+    );
+    assert_eq!(s.results[&3], result(3));
+}
+
+#[test]
+fn a_journal_cut_at_any_byte_opens_and_loses_only_the_torn_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let full = fs::read(&path).unwrap();
+    let whole = {
+        let (_j, r) = open(&path).unwrap();
+        r.state
+    };
+    let cut = dir.path().join("cut");
+    for len in record::HEADER_LEN..full.len() {
+        fs::write(&cut, &full[..len]).unwrap();
+        let (j, r) = open(&cut).unwrap_or_else(|e| panic!("cut at {len}: {e}"));
+        j.close();
+        // What survives is a prefix of the history: every pending task of
+        // the cut journal is pending or finished in the whole one.
+        for id in r.state.pending.keys() {
+            assert!(
+                whole.pending.contains_key(id) || id <= &4,
+                "cut at {len}: task {id}"
+            );
+        }
+        let kept = fs::metadata(&cut).unwrap().len() as usize;
+        assert_eq!(kept, r.valid_len, "cut at {len}: the torn tail is removed");
+        if r.valid_len < len {
+            assert!(r.torn.is_some(), "cut at {len}: the torn tail is reported");
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_record_drops_that_record_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    let (_j, r) = open(&path).unwrap();
+    let (_, why) = r.torn.expect("reported");
+    assert!(why.contains("checksum"), "{why}");
+    // The last record was the acknowledgement of 1 and 2: they are kept.
+    assert_eq!(
+        r.state.results.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+}
+
+#[test]
+fn a_flipped_bit_in_a_middle_record_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[record::HEADER_LEN + 40] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let err = open(&path).expect_err("refused");
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("corrupt at byte") && msg.contains("refusing"),
+        "{msg}"
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        bytes,
+        "a corrupt journal is not modified"
+    );
+}
+
+#[test]
+fn a_journal_from_a_newer_version_is_refused_with_both_versions_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("newer");
+    let mut h = record::header();
+    h[8..12].copy_from_slice(&(record::FORMAT_VERSION + 1).to_le_bytes());
+    fs::write(&path, h).unwrap();
+    let err = open(&path).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, JournalError::NewerVersion { found, supported } if found == supported + 1),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("version 2") && msg.contains("runner's 1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_journal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    fs::write(&path, "shopping list: eggs, flour, milk\n").unwrap();
+    let err = open(&path).expect_err("refused");
+    assert!(matches!(err, JournalError::NotAJournal(_)), "{err}");
+}
+
+#[test]
+fn a_second_master_cannot_open_a_journal_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let (j, _) = open(&path).unwrap();
+    let err = open(&path).expect_err("refused");
+    assert!(matches!(err, JournalError::Locked(_)), "{err}");
+    j.close();
+}
+
+#[test]
+fn compaction_keeps_the_live_state_and_shrinks_the_file_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let cfg = JournalConfig {
+        compact_at: 64 * 1024,
+        ..JournalConfig::new(&path, Durability::None)
+    };
+    let (j, _) = Journal::open(&cfg).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut model: BTreeMap<u64, bool> = BTreeMap::new(); // id -> finished
+    let mut next = 1u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while j
+        .stats()
+        .compactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "no compaction happened");
+        let tasks: Vec<NewTask> = (0..50).map(|i| task(next + i)).collect();
+        j.append(Entry::Accepted {
+            first_id: next,
+            tasks: &tasks,
+        });
+        for id in next..next + 50 {
+            model.insert(id, false);
+        }
+        next += 50;
+        // Finish and acknowledge most of them: history grows, live work
+        // stays small.
+        let open: Vec<u64> = model
+            .iter()
+            .filter(|(_, f)| !**f)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in open {
+            if rng.gen_bool(0.9) {
+                j.append(Entry::Finished(&result(id)));
+                j.append(Entry::Forgotten(&[id]));
+                model.insert(id, true);
+            }
+        }
+        model.retain(|_, finished| !*finished);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let appended = j
+        .stats()
+        .appended
+        .load(std::sync::atomic::Ordering::Relaxed);
+    j.close();
+    let len = fs::metadata(&path).unwrap().len();
+    assert!(
+        len < appended / 2,
+        "the file ({len} bytes) follows live work, not the {appended} bytes of history"
+    );
+    let (_j, r) = Journal::open(&cfg).unwrap();
+    assert_eq!(
+        r.state.pending.keys().copied().collect::<Vec<_>>(),
+        model.keys().copied().collect::<Vec<_>>(),
+        "exactly the unfinished tasks survive compaction"
+    );
+    assert!(r.state.results.is_empty());
+    assert_eq!(r.state.next_id, next, "ids are never reused");
+    assert_eq!(
+        r.state
+            .pending
+            .values()
+            .next()
+            .map(|p: &PendingTask| p.spec.retries),
+        Some(2)
+    );
+}
+
+#[test]
+fn appends_are_stored_in_order_and_fsync_shares_syncs_between_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let (j, _) = open(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut last = 0;
+    for id in 1..=2000u64 {
+        last = j.append(Entry::Accepted {
+            first_id: id,
+            tasks: &[task(id)],
+        });
+    }
+    rt.block_on(j.wait_stored(last)).unwrap();
+    let syncs = j.stats().syncs.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        syncs < 2000,
+        "{syncs} syncs for 2000 records: no group commit"
+    );
+    j.close();
+    let (_j, r) = open(&path).unwrap();
+    assert_eq!(r.state.pending.len(), 2000);
+}

@@ -1,0 +1,396 @@
+//! A master on a journal, as processes: killed and restarted mid-run, its
+//! workers and clients coming back, a full disk, a journal it cannot read.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+use runner::client::{Client, ClientOptions};
+use runner::proto::{NewTask, Payload, TaskStatus, Text};
+use support::{Cluster, Opts, Proc};
+
+const PORT_BASE: u16 = 23000;
+
+fn task(kind: &'static str, payload: impl Into<Payload>) -> NewTask {
+    NewTask {
+        kind: Text::from_static(kind),
+        payload: payload.into(),
+        priority: 1,
+        retries: 3,
+        timeout_ms: 0,
+    }
+}
+
+/// Starts the master again with the same command line (same port, same
+/// journal) and waits until it listens.
+fn restart_master(c: &mut Cluster, args: &[String]) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut m = Proc::spawn("master", &args);
+        let line = m.wait_line(Duration::from_secs(10), |l| {
+            l.starts_with("master listening on ") || l.contains("runner:")
+        });
+        if line.starts_with("master listening on ") {
+            let addr: SocketAddr = line
+                .trim_start_matches("master listening on ")
+                .parse()
+                .unwrap();
+            assert_eq!(addr, c.addr, "the restarted master took its old port");
+            c.master = m;
+            return;
+        }
+        // The old process may still hold the journal's lock for a moment.
+        assert!(
+            Instant::now() < deadline && line.contains("in use"),
+            "restart failed: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn reconnecting(c: &Cluster) -> ClientOptions {
+    ClientOptions {
+        wire: c.wire,
+        reconnect: Some(Duration::from_secs(30)),
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_task_completes_exactly_once_across_master_crashes() {
+    const TASKS: usize = 50_000;
+    const BATCH: usize = 500;
+    const IN_FLIGHT: usize = 4;
+    const CRASHES: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = [
+        "--journal",
+        journal.to_str().unwrap(),
+        "--durability",
+        "fsync",
+    ];
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            slots: 8,
+            master_args: &extra,
+            master_timeout: "20s",
+            ..Opts::default()
+        },
+    );
+    let args = c.master_args(&extra);
+    let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    c.wait_workers(&client, 2).await;
+
+    let mut accepted: HashSet<u64> = HashSet::new();
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let mut unsent = TASKS;
+    let mut inflight = FuturesUnordered::new();
+    let mut crashes = 0;
+    let mut next_crash =
+        Instant::now() + Duration::from_millis(rand::thread_rng().gen_range(300..1200));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while accepted.len() < TASKS || seen.len() < accepted.len() {
+        assert!(
+            Instant::now() < deadline,
+            "stuck: {} accepted, {} results, {crashes} crashes",
+            accepted.len(),
+            seen.len()
+        );
+        while inflight.len() < IN_FLIGHT && unsent > 0 {
+            let n = unsent.min(BATCH);
+            let ack = client.send_batch(vec![task("sleep", "1"); n]).unwrap();
+            inflight.push(async move { (n, ack.await) });
+            unsent -= n;
+        }
+        if crashes < CRASHES && Instant::now() >= next_crash {
+            // Kill -9 at a random moment: while batches are submitted,
+            // acknowledged and run.
+            c.master.signal(libc::SIGKILL);
+            c.master.wait_exit(Duration::from_secs(5));
+            restart_master(&mut c, &args);
+            crashes += 1;
+            next_crash =
+                Instant::now() + Duration::from_millis(rand::thread_rng().gen_range(300..1200));
+        }
+        tokio::select! {
+            Some((n, ack)) = inflight.next() => match ack {
+                Ok(a) => accepted.extend(a.first_id..a.first_id + a.count as u64),
+                Err(e) => {
+                    // Lost with the master before its acknowledgement: it
+                    // may or may not have been taken; submit it again.
+                    assert!(e.to_string().contains("connection lost"), "refused: {e}");
+                    unsent += n;
+                }
+            },
+            r = client.next_result() => {
+                let r = r.expect("the client outlives the master");
+                assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+                *seen.entry(r.id).or_default() += 1;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    assert_eq!(crashes, CRASHES, "the run outlasted every crash");
+    let lost = accepted.iter().filter(|id| !seen.contains_key(id)).count();
+    let unexpected: Vec<_> = seen.keys().filter(|id| !accepted.contains(id)).collect();
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(lost, 0, "lost");
+    assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
+    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), client.next_result())
+            .await
+            .is_err(),
+        "an extra result arrived"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = ["--journal", journal.to_str().unwrap()];
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 2,
+            master_args: &extra,
+            master_timeout: "20s",
+            ..Opts::default()
+        },
+    )
+    .await;
+    let args = c.master_args(&extra);
+    let ids = client
+        .submit_batch(vec![task("sleep", "1500"); 2])
+        .await
+        .unwrap();
+    c.wait_status(&client, Duration::from_secs(10), "both running", |s| {
+        s.running == 2
+    })
+    .await;
+    drop(client);
+    c.master.signal(libc::SIGKILL);
+    c.master.wait_exit(Duration::from_secs(5));
+    // Both attempts finish while no master is there.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    restart_master(&mut c, &args);
+    let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    client.fetch(ids.clone().collect()).unwrap();
+    for _ in ids.clone() {
+        let r = tokio::time::timeout(Duration::from_secs(20), client.next_result())
+            .await
+            .expect("result in time")
+            .expect("result");
+        assert_eq!(r.status, TaskStatus::Ok);
+        assert_eq!(
+            r.attempts, 1,
+            "the attempt from before the restart counts; the task did not run again"
+        );
+    }
+    assert!(c.master_log().contains("from before the restart accepted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_stopped_with_ctrl_c_keeps_unfinished_tasks_for_its_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = ["--journal", journal.to_str().unwrap()];
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            master_args: &extra,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let args = c.master_args(&extra);
+    let ids = client
+        .submit_batch(vec![task("echo", "kept"); 5])
+        .await
+        .unwrap();
+    c.master.signal(libc::SIGINT);
+    assert!(c.master.wait_exit(Duration::from_secs(10)).success());
+    restart_master(&mut c, &args);
+    c.add_worker("w1", 2, &[]);
+    let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    client.fetch(ids.clone().collect()).unwrap();
+    for _ in ids {
+        let r = tokio::time::timeout(Duration::from_secs(20), client.next_result())
+            .await
+            .expect("result in time")
+            .expect("result");
+        assert_eq!(
+            (r.status, r.output.as_text()),
+            (TaskStatus::Ok, Some("kept"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_an_id_the_master_never_gave_answers_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = ["--journal", journal.to_str().unwrap()];
+    let (_c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &extra,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let id = client.submit(task("echo", "x")).await.unwrap();
+    let r = client.next_result().await.unwrap();
+    assert_eq!(r.status, TaskStatus::Ok);
+    // Acknowledged on receipt: fetched again, it is gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.fetch(vec![id, 999_999]).unwrap();
+    for _ in 0..2 {
+        let r = client.next_result().await.unwrap();
+        assert_eq!(r.status, TaskStatus::Unknown, "{r:?}");
+    }
+}
+
+#[test]
+fn a_master_refuses_a_journal_from_a_newer_runner_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let mut header = runner::journal::record::header();
+    header[8..12].copy_from_slice(&(runner::journal::record::FORMAT_VERSION + 1).to_le_bytes());
+    std::fs::write(&journal, header).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["master", "--port", "23990", "--scan", "23991-23992"])
+        .args(["--journal", journal.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("format version 2, newer than this runner's 1"),
+        "{err}"
+    );
+}
+
+/// Mounts a tmpfs of `size` at `dir` (root only).
+fn mount_tmpfs(dir: &std::path::Path, size: &str, remount: bool) -> bool {
+    let mut cmd = std::process::Command::new("mount");
+    cmd.args(["-t", "tmpfs"]);
+    let opts = if remount {
+        format!("remount,size={size}")
+    } else {
+        format!("size={size}")
+    };
+    cmd.args(["-o", &opts, "tmpfs"]).arg(dir);
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small tmpfs to fill needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    if !mount_tmpfs(dir.path(), "256k", false) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(dir.path().to_owned());
+    let journal = dir.path().join("journal");
+    let extra = [
+        "--journal",
+        journal.to_str().unwrap(),
+        "--durability",
+        "fsync",
+    ];
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            master_args: &extra,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let args = c.master_args(&extra);
+    // 16 KiB tasks, one at a time, until the disk is full.
+    let big = Payload::from(vec![b'x'; 16 * 1024]);
+    let mut acked = Vec::new();
+    let refusal = loop {
+        assert!(acked.len() < 100, "256 KiB never filled up");
+        match client.submit(task("echo", big.clone())).await {
+            Ok(id) => acked.push(id),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(
+        refusal.contains("journal") && refusal.contains("No space left on device"),
+        "the refusal says why: {refusal}"
+    );
+    assert!(!acked.is_empty());
+    // While full, new tasks are refused at once, with the reason.
+    let again = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    let e = again.submit(task("echo", "small")).await.unwrap_err();
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    // Room again: the journal catches up by itself and accepts tasks.
+    assert!(mount_tmpfs(dir.path(), "8m", true), "remount bigger");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let late = loop {
+        match again.submit(task("echo", "small")).await {
+            Ok(id) => break id,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "still refused: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // A crash now: every acknowledged task is still there after it.
+    c.master.signal(libc::SIGKILL);
+    c.master.wait_exit(Duration::from_secs(5));
+    restart_master(&mut c, &args);
+    c.add_worker("w1", 4, &[]);
+    let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    acked.push(late);
+    client.fetch(acked.clone()).unwrap();
+    let mut got = HashSet::new();
+    while got.len() < acked.len() {
+        let r = tokio::time::timeout(Duration::from_secs(20), client.next_result())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "acknowledged tasks missing: {:?} of {:?}; master log:\n{}",
+                    acked
+                        .iter()
+                        .filter(|i| !got.contains(*i))
+                        .collect::<Vec<_>>(),
+                    acked,
+                    c.master_log()
+                )
+            })
+            .unwrap();
+        assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+        got.insert(r.id);
+    }
+}
