@@ -178,6 +178,10 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
         s.running == 2
     })
     .await;
+    // Give the journal's writer a moment to store the hand-out (nobody
+    // waits for that record; were it lost, the attempt number would repeat
+    // and the worker would report its result as the new attempt's).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     drop(client);
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
@@ -197,7 +201,12 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
             "the attempt from before the restart counts; the task did not run again"
         );
     }
-    assert!(c.master_log().contains("from before the restart accepted"));
+    // Logs are written by a background thread: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.master_log().contains("from before the restart accepted") {
+        assert!(Instant::now() < deadline, "{}", c.master_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

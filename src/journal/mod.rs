@@ -226,7 +226,6 @@ impl Journal {
     /// starts the writer thread. The file is locked against a second master.
     pub fn open(cfg: &JournalConfig) -> Result<(Journal, Replayed), JournalError> {
         let path = cfg.path.clone();
-        let _ = std::fs::remove_file(compacting_path(&path));
         let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
@@ -236,6 +235,9 @@ impl Journal {
             .open(&path)
             .map_err(io(&path, "open"))?;
         lock(&file, &path)?;
+        // Left by a compaction interrupted by a crash (only the lock holder
+        // may remove it: a live master may be writing it).
+        let _ = std::fs::remove_file(compacting_path(&path));
         let replayed = if existed && file.metadata().map_err(io(&path, "stat"))?.len() > 0 {
             let mut data = Vec::new();
             file.read_to_end(&mut data).map_err(io(&path, "read"))?;
@@ -519,9 +521,10 @@ impl Writer {
                         .wait_timeout(p, t)
                         .unwrap_or_else(|e| e.into_inner());
                     if r.timed_out() {
-                        let mut g = g;
-                        g.writer_sleeping = false;
-                        return (g.end, g.stop);
+                        // Take whatever came meanwhile too: the end returned
+                        // must never count bytes still in the buffer.
+                        p = g;
+                        break;
                     }
                     g
                 }
@@ -620,6 +623,7 @@ impl Writer {
                     if let Err(e) = self.install(c) {
                         tracing::warn!("journal compaction abandoned: {e}");
                         let _ = std::fs::remove_file(compacting_path(&self.inner.path));
+                        self.compacted_len = self.file_len;
                     }
                 }
                 Ok(Err(e)) => {
@@ -628,7 +632,10 @@ impl Writer {
                     // Try again only after as much growth again.
                     self.compacted_len = self.file_len;
                 }
-                Err(_) => tracing::error!("journal compaction thread panicked"),
+                Err(_) => {
+                    tracing::error!("journal compaction thread panicked");
+                    self.compacted_len = self.file_len;
+                }
             }
             return;
         }
@@ -655,13 +662,21 @@ impl Writer {
             .map_err(io(&path, "seek"))?;
         let tail = std::io::copy(&mut old, &mut c.file).map_err(io(&path, "copy the tail"))?;
         c.file.sync_all().map_err(io(&path, "sync"))?;
+        let new_len = c.file.metadata().map_err(io(&path, "stat"))?.len();
+        // Locked before it takes the journal's name, so the name is never
+        // unlocked; every fallible step comes before the rename, so a failure
+        // leaves the old file in use and whole.
+        lock(&c.file, &path)?;
         let tmp = compacting_path(&path);
         std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
-        sync_dir(&path)?;
-        lock(&c.file, &path)?;
         let before = self.file_len;
-        self.file_len = c.file.metadata().map_err(io(&path, "stat"))?.len();
+        self.file_len = new_len;
         self.file = c.file;
+        if let Err(e) = sync_dir(&path) {
+            // The rename is done; at worst a crash before the directory
+            // reaches the disk brings back the old file, which is complete.
+            tracing::warn!("after compaction: {e}");
+        }
         self.compacted_len = self.file_len;
         self.unsynced = false;
         self.inner

@@ -24,7 +24,7 @@ pub const HEADER_LEN: usize = 16;
 pub const RECORD_PREFIX_LEN: usize = 8;
 /// Largest record (kind byte and body): a batch of maximum-size frames'
 /// worth of tasks is split long before this.
-pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const RECORD_BYTES_MAX: usize = crate::proto::RECORD_BYTES_MAX;
 
 /// The file header this build writes.
 pub fn header() -> [u8; HEADER_LEN] {
@@ -50,7 +50,7 @@ pub enum Kind {
     Forgotten = 5,
     /// An unfinished task as a whole (written by compaction).
     Pending = 6,
-    /// Ids below this are taken (written by compaction and at start).
+    /// Ids below this are taken (written by compaction).
     NextId = 7,
 }
 

@@ -349,6 +349,19 @@ impl Shared {
     }
 }
 
+/// The first task id of a master without history: 4096 per millisecond of
+/// the clock. A client that re-attaches by id after its master restarted
+/// without a journal then finds its old ids unknown, instead of attached to
+/// someone else's new task. Ids stay below 2^53 (exact as JSON doubles)
+/// until 2039, and a master handing out fewer than 4 million ids a second
+/// never catches up with the clock.
+fn fresh_first_id() -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (ms * 4096).max(1)
+}
+
 /// A running master.
 pub struct Master {
     shared: Arc<Shared>,
@@ -417,15 +430,18 @@ impl Master {
                 too_slow: CancellationToken::new(),
             })
         };
-        let next_id = restored.as_ref().map_or(1, |r| r.next_id.max(1));
+        let next_id = match &restored {
+            Some(r) if r.next_id > 1 => r.next_id,
+            _ => fresh_first_id(),
+        };
         let store = match &restored {
             Some(r) => {
                 let mut st =
-                    ResultStore::new(DoneSet::restored(r.next_id, r.pending.keys().copied()));
+                    ResultStore::new(DoneSet::restored(next_id, r.pending.keys().copied()));
                 st.kept = r.results.iter().map(|(k, v)| (*k, v.clone())).collect();
                 st
             }
-            None => ResultStore::new(DoneSet::new()),
+            None => ResultStore::new(DoneSet::restored(next_id, std::iter::empty())),
         };
         let queue = PriorityQueue::new();
         if let Some(r) = restored {
@@ -484,11 +500,12 @@ impl Master {
         self.shared.registry().workers.len()
     }
 
-    /// Stops intake, tells the workers, reports every unfinished task to its
-    /// client as cancelled, and waits until that is done.
+    /// Stops intake, tells the workers, and waits until that is done. Each
+    /// unfinished task is reported to its client as cancelled, or, with a
+    /// journal, left there to resume when the master starts again.
     pub async fn shutdown(self) {
         let s = &self.shared;
-        tracing::info!("shutting down: no new tasks; telling workers; reporting unfinished tasks");
+        tracing::info!("shutting down: no new tasks; telling workers");
         s.shutdown.cancel();
         s.tracker.close();
         s.tracker.wait().await;

@@ -22,16 +22,6 @@ pub(crate) struct DoneSet {
 }
 
 impl DoneSet {
-    /// None finished (id 0, never handed out, counts as finished).
-    pub fn new() -> Self {
-        let mut s = DoneSet {
-            base: 0,
-            words: VecDeque::new(),
-        };
-        s.insert(0);
-        s
-    }
-
     /// Every id below `next_id` finished except `unfinished` (ascending).
     pub fn restored(next_id: u64, unfinished: impl Iterator<Item = u64>) -> Self {
         let mut unfinished = unfinished.peekable();
@@ -122,7 +112,8 @@ mod tests {
 
     #[test]
     fn done_set_tells_finished_ids_from_unfinished_ones() {
-        let mut d = DoneSet::new();
+        let mut d = DoneSet::restored(1, std::iter::empty());
+        assert!(d.contains(0), "id 0 is never handed out");
         assert!(!d.contains(1));
         for id in 1..200 {
             if id != 70 {

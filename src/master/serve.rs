@@ -286,13 +286,20 @@ async fn client_writer(
                 Err(_) => break,
             }
         }
-        if let Some(j) = &journal {
+        let carries_acks = journal.is_some()
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    ClientOut::Result(_) | ClientOut::Msg(ToClient::Accepted(_))
+                )
+            });
+        if let (Some(j), true) = (&journal, carries_acks) {
             // Everything taken was appended before it was queued here.
             if let Err(why) = j.wait_stored(j.appended()).await {
                 let _ = write
                     .send(ToClient::Error(ErrorMsg::new(
                         ErrorCode::JOURNAL_FAILED,
-                        format!("the master cannot write its journal ({why}); what it has not acknowledged is not accepted"),
+                        format!("the master cannot write its journal ({why}); batches it has not acknowledged may or may not have been accepted"),
                     )))
                     .await;
                 too_slow.cancel();

@@ -21,6 +21,31 @@ const CONFIG: bincode::config::Configuration<
     bincode::config::Limit<FRAME_BYTES_MAX>,
 > = bincode::config::standard().with_limit::<FRAME_BYTES_MAX>();
 
+/// Journal records reuse the body encoding with a larger decode limit: a
+/// whole task with its failures (a maximum payload and up to
+/// `ATTEMPTS_MAX` reasons) is larger than one frame may be.
+const RECORD_CONFIG: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<RECORD_BYTES_MAX>,
+> = bincode::config::standard().with_limit::<RECORD_BYTES_MAX>();
+
+/// Largest journal record body.
+pub(crate) const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Decodes a whole journal record body; as [`decode_body`] otherwise.
+pub(crate) fn decode_record<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtoError> {
+    let (v, used) = bincode::serde::borrow_decode_from_slice(body, RECORD_CONFIG)
+        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(ProtoError::Malformed(format!(
+            "{} trailing bytes after the record",
+            body.len() - used
+        )));
+    }
+    Ok(v)
+}
+
 /// Writes straight into the connection's buffer: no intermediate `Vec`.
 struct BufWriter<'a>(&'a mut BytesMut);
 

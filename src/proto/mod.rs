@@ -101,6 +101,9 @@ fn encode_body<T: Serialize>(
     }
 }
 
+/// Largest journal record body (larger than a frame: see `bincode_wire`).
+pub const RECORD_BYTES_MAX: usize = bincode_wire::RECORD_BYTES_MAX;
+
 /// Encodes `value` as the protocol's bincode (for the journal, whose records
 /// reuse the wire's body encoding so that one spec covers both).
 pub(crate) fn encode_record_body<T: Serialize + ?Sized>(
@@ -115,5 +118,5 @@ pub(crate) fn decode_record_body<T: serde::de::DeserializeOwned>(
     body: &bytes::Bytes,
 ) -> Result<T, ProtoError> {
     let _scope = types::FrameScope::enter(body);
-    bincode_wire::decode_body(body)
+    bincode_wire::decode_record(body)
 }

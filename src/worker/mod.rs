@@ -413,6 +413,17 @@ impl Session {
 
     fn start(&mut self, a: Assignment) {
         let (id, attempt) = (a.task_id, a.attempt);
+        if self.runs.running.contains_key(&(id, attempt)) {
+            // Handed out again under the same number by a master restarted
+            // before its journal held the first hand-out: the copy already
+            // running reports for both.
+            tracing::info!(
+                task = id,
+                attempt,
+                "attempt already running here; not starting a second copy"
+            );
+            return;
+        }
         let handler = match self.handlers.get(a.kind.as_str()) {
             Some(h) => h.clone(),
             None => {
