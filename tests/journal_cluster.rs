@@ -66,7 +66,7 @@ async fn every_acknowledged_task_completes_exactly_once_across_master_crashes() 
     const TASKS: usize = 50_000;
     const BATCH: usize = 500;
     const IN_FLIGHT: usize = 4;
-    const CRASHES: usize = 3;
+    const CRASHES: usize = 5;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let extra = [
@@ -95,7 +95,7 @@ async fn every_acknowledged_task_completes_exactly_once_across_master_crashes() 
     let mut inflight = FuturesUnordered::new();
     let mut crashes = 0;
     let mut next_crash =
-        Instant::now() + Duration::from_millis(rand::thread_rng().gen_range(300..1200));
+        Instant::now() + Duration::from_millis(rand::thread_rng().gen_range(200..800));
     let deadline = Instant::now() + Duration::from_secs(120);
     while accepted.len() < TASKS || seen.len() < accepted.len() {
         assert!(
@@ -118,7 +118,7 @@ async fn every_acknowledged_task_completes_exactly_once_across_master_crashes() 
             restart_master(&mut c, &args);
             crashes += 1;
             next_crash =
-                Instant::now() + Duration::from_millis(rand::thread_rng().gen_range(300..1200));
+                Instant::now() + Duration::from_millis(rand::thread_rng().gen_range(200..800));
         }
         tokio::select! {
             Some((n, ack)) = inflight.next() => match ack {

@@ -125,6 +125,11 @@ struct MasterArgs {
     /// Allow a non-loopback --bind without a secret.
     #[arg(long)]
     insecure: bool,
+    /// Close a connection that has not completed the handshake (hello and
+    /// proofs) within this long: a silent or trickling peer holds nothing
+    /// for longer.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    handshake_timeout: Duration,
     /// Serve Prometheus metrics (counters, gauges, latency histograms) at
     /// http://ADDR/metrics, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
@@ -471,6 +476,7 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
         secret,
         wire: a.common.wire.into(),
         metrics: a.metrics,
+        handshake_timeout: a.handshake_timeout,
         journal: a.journal.map(|p| runner::journal::JournalConfig {
             compact_at: a.journal_compact_at,
             ..runner::journal::JournalConfig::new(p, a.durability.into())

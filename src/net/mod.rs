@@ -90,12 +90,25 @@ pub enum BindError {
     },
 }
 
+/// A listener on `addr` with a deep accept queue: a burst of connections
+/// waits there to be accepted (and served or refused) instead of being
+/// dropped by the kernel and retried a second later.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(crate::limits::LISTEN_BACKLOG)
+}
+
 /// Listens on the first free port of `range`: a port in use is skipped,
 /// never fatal.
 pub async fn bind_first_free(host: IpAddr, range: PortRange) -> Result<TcpListener, BindError> {
     for port in range.ports() {
         let addr = SocketAddr::new(host, port);
-        match TcpListener::bind(addr).await {
+        match listen(addr) {
             Ok(l) => return Ok(l),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 tracing::debug!(%addr, "port in use, trying the next");
@@ -223,6 +236,27 @@ pub async fn resolve(target: &str) -> Result<SocketAddr, String> {
             "cannot resolve {target:?} (expected HOST:PORT): {e}"
         )),
     }
+}
+
+/// Turns a connection away with an error frame (`code`, `why`) before any
+/// handshake: in bincode if the peer's first byte says so, else as a JSON
+/// line (a peer that sent nothing within `wait` most likely reads text, or
+/// reads nothing). Bounded in time: the refusal must cost less than serving.
+pub async fn refuse(stream: TcpStream, code: crate::proto::ErrorCode, why: String, wait: Duration) {
+    use crate::proto::{ErrorMsg, FromClient, ToClient};
+    use futures::SinkExt;
+    let mut first = [0u8; 1];
+    let wire = match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == crate::proto::frame::MAGIC[0] => Wire::Bincode,
+        _ => Wire::Json,
+    };
+    let mut conn = Framed::new(stream, WireCodec::<ToClient, FromClient>::new(wire));
+    let send = conn.send(ToClient::Error(ErrorMsg::new(code, why)));
+    let _ = tokio::time::timeout(
+        Duration::from_millis(crate::limits::ERROR_SEND_TIMEOUT_MS),
+        send,
+    )
+    .await;
 }
 
 #[cfg(test)]
