@@ -140,18 +140,54 @@ fn a_returned_attempt_is_requeued_at_once_and_not_charged() {
     }
 }
 
+/// Ticks every 100 ms (as the master's timer does) from `from` up to `to`;
+/// returns the first departure.
+fn tick_until(
+    l: &mut WorkerLink<&'static str>,
+    from: Duration,
+    to: Duration,
+    t0: Instant,
+) -> Option<Departure> {
+    let mut at = from;
+    while at <= to {
+        if let Some(d) = l.tick(t0 + at).lost {
+            return Some(d);
+        }
+        at += Duration::from_millis(100);
+    }
+    None
+}
+
 #[test]
 fn silence_past_the_worker_timeout_loses_the_worker() {
     let t0 = Instant::now();
     let mut l = link(1, 0, t0);
-    assert!(l.tick(t0 + Duration::from_millis(900)).lost.is_none());
-    l.heard(t0 + Duration::from_millis(900));
+    let ms = Duration::from_millis;
+    assert!(tick_until(&mut l, ms(100), ms(900), t0).is_none());
+    l.heard(t0 + ms(900));
     assert!(
-        l.tick(t0 + Duration::from_millis(1800)).lost.is_none(),
-        "heard 900 ms ago"
+        tick_until(&mut l, ms(1000), ms(1900), t0).is_none(),
+        "heard 1000 ms ago at most"
     );
-    let t = l.tick(t0 + Duration::from_millis(1901));
-    assert!(matches!(t.lost, Some(Departure::HeartbeatLost(d)) if d > TIMING.worker_timeout));
+    let lost = tick_until(&mut l, ms(2000), ms(2000), t0);
+    assert!(matches!(lost, Some(Departure::HeartbeatLost(d)) if d > TIMING.worker_timeout));
+}
+
+#[test]
+fn a_pause_of_the_master_is_not_counted_as_the_workers_silence() {
+    // The master was frozen for 5 s (SIGSTOP, a suspended VM): its first tick
+    // after that must not evict a worker whose pings wait in the socket.
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let ms = Duration::from_millis;
+    assert!(tick_until(&mut l, ms(100), ms(500), t0).is_none());
+    assert!(
+        l.tick(t0 + ms(5500)).lost.is_none(),
+        "the pause is not silence"
+    );
+    // A worker that really is silent is still lost, one timeout later.
+    let lost = tick_until(&mut l, ms(5600), ms(7000), t0);
+    assert!(matches!(lost, Some(Departure::HeartbeatLost(_))));
 }
 
 #[test]

@@ -90,6 +90,10 @@ pub struct LinkTiming {
     pub timeout_grace: Duration,
 }
 
+/// A tick this many heartbeats after the previous one means the master was
+/// paused; see [`WorkerLink::tick`].
+pub const PAUSE_HEARTBEATS: u32 = 3;
+
 /// What a heartbeat tick asks for.
 #[derive(Debug)]
 pub struct Tick<R> {
@@ -113,6 +117,8 @@ pub struct WorkerLink<R> {
     retry: RetryPolicy,
     in_flight: HashMap<u64, InFlight<R>>,
     last_heard: Instant,
+    /// The previous tick: a much later one means the master was paused.
+    last_tick: Instant,
     next_ping: Instant,
     ping_seq: u64,
     ping_sent: Option<(u64, Instant)>,
@@ -144,6 +150,7 @@ impl<R> WorkerLink<R> {
             retry,
             in_flight: HashMap::new(),
             last_heard: now,
+            last_tick: now,
             next_ping: now,
             ping_seq: 0,
             ping_sent: None,
@@ -303,6 +310,16 @@ impl<R> WorkerLink<R> {
     /// frame already received has been fed in, so a master that was paused
     /// does not evict a worker whose heartbeats sit unread in its socket.
     pub fn tick(&mut self, now: Instant) -> Tick<R> {
+        // A tick far later than the heartbeat means the master itself was
+        // not running (frozen, suspended, starved): what the worker sent
+        // meanwhile waits unread in the socket, so that stretch is not the
+        // worker's silence. It is judged on the time the master listened.
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > self.timing.heartbeat * PAUSE_HEARTBEATS {
+            let paused = gap - self.timing.heartbeat;
+            self.last_heard = (self.last_heard + paused).min(now);
+        }
         let silent = self.silent_for(now);
         if silent > self.timing.worker_timeout {
             return Tick {

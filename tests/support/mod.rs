@@ -35,8 +35,22 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
+        Proc::start(name, Command::new(BIN).args(args))
+    }
+
+    /// Runs the binary inside network namespace `ns` (`ip netns exec`
+    /// execs it, so the pid is the binary's own).
+    pub fn spawn_in(ns: &str, name: &str, args: &[&str]) -> Proc {
+        Proc::start(
+            name,
+            Command::new("ip")
+                .args(["netns", "exec", ns, BIN])
+                .args(args),
+        )
+    }
+
+    fn start(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
