@@ -83,7 +83,7 @@ async fn discovery_finds_workers_and_skips_a_foreign_listener(wire: Wire) {
 
 both_wires!(discovery_finds_workers_and_skips_a_foreign_listener);
 
-async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none(wire: Wire) {
+async fn fault_01_kill_9_of_a_worker_mid_task_loses_no_task_and_duplicates_none(wire: Wire) {
     let (c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
@@ -127,9 +127,11 @@ async fn kill_9_of_a_worker_loses_no_task_and_duplicates_none(wire: Wire) {
     );
 }
 
-both_wires!(kill_9_of_a_worker_loses_no_task_and_duplicates_none);
+both_wires!(fault_01_kill_9_of_a_worker_mid_task_loses_no_task_and_duplicates_none);
 
-async fn a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(wire: Wire) {
+async fn fault_02_a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored(
+    wire: Wire,
+) {
     let (mut c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
@@ -255,7 +257,7 @@ async fn priorities_are_honoured_when_slots_are_scarce(wire: Wire) {
 
 both_wires!(priorities_are_honoured_when_slots_are_scarce);
 
-async fn a_hung_task_is_killed_at_its_timeout_and_retried(wire: Wire) {
+async fn fault_15_a_hung_task_is_killed_at_its_timeout_and_retried(wire: Wire) {
     let (_c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
@@ -284,7 +286,7 @@ async fn a_hung_task_is_killed_at_its_timeout_and_retried(wire: Wire) {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-both_wires!(a_hung_task_is_killed_at_its_timeout_and_retried);
+both_wires!(fault_15_a_hung_task_is_killed_at_its_timeout_and_retried);
 
 async fn a_task_out_of_retries_is_reported_failed_with_every_reason(wire: Wire) {
     let (_c, mut client) = Cluster::ready(
@@ -309,6 +311,35 @@ async fn a_task_out_of_retries_is_reported_failed_with_every_reason(wire: Wire) 
     let attempts: Vec<u32> = r.errors.iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, [1, 2, 3]);
     assert!(r.errors.iter().all(|e| e.reason == "no such file"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_01_a_task_that_kills_its_worker_every_time_fails_after_its_retries() {
+    let (_c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 3,
+            slots: 1,
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    // Each attempt kills -9 the worker running it (the shell's parent).
+    let argv = r#"{"argv":["sh","-c","kill -9 $PPID; sleep 5"]}"#;
+    client.submit(task("exec", argv, 1, 2, 0)).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), client.next_result())
+        .await
+        .expect("a result in time")
+        .unwrap();
+    assert_eq!(r.status, TaskStatus::Failed, "{r:?}");
+    assert_eq!((r.attempts, r.errors.len()), (3, 3), "1 + 2 retries: {r:?}");
+    for e in &r.errors {
+        assert!(
+            e.reason.contains("lost"),
+            "each attempt says its worker was lost: {r:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -498,7 +529,7 @@ async fn a_worker_can_dial_a_known_master() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn exec_captures_output_and_kills_the_whole_process_group_at_the_timeout() {
+async fn fault_15_exec_captures_output_and_kills_the_whole_process_group_at_the_timeout() {
     let (_c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
@@ -579,7 +610,7 @@ async fn exec_captures_output_and_kills_the_whole_process_group_at_the_timeout()
     .await;
 }
 
-both_wires!(a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored);
+both_wires!(fault_02_a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored);
 
 both_wires!(workers_terminate_themselves_when_the_master_is_killed);
 
@@ -625,7 +656,7 @@ async fn a_worker_accepts_a_restarted_master_before_its_master_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_never_reads_is_disconnected_and_others_are_still_served() {
+async fn fault_09_a_client_that_never_reads_is_disconnected_and_others_are_still_served() {
     let (c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
@@ -684,7 +715,7 @@ async fn a_client_that_never_reads_is_disconnected_and_others_are_still_served()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_a_secret_only_peers_that_hold_it_get_in() {
+async fn fault_14_with_a_secret_only_peers_that_hold_it_get_in() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     let wrong = dir.path().join("wrong");
@@ -780,7 +811,7 @@ async fn with_a_secret_only_peers_that_hold_it_get_in() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn no_task_process_outlives_a_kill_9_of_its_worker() {
+async fn fault_01_no_task_process_outlives_a_kill_9_of_its_worker() {
     let (mut c, client) = Cluster::ready(
         PORT_BASE,
         Opts {

@@ -97,7 +97,7 @@ fn a_reopened_journal_gives_back_unfinished_tasks_and_unacknowledged_results() {
 }
 
 #[test]
-fn a_journal_cut_at_any_byte_opens_and_loses_only_the_torn_record() {
+fn fault_07_a_journal_cut_at_any_byte_opens_and_loses_only_the_torn_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = sample(dir.path());
     let full = fs::read(&path).unwrap();
@@ -127,7 +127,7 @@ fn a_journal_cut_at_any_byte_opens_and_loses_only_the_torn_record() {
 }
 
 #[test]
-fn a_flipped_bit_in_the_last_record_drops_that_record_only() {
+fn fault_07_a_flipped_bit_in_the_last_record_drops_that_record_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = sample(dir.path());
     let mut bytes = fs::read(&path).unwrap();
@@ -145,7 +145,7 @@ fn a_flipped_bit_in_the_last_record_drops_that_record_only() {
 }
 
 #[test]
-fn a_flipped_bit_in_a_middle_record_refuses_to_start() {
+fn fault_07_a_flipped_bit_in_a_middle_record_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = sample(dir.path());
     let mut bytes = fs::read(&path).unwrap();

@@ -62,7 +62,7 @@ fn reconnecting(c: &Cluster) -> ClientOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_task_completes_exactly_once_across_master_crashes() {
+async fn fault_06_every_acknowledged_task_completes_exactly_once_across_master_crashes() {
     const TASKS: usize = 50_000;
     const BATCH: usize = 500;
     const IN_FLIGHT: usize = 4;

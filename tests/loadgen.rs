@@ -56,3 +56,61 @@ fn a_small_run_writes_every_report_and_exits_zero_when_nothing_is_lost() {
     assert_eq!(summary["duplicated"], 0);
     assert!(summary["machine"]["cores"].as_u64().unwrap() >= 1);
 }
+
+/// FAULTS.md's chaos soak at a size CI affords (results/chaos.md records
+/// 200,000 tasks): mixed task kinds while workers are killed -9, stopped and
+/// resumed, and started at random, with a master that drops a silent
+/// worker after 1 s. Lost, duplicated and unexpected results are 0, and
+/// every failure says why (loadgen exits 1 otherwise).
+#[test]
+fn chaos_soak_of_mixed_tasks_under_kills_stops_and_new_workers_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--tasks",
+            "30000",
+            "--concurrency",
+            "2000",
+            "--batch",
+            "100",
+        ])
+        .args([
+            "--kind",
+            "mixed",
+            "--spawn-workers",
+            "3",
+            "--worker-slots",
+            "4",
+        ])
+        .args(["--chaos", "mixed", "--chaos-every", "200ms"])
+        .args([
+            "--master-arg=--worker-timeout=1s",
+            "--master-arg=--heartbeat=200ms",
+        ])
+        .args(["--drain-timeout", "60s", "--quiet"])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["accepted"], 30000);
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["duplicated"], 0);
+    assert_eq!(summary["unexpected"], 0);
+    let failed = summary["failed"].as_u64().unwrap();
+    // The failing sixth fails; a task can also run out of retries when its
+    // workers keep dying under it. Each failure carries its reasons.
+    assert!(failed >= 5000, "{summary}");
+    assert_eq!(summary["ok"].as_u64().unwrap() + failed, 30000);
+    assert_eq!(summary["failed_without_reason"], 0);
+    assert!(summary["chaos_events"].as_u64().unwrap() >= 3, "{summary}");
+}

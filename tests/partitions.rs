@@ -396,3 +396,34 @@ fn fault_08_a_frozen_then_thawed_master_evicts_no_worker() {
     let mut submit = net.submit(10, &["echo", "after the thaw"]);
     results_exactly_once(&mut submit, 10, Duration::from_secs(10));
 }
+
+#[test]
+#[ignore = "needs root and netns-lab; scripts/test runs it with --ignored"]
+fn fault_05_a_silently_powered_off_worker_is_removed_and_never_resurrected() {
+    let net = Net::start(Lab::up(3), &[2, 3], Some("20s"));
+    let mut submit = net.submit(4, &["sleep", "1000"]);
+    net.wait("w2 busy", Duration::from_secs(10), |s| {
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == "w2" && w["in_flight"].as_u64() > Some(0))
+    });
+    // Power-off: cut first, so that no FIN or RST from its dying kernel
+    // reaches the master; only heartbeat age can tell.
+    lab(&["partition", "h2"]);
+    lab(&["crash", "h2"]);
+    let removed = net.wait("w2 removed", Duration::from_secs(5), |s| {
+        !Net::has_worker(s, "w2")
+    });
+    assert!(
+        removed < Duration::from_millis(2200),
+        "removed after {removed:?}"
+    );
+    results_exactly_once(&mut submit, 4, Duration::from_secs(30));
+    // Back on the network, with nothing running there: the old connection
+    // is reset and the id does not come back.
+    lab(&["heal", "h2"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!Net::has_worker(&net.status(), "w2"));
+}

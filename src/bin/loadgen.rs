@@ -72,6 +72,9 @@ enum ChaosArg {
     Kill,
     /// SIGSTOP a random worker (it stays stopped).
     Stop,
+    /// At random: kill -9 a worker (and start a new one), SIGSTOP one and
+    /// resume it 0.5-3 s later, or start one more.
+    Mixed,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,7 +117,9 @@ struct RunArgs {
     /// Stop submitting after this long.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Task kind: noop, echo, sleep, spin, exec...
+    /// Task kind: noop, echo, sleep, spin, exec..., or mixed (in turn a
+    /// no-op, an echo, a 2 ms sleep, a 100 µs spin, a task failing its first
+    /// attempt, and one failing both of its attempts).
     #[arg(long, default_value = "noop")]
     kind: String,
     /// The kind's argument (sleep MS, spin US, exec PROGRAM).
@@ -248,6 +253,7 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
                 match c {
                     ChaosArg::Kill => Chaos::Kill,
                     ChaosArg::Stop => Chaos::Stop,
+                    ChaosArg::Mixed => Chaos::Mixed,
                 },
                 a.chaos_every,
             )
@@ -349,6 +355,13 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         )
         .map_err(|e| format!("{}: {e}", dir.display()))?;
         println!("report written to {}", dir.display());
+    }
+    if o.failed_without_reason > 0 {
+        eprintln!(
+            "loadgen: FAILED: {} failed results do not say why",
+            o.failed_without_reason
+        );
+        return Ok(ExitCode::FAILURE);
     }
     if o.lost > 0 || o.duplicated > 0 || o.unexpected > 0 {
         eprintln!(

@@ -79,7 +79,14 @@ pub enum Chaos {
     Kill,
     /// `SIGSTOP` (left stopped until the end of the run).
     Stop,
+    /// At random: `kill -9` a worker, `SIGSTOP` one and resume it 0.5-3 s
+    /// later (past the master's worker timeout or not), or start another.
+    Mixed,
 }
+
+/// With [`Chaos::Mixed`], the pool grows to at most this many times the
+/// workers it started with.
+const MIXED_POOL_GROWTH: usize = 2;
 
 /// Why a run could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +129,9 @@ pub struct Outcome {
     pub master: Option<StatusReport>,
     /// Workers killed or stopped by chaos.
     pub chaos_events: u32,
+    /// Failed results that do not say why (no attempt errors, or an empty
+    /// reason): a failure must always carry its reason.
+    pub failed_without_reason: u64,
 }
 
 impl Outcome {
@@ -148,6 +158,10 @@ struct Spawned {
     wire: Wire,
     next_worker: u32,
     stopped: Vec<Child>,
+    /// Stopped by [`Chaos::Mixed`], resumed at the instant given.
+    paused: Vec<(Child, Instant)>,
+    /// Workers started with the run.
+    initial: usize,
     allow_exec: bool,
 }
 
@@ -219,6 +233,8 @@ impl Spawned {
             wire: opts.wire,
             next_worker: 1,
             stopped: Vec::new(),
+            paused: Vec::new(),
+            initial: opts.spawn_workers as usize,
             allow_exec: opts.kind == "exec",
         };
         for _ in 0..opts.spawn_workers {
@@ -260,8 +276,53 @@ impl Spawned {
         Ok(())
     }
 
+    /// Resumes the workers [`Chaos::Mixed`] stopped whose pause is over.
+    fn resume_due(&mut self) {
+        let now = Instant::now();
+        let (due, paused): (Vec<_>, Vec<_>) = std::mem::take(&mut self.paused)
+            .into_iter()
+            .partition(|(_, until)| *until <= now);
+        self.paused = paused;
+        for (w, _) in due {
+            if let Some(pid) = w.id() {
+                // SAFETY: kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGCONT);
+                }
+            }
+            self.workers.push(w);
+        }
+    }
+
     /// Kills (or stops) a random running worker and starts a new one.
     async fn chaos(&mut self, what: Chaos, nth: u32) -> Result<(), LoadError> {
+        use rand::Rng;
+        self.resume_due();
+        if what == Chaos::Mixed {
+            let mut rng = rand::thread_rng();
+            let grow = self.workers.len() + self.paused.len() < self.initial * MIXED_POOL_GROWTH;
+            match rng.gen_range(0..3) {
+                0 if !self.workers.is_empty() => {
+                    let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
+                    drop(w); // kill -9 on drop
+                    return self.add_worker().await;
+                }
+                1 if self.workers.len() > 1 => {
+                    let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
+                    if let Some(pid) = w.id() {
+                        // SAFETY: kill(2) on our own child.
+                        unsafe {
+                            libc::kill(pid as i32, libc::SIGSTOP);
+                        }
+                    }
+                    let pause = Duration::from_millis(rng.gen_range(500..3000));
+                    self.paused.push((w, Instant::now() + pause));
+                    return Ok(());
+                }
+                _ if grow => return self.add_worker().await,
+                _ => return Ok(()),
+            }
+        }
         if self.workers.is_empty() {
             return Ok(());
         }
@@ -269,7 +330,7 @@ impl Spawned {
         let w = self.workers.remove(i);
         if let Some(pid) = w.id() {
             let sig = match what {
-                Chaos::Kill => libc::SIGKILL,
+                Chaos::Kill | Chaos::Mixed => libc::SIGKILL,
                 Chaos::Stop => libc::SIGSTOP,
             };
             // SAFETY: kill(2) on our own child.
@@ -281,7 +342,7 @@ impl Spawned {
         // handle (kill on drop) goes; a killed one is reaped now.
         match what {
             Chaos::Stop => self.stopped.push(w),
-            Chaos::Kill => drop(w),
+            Chaos::Kill | Chaos::Mixed => drop(w),
         }
         self.add_worker().await
     }
@@ -300,6 +361,9 @@ fn task_for(i: u64, opts: &LoadOptions, payload: &Payload) -> NewTask {
     let failing = opts.fail_fraction > 0.0
         && ((i as f64 * opts.fail_fraction).floor()
             != ((i + 1) as f64 * opts.fail_fraction).floor());
+    if opts.kind == "mixed" {
+        return mixed_task(i, payload);
+    }
     if failing {
         return NewTask {
             kind: Text::from_static("fail"),
@@ -314,6 +378,32 @@ fn task_for(i: u64, opts: &LoadOptions, payload: &Payload) -> NewTask {
         payload: payload.clone(),
         priority: 128,
         retries: 3,
+        timeout_ms: 0,
+    }
+}
+
+/// Task `i` of the `mixed` kind: in turn a no-op, an echo, a 2 ms sleep, a
+/// 100 µs spin, a task that fails its first attempt, and one that fails
+/// both of its attempts (so failures, retries and their reasons are part of
+/// the load).
+fn mixed_task(i: u64, payload: &Payload) -> NewTask {
+    let (kind, payload, retries): (&'static str, Payload, u8) = match i % 6 {
+        0 => ("noop", payload.clone(), 3),
+        1 => ("echo", payload.clone(), 3),
+        2 => ("sleep", Payload::from("2"), 3),
+        3 => ("spin", Payload::from("100"), 3),
+        4 => ("flaky", Payload::from("1"), 3),
+        _ => (
+            "fail",
+            Payload::from("failing on purpose (loadgen --kind mixed)"),
+            1,
+        ),
+    };
+    NewTask {
+        kind: Text::from_static(kind),
+        payload,
+        priority: 128,
+        retries,
         timeout_ms: 0,
     }
 }
@@ -366,6 +456,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     let mut interval = metrics::histogram();
     let mut intervals = Vec::new();
     let (mut submitted, mut done) = (0u64, 0u64);
+    let mut failed_without_reason = 0u64;
     let (mut ok, mut failed, mut cancelled, mut duplicated, mut unexpected) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
@@ -496,7 +587,12 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                             }
                             match r.status {
                                 TaskStatus::Ok => ok += 1,
-                                TaskStatus::Failed => failed += 1,
+                                TaskStatus::Failed => {
+                                    failed += 1;
+                                    if r.errors.is_empty() || r.errors.iter().any(|e| e.reason.is_empty()) {
+                                        failed_without_reason += 1;
+                                    }
+                                }
                                 TaskStatus::Cancelled | TaskStatus::Unknown => cancelled += 1,
                             }
                         }
@@ -548,6 +644,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         intervals,
         master,
         chaos_events,
+        failed_without_reason,
     })
 }
 

@@ -96,6 +96,7 @@ pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
         "duplicated": o.duplicated,
         "unexpected": o.unexpected,
         "chaos_events": o.chaos_events,
+        "failed_without_reason": o.failed_without_reason,
         "workers_at_end": o.master.as_ref().map_or(0, |s| s.workers.len()),
         "latency": latency,
     })
