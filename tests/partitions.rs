@@ -427,3 +427,43 @@ fn fault_05_a_silently_powered_off_worker_is_removed_and_never_resurrected() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!Net::has_worker(&net.status(), "w2"));
 }
+
+#[test]
+#[ignore = "needs root and netns-lab; scripts/test runs it with --ignored"]
+fn workers_on_other_hosts_are_found_by_scan_hosts_and_only_there() {
+    // The master scans h2 only: the worker on h2 registers, the one on h3
+    // (same ports, same secret, not listed) is never dialed.
+    let mut net = Net::start(Lab::up(3), &[2], Some("20s"));
+    let secret = net.secret();
+    let logs = net.dir.path().to_str().unwrap().to_string();
+    let bind = ip(3);
+    let mut w3 = Proc::spawn_in(
+        &ns(3),
+        "w3",
+        &[
+            "worker",
+            "--quiet",
+            "--log-dir",
+            &logs,
+            "--id",
+            "w3",
+            "--bind",
+            &bind,
+            "--port-range",
+            "5000-5010",
+            "--secret-file",
+            &secret,
+            "--master-timeout",
+            "20s",
+        ],
+    );
+    w3.wait_line(Duration::from_secs(10), |l| l.contains(" listening on "));
+    net.workers.push((3, w3));
+    // Several scan intervals (200 ms) later:
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = net.status();
+    assert!(Net::has_worker(&s, "w2"), "{s}");
+    assert!(!Net::has_worker(&s, "w3"), "{s}");
+    let mut submit = net.submit(6, &["echo", "across hosts"]);
+    results_exactly_once(&mut submit, 6, Duration::from_secs(10));
+}

@@ -26,7 +26,12 @@ impl State {
         match r {
             Record::Accepted { first_id, tasks } => {
                 let n = tasks.len() as u64;
-                for (id, spec) in (first_id..).zip(tasks) {
+                for (id, spec) in (first_id..=u64::MAX).zip(tasks) {
+                    if self.results.contains_key(&id) {
+                        // Finished already: a journal never says otherwise,
+                        // but a damaged one must not make a task run twice.
+                        continue;
+                    }
                     self.pending.insert(
                         id,
                         PendingTask {
@@ -37,7 +42,7 @@ impl State {
                         },
                     );
                 }
-                self.next_id = self.next_id.max(first_id + n);
+                self.next_id = self.next_id.max(first_id.saturating_add(n));
             }
             Record::Dispatched(pairs) => {
                 for (id, attempt) in pairs {
@@ -54,7 +59,7 @@ impl State {
             }
             Record::Finished(result) => {
                 self.pending.remove(&result.id);
-                self.next_id = self.next_id.max(result.id + 1);
+                self.next_id = self.next_id.max(result.id.saturating_add(1));
                 self.results.insert(result.id, result);
             }
             Record::Forgotten(ids) => {
@@ -63,8 +68,10 @@ impl State {
                 }
             }
             Record::Pending(p) => {
-                self.next_id = self.next_id.max(p.id + 1);
-                self.pending.insert(p.id, p);
+                self.next_id = self.next_id.max(p.id.saturating_add(1));
+                if !self.results.contains_key(&p.id) {
+                    self.pending.insert(p.id, p);
+                }
             }
             Record::NextId(n) => self.next_id = self.next_id.max(n),
         }

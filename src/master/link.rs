@@ -282,7 +282,7 @@ impl<R> WorkerLink<R> {
     ) -> Outcome<R> {
         match record.fail(self.node.clone(), reason, &self.retry) {
             Verdict::Retry { delay } => {
-                record.requeued = Some(if backoff {
+                record.requeued.set(if backoff {
                     Requeued::Failed(Stamp::of(now))
                 } else {
                     Requeued::WorkerLost(Stamp::of(now))

@@ -334,7 +334,7 @@ impl Shared {
             return;
         }
         if delay.is_zero() {
-            record.queued_at = crate::sched::Stamp::of(Instant::now());
+            record.set_queued_at(Instant::now());
             self.queue.push(record.spec.priority, record);
             self.work.notify_waiters();
             return;

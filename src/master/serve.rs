@@ -713,7 +713,7 @@ async fn dispatch(
             }
             hists.record(
                 Metric::QueueWait,
-                now.saturating_duration_since(record.queued_at.instant()),
+                now.saturating_duration_since(record.queued_at()),
             );
             match record.requeued.take() {
                 Some(Requeued::WorkerLost(at)) => hists.record(

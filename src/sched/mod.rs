@@ -5,4 +5,4 @@ pub mod queue;
 pub mod task;
 
 pub use queue::PriorityQueue;
-pub use task::{Errors, Requeued, RetryPolicy, Stamp, TaskRecord, Verdict};
+pub use task::{Errors, Requeued, RequeuedSlot, RetryPolicy, Stamp, TaskRecord, Verdict};
