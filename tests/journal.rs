@@ -303,3 +303,27 @@ fn appends_are_stored_in_order_and_fsync_shares_syncs_between_records() {
     let (_j, r) = open(&path).unwrap();
     assert_eq!(r.state.pending.len(), 2000);
 }
+
+#[test]
+fn fault_06_with_fsync_a_record_counts_as_stored_only_once_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (durability, syncs_needed) in [(Durability::Fsync, true), (Durability::None, false)] {
+        let path = dir.path().join(durability.to_string());
+        let (j, _) = Journal::open(&JournalConfig::new(&path, durability)).unwrap();
+        let syncs = || j.stats().syncs.load(std::sync::atomic::Ordering::SeqCst);
+        let before = syncs();
+        let end = j.append(Entry::Accepted {
+            first_id: 1,
+            tasks: &[task(1)],
+        });
+        rt.block_on(j.wait_stored(end)).unwrap();
+        // The acknowledgement waits for exactly this: with fsync, a sync
+        // covering the record has returned; with none, only the write.
+        assert_eq!(syncs() > before, syncs_needed, "{durability}");
+        j.close();
+    }
+}

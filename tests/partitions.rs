@@ -375,6 +375,30 @@ fn fault_04_a_slow_lossy_link_slows_nothing_else_and_loses_nothing() {
 
 #[test]
 #[ignore = "needs root and netns-lab; scripts/test runs it with --ignored"]
+fn fault_04_a_200ms_lossy_link_is_not_taken_for_a_dead_worker_but_a_delay_past_the_timeout_is() {
+    let net = Net::start(Lab::up(3), &[2, 3], Some("20s"));
+    // 200 ms and 10 % loss: under worker-timeout (1 s) minus a heartbeat.
+    lab(&["delay", "h3", "200", "10"]);
+    let mut submit = net.submit(100, &["sleep", "20"]);
+    results_exactly_once(&mut submit, 100, Duration::from_secs(60));
+    assert!(
+        !net.master_log().contains("worker removed"),
+        "a slow worker was taken for dead:\n{}",
+        net.master_log()
+    );
+    // The boundary: a delay longer than the worker timeout is silence.
+    lab(&["delay", "h3", "1500"]);
+    net.wait_log("worker removed: heartbeat lost", Duration::from_secs(10));
+    let log = net.master_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("heartbeat lost") && l.contains("worker=w3")),
+        "{log}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and netns-lab; scripts/test runs it with --ignored"]
 fn fault_08_a_frozen_then_thawed_master_evicts_no_worker() {
     let net = Net::start(Lab::up(3), &[2, 3], Some("20s"));
     // Frozen for twice the worker timeout: the workers' pings wait in the
