@@ -449,12 +449,13 @@ impl Driver {
                                 // may come twice: hand out the first only.
                                 r.results.retain(|r| self.outstanding.remove(&r.id));
                             }
-                            if let Err(e) = conn.send(FromClient::Ack(Ack { ids })).await {
-                                let _ = self.results.send(r.results);
-                                return End::Lost(format!("write failed: {e}"));
-                            }
+                            // To the caller first, then the acknowledgement:
+                            // the write must not delay the results.
                             if !r.results.is_empty() {
                                 let _ = self.results.send(r.results);
+                            }
+                            if let Err(e) = conn.send(FromClient::Ack(Ack { ids })).await {
+                                return End::Lost(format!("write failed: {e}"));
                             }
                         }
                         ToClient::Status(s) => {
