@@ -466,7 +466,7 @@ impl Driver {
                         ToClient::Ping(p) => {
                             let _ = conn.send(FromClient::Pong(Pong { seq: p.seq })).await;
                         }
-                        ToClient::Error(e) if matches!(e.code, ErrorCode::INVALID | ErrorCode::SHUTTING_DOWN | ErrorCode::JOURNAL_FAILED) && !self.acks.is_empty() => {
+                        ToClient::Error(e) if matches!(e.code, ErrorCode::INVALID | ErrorCode::SHUTTING_DOWN | ErrorCode::JOURNAL_FAILED | ErrorCode::BUSY) && !self.acks.is_empty() => {
                             if let Some(tx) = self.acks.pop_front() {
                                 let _ = tx.send(Err(e));
                             }

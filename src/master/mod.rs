@@ -221,6 +221,12 @@ pub(crate) struct Shared {
 /// one, every result is kept until acknowledged, on disk as well).
 pub(crate) const UNCLAIMED_RESULTS_MAX: usize = 1_000_000;
 
+/// With a journal, new batches are refused (`busy`) while this many results
+/// wait for an acknowledgement: clients that never acknowledge slow
+/// intake down instead of growing the master and its journal without end,
+/// and nothing is dropped.
+pub(crate) const UNACKNOWLEDGED_RESULTS_MAX: usize = 4_000_000;
+
 impl Shared {
     pub(crate) fn millis(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_millis() as u64

@@ -253,6 +253,16 @@ fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient
         )));
         return;
     }
+    if shared.journal.is_some() {
+        let waiting = shared.store().kept.len();
+        if waiting >= super::UNACKNOWLEDGED_RESULTS_MAX {
+            say(ToClient::Error(ErrorMsg::new(
+                ErrorCode::BUSY,
+                format!("{waiting} results wait for clients to acknowledge (or fetch) them; no new tasks until fewer do"),
+            )));
+            return;
+        }
+    }
     let n = s.tasks.len() as u64;
     let first_id = shared.next_id.fetch_add(n, Ordering::Relaxed);
     if let Some(j) = &shared.journal {
