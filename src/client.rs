@@ -402,10 +402,22 @@ impl Driver {
 
     async fn session(&mut self, conn: &mut net::Conn<FromClient, ToClient>) -> End {
         let tracking = self.opts.reconnect.is_some();
+        // Acknowledgements wait a little to share a frame: one per result
+        // frame would add a frame, and a wake-up of the master, per task
+        // when tasks finish one at a time.
+        let mut unacked: Vec<u64> = Vec::new();
+        let ack_due = tokio::time::sleep(ACK_DELAY);
+        tokio::pin!(ack_due);
         loop {
             tokio::select! {
+                _ = &mut ack_due, if !unacked.is_empty() => {
+                    if let Err(e) = send_acks(conn, &mut unacked, 1).await {
+                        return End::Lost(format!("write failed: {e}"));
+                    }
+                }
                 cmd = self.cmds.recv() => match cmd {
                     None | Some(Cmd::Close) => {
+                        let _ = send_acks(conn, &mut unacked, 1).await;
                         let _ = conn.send(FromClient::Goodbye(Goodbye { reason: Text::from_static("client done") })).await;
                         return End::ByClient("closed by the client".to_string());
                     }
@@ -443,18 +455,20 @@ impl Driver {
                             }
                         }
                         ToClient::Results(mut r) => {
-                            let ids: Vec<u64> = r.results.iter().map(|r| r.id).collect();
+                            if unacked.is_empty() {
+                                ack_due.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                            }
+                            unacked.extend(r.results.iter().map(|r| r.id));
                             if tracking {
                                 // A result fetched again after a reconnect
                                 // may come twice: hand out the first only.
                                 r.results.retain(|r| self.outstanding.remove(&r.id));
                             }
-                            // To the caller first, then the acknowledgement:
-                            // the write must not delay the results.
                             if !r.results.is_empty() {
                                 let _ = self.results.send(r.results);
                             }
-                            if let Err(e) = conn.send(FromClient::Ack(Ack { ids })).await {
+                            let full = crate::limits::BATCH_TASKS_MAX;
+                            if let Err(e) = send_acks(conn, &mut unacked, full).await {
                                 return End::Lost(format!("write failed: {e}"));
                             }
                         }
@@ -480,6 +494,32 @@ impl Driver {
         }
     }
 }
+
+/// Sends the acknowledgements waiting in `unacked` while at least `min` wait,
+/// in frames within the protocol's limit.
+async fn send_acks(
+    conn: &mut net::Conn<FromClient, ToClient>,
+    unacked: &mut Vec<u64>,
+    min: usize,
+) -> Result<(), ProtoError> {
+    let mut sent = false;
+    while !unacked.is_empty() && unacked.len() >= min {
+        let n = unacked.len().min(crate::limits::BATCH_TASKS_MAX);
+        let ids: Vec<u64> = unacked.drain(..n).collect();
+        conn.feed(FromClient::Ack(Ack { ids })).await?;
+        sent = true;
+    }
+    if sent {
+        conn.flush().await?;
+    }
+    Ok(())
+}
+
+/// How long a received result's acknowledgement may wait to share a frame
+/// with others. An acknowledgement lost with the connection only means the
+/// master keeps that result a little longer (a fetch sends it again, and the
+/// client drops the copy).
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// Pause between dials while reconnecting.
 const REDIAL_INTERVAL: Duration = Duration::from_millis(200);
