@@ -174,14 +174,23 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
         .submit_batch(vec![task("sleep", "1500"); 2])
         .await
         .unwrap();
-    c.wait_status(&client, Duration::from_secs(10), "both running", |s| {
-        s.running == 2
-    })
-    .await;
-    // Give the journal's writer a moment to store the hand-out (nobody
-    // waits for that record; were it lost, the attempt number would repeat
-    // and the worker would report its result as the new attempt's).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the journal holds both hand-outs (nobody waits for that
+    // record; were it lost, the attempt number would repeat and the worker
+    // would report its result as the new attempt's).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let image = bytes::Bytes::from(std::fs::read(&journal).unwrap());
+        let state = runner::journal::replay::replay(&image).unwrap().state;
+        let handed_out = |id: u64| state.pending.get(&id).is_some_and(|p| p.attempt == 1);
+        if ids.clone().all(handed_out) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hand-outs never reached the journal"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(client);
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
@@ -263,12 +272,25 @@ async fn fetching_an_id_the_master_never_gave_answers_unknown() {
     let id = client.submit(task("echo", "x")).await.unwrap();
     let r = client.next_result().await.unwrap();
     assert_eq!(r.status, TaskStatus::Ok);
-    // Acknowledged on receipt: fetched again, it is gone.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    client.fetch(vec![id, 999_999]).unwrap();
-    for _ in 0..2 {
+    // An id never handed out is unknown at once.
+    client.fetch(vec![999_999]).unwrap();
+    let r = client.next_result().await.unwrap();
+    assert_eq!((r.id, r.status), (999_999, TaskStatus::Unknown), "{r:?}");
+    // The result was acknowledged on receipt (within the acknowledgement
+    // delay): fetched again, it is kept until then, and unknown after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        client.fetch(vec![id]).unwrap();
         let r = client.next_result().await.unwrap();
-        assert_eq!(r.status, TaskStatus::Unknown, "{r:?}");
+        assert_eq!(r.id, id);
+        if r.status == TaskStatus::Unknown {
+            break;
+        }
+        assert_eq!(r.status, TaskStatus::Ok, "kept until acknowledged: {r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "never forgotten after its acknowledgement"
+        );
     }
 }
 

@@ -679,7 +679,7 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
         return Err("--count must be at least 1".into());
     }
     let reconnect = (!a.detach).then_some(a.reconnect);
-    let mut client = connect(&a.common, &a.master, reconnect).await?;
+    let client = connect(&a.common, &a.master, reconnect).await?;
     let ids = client
         .submit_batch(vec![task; a.count as usize])
         .await
@@ -713,22 +713,24 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
             ids.end.saturating_sub(1)
         ));
     }
+    print_results(client, a.count as usize, a.json).await
+}
+
+/// Prints `count` results as they arrive, then closes; exit status 1 if any
+/// task did not succeed.
+async fn print_results(mut client: Client, count: usize, json: bool) -> Result<ExitCode, String> {
     let mut failed = 0;
-    for _ in 0..a.count {
-        match client.next_result().await {
-            Some(r) => {
-                if r.status != TaskStatus::Ok {
-                    failed += 1;
-                }
-                print_result(&r, a.json);
-            }
-            None => {
-                return Err(format!(
-                    "lost the master before every result arrived: {}",
-                    client.close_reason().unwrap_or_default()
-                ))
-            }
+    for _ in 0..count {
+        let Some(r) = client.next_result().await else {
+            return Err(format!(
+                "lost the master before every result arrived: {}",
+                client.close_reason().unwrap_or_default()
+            ));
+        };
+        if r.status != TaskStatus::Ok {
+            failed += 1;
         }
+        print_result(&r, json);
     }
     client.close();
     Ok(if failed > 0 {
@@ -766,31 +768,10 @@ fn parse_ids(args: &[String]) -> Result<Vec<u64>, String> {
 
 async fn results(a: ResultsArgs) -> Result<ExitCode, String> {
     let ids = parse_ids(&a.ids)?;
-    let mut client = connect(&a.common, &a.master, Some(a.reconnect)).await?;
-    client.fetch(ids.clone()).map_err(|e| e.to_string())?;
-    let mut failed = 0;
-    for _ in 0..ids.len() {
-        match client.next_result().await {
-            Some(r) => {
-                if r.status != TaskStatus::Ok {
-                    failed += 1;
-                }
-                print_result(&r, a.json);
-            }
-            None => {
-                return Err(format!(
-                    "lost the master before every result arrived: {}",
-                    client.close_reason().unwrap_or_default()
-                ))
-            }
-        }
-    }
-    client.close();
-    Ok(if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let client = connect(&a.common, &a.master, Some(a.reconnect)).await?;
+    let count = ids.len();
+    client.fetch(ids).map_err(|e| e.to_string())?;
+    print_results(client, count, a.json).await
 }
 
 async fn status(a: StatusArgs) -> Result<ExitCode, String> {
