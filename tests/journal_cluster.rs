@@ -194,7 +194,10 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
     drop(client);
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
-    // Both attempts finish while no master is there.
+    // Time for both attempts to finish while no master is there. Not a race:
+    // still running at the restart, they finish under the new master, which
+    // takes their results (attempt 1) the same way, as a re-run's attempt 2
+    // waits for a slot behind them.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     restart_master(&mut c, &args);
     let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();

@@ -406,7 +406,17 @@ fn fault_08_a_frozen_then_thawed_master_evicts_no_worker() {
     lab(&["freeze", "h1"]);
     std::thread::sleep(Duration::from_secs(2));
     lab(&["thaw", "h1"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // Once the master has heard both workers since the thaw, its first
+    // heartbeat sweep after the pause is behind it: an eviction would be in
+    // its log by then.
+    net.wait(
+        "both workers heard since the thaw",
+        Duration::from_secs(10),
+        |s| {
+            let workers = s["workers"].as_array().unwrap();
+            workers.len() == 2 && workers.iter().all(|w| w["silent_ms"].as_u64() < Some(300))
+        },
+    );
     let s = net.status();
     assert!(
         Net::has_worker(&s, "w2") && Net::has_worker(&s, "w3"),

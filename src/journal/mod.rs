@@ -390,6 +390,16 @@ impl Journal {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
+            let s = &self.inner.stats;
+            tracing::info!(
+                journal = %self.inner.path.display(),
+                appended_bytes = s.appended.load(Ordering::Relaxed),
+                writes = s.writes.load(Ordering::Relaxed),
+                syncs = s.syncs.load(Ordering::Relaxed),
+                compactions = s.compactions.load(Ordering::Relaxed),
+                file_bytes = s.file_len.load(Ordering::Relaxed),
+                "journal closed"
+            );
         }
     }
 }
