@@ -1,23 +1,60 @@
 //! The reaper: a small process forked by the worker at start-up that kills
 //! every running task's process group when the worker dies, however it dies.
 //!
-//! The worker tells it each task's process group over a pipe (`+PGID` when a
-//! task starts, `-PGID` when it ends). When the worker dies, even by
-//! `kill -9`, the kernel closes the pipe's write end; the reaper reads
-//! end-of-file, kills every group it still holds (grandchildren included),
-//! and exits. Tasks then start through `posix_spawn` (no `pre_exec`), which
-//! is much cheaper than the fork a `PR_SET_PDEATHSIG` hook forces.
+//! The worker and the reaper share one page-aligned table of process groups
+//! (an anonymous `MAP_SHARED` mapping made before the fork). Starting a task
+//! takes a free slot and stores its group there; ending it clears the slot:
+//! two atomic stores, no system call and no wake-up of the reaper per task
+//! (the first design told the reaper over a pipe, which cost six writes and
+//! two context switches per task, measured in `results/cluster.md`).
+//! The reaper sleeps in `read` on a pipe whose only write end the worker
+//! holds. When the worker dies, even by `kill -9`, the kernel closes that end;
+//! the reaper reads end-of-file, kills every group still in the table
+//! (grandchildren included) and exits. Tasks then start through
+//! `posix_spawn` (no `pre_exec`), which is much cheaper than the fork a
+//! `PR_SET_PDEATHSIG` hook forces.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::FromRawFd;
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
+
+/// Most task process groups the table holds at once. A worker runs at most
+/// its slots of `exec` tasks at a time; past this many, an `exec` task fails
+/// with a reason instead of running unguarded. 64 KiB of shared memory,
+/// touched only as far as it is used.
+pub const GROUPS_MAX: usize = 16 * 1024;
 
 static REAPER: OnceLock<Reaper> = OnceLock::new();
 
-/// The worker's end of the pipe to its reaper.
+/// The worker's side: the shared table and which of its slots are free.
 pub struct Reaper {
-    pipe: Mutex<File>,
+    table: &'static [AtomicI32],
+    free: Mutex<Vec<u32>>,
+}
+
+/// A slot of the table held by one running task; cleared when dropped.
+pub struct Slot {
+    reaper: &'static Reaper,
+    index: u32,
+}
+
+impl Slot {
+    /// Records the task's process group; from here on the reaper kills it if
+    /// the worker dies.
+    pub fn set(&self, pgid: i32) {
+        self.reaper.table[self.index as usize].store(pgid, Ordering::Release);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.reaper.table[self.index as usize].store(0, Ordering::Release);
+        self.reaper
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.index);
+    }
 }
 
 /// Forks the reaper and installs it for this process's `exec` tasks.
@@ -26,6 +63,25 @@ pub struct Reaper {
 /// The process must be single-threaded when this is called (before any
 /// runtime or thread starts): the child runs Rust code after `fork`.
 pub unsafe fn install() -> io::Result<()> {
+    let bytes = GROUPS_MAX * std::mem::size_of::<AtomicI32>();
+    // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+    let table = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if table == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is GROUPS_MAX zeroed, aligned i32s that live for
+    // the rest of the process (never unmapped); AtomicI32 has i32's layout.
+    let table: &'static [AtomicI32] =
+        unsafe { std::slice::from_raw_parts(table.cast::<AtomicI32>(), GROUPS_MAX) };
     let mut fds = [0i32; 2];
     // SAFETY: a valid two-element array for pipe2.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -43,50 +99,39 @@ pub unsafe fn install() -> io::Result<()> {
                 libc::close(write_end);
                 libc::signal(libc::SIGINT, libc::SIG_IGN);
             }
-            // SAFETY: read_end is an open descriptor owned by nothing else here.
-            let pipe = unsafe { File::from_raw_fd(read_end) };
-            watch(pipe);
+            wait_for_end(read_end);
+            for entry in table {
+                let pgid = entry.load(Ordering::Acquire);
+                if pgid > 0 {
+                    // SAFETY: killpg has no memory effects.
+                    unsafe {
+                        libc::killpg(pgid, libc::SIGKILL);
+                    }
+                }
+            }
             // SAFETY: leave without running the parent's atexit handlers.
             unsafe { libc::_exit(0) }
         }
         _ => {
-            // SAFETY: the read end belongs to the reaper now.
+            // SAFETY: the read end belongs to the reaper now. The write end
+            // stays open, unused, until this process ends.
             unsafe {
                 libc::close(read_end);
             }
-            // SAFETY: write_end is an open descriptor owned by nothing else.
-            let pipe = unsafe { File::from_raw_fd(write_end) };
-            let _ = REAPER.set(Reaper {
-                pipe: Mutex::new(pipe),
-            });
+            let _ = REAPER.set(Reaper::over(table));
             Ok(())
         }
     }
 }
 
-/// The reaper's loop: track groups, kill them all at end-of-file.
-fn watch(pipe: File) {
-    let mut groups = std::collections::HashSet::new();
-    for line in BufReader::new(pipe).lines() {
-        let Ok(line) = line else { break };
-        let (op, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<i32>() else {
-            continue;
-        };
-        match op {
-            "+" => {
-                groups.insert(pgid);
-            }
-            "-" => {
-                groups.remove(&pgid);
-            }
-            _ => {}
-        }
-    }
-    for pgid in groups {
-        // SAFETY: killpg has no memory effects.
-        unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
+/// Blocks until the pipe's write end is closed everywhere (the worker died).
+fn wait_for_end(fd: i32) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reading into a buffer we own, within its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+            return;
         }
     }
 }
@@ -97,18 +142,64 @@ pub fn get() -> Option<&'static Reaper> {
 }
 
 impl Reaper {
-    fn send(&self, op: char, pgid: i32) {
-        let mut p = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(p, "{op}{pgid}");
+    /// The worker's side over `table`, every slot free.
+    fn over(table: &'static [AtomicI32]) -> Reaper {
+        Reaper {
+            table,
+            free: Mutex::new((0..table.len() as u32).rev().collect()),
+        }
     }
 
-    /// A task's process group started.
-    pub fn watch(&self, pgid: i32) {
-        self.send('+', pgid)
+    /// Takes a free slot for a task about to start, or `None` when
+    /// [`GROUPS_MAX`] tasks already hold one.
+    pub fn reserve(&'static self) -> Option<Slot> {
+        let index = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        Some(Slot {
+            reaper: self,
+            index,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaked(slots: usize) -> &'static Reaper {
+        let table: Vec<AtomicI32> = (0..slots).map(|_| AtomicI32::new(0)).collect();
+        Box::leak(Box::new(Reaper::over(Box::leak(table.into_boxed_slice()))))
     }
 
-    /// A task's process group is gone (killed or exited).
-    pub fn forget(&self, pgid: i32) {
-        self.send('-', pgid)
+    fn held(r: &Reaper) -> Vec<i32> {
+        r.table
+            .iter()
+            .map(|e| e.load(Ordering::Acquire))
+            .filter(|p| *p != 0)
+            .collect()
+    }
+
+    #[test]
+    fn a_started_group_is_in_the_table_until_its_slot_is_dropped() {
+        let r = leaked(4);
+        let slot = r.reserve().expect("a free slot");
+        slot.set(4242);
+        assert_eq!(held(r), vec![4242]);
+        drop(slot);
+        assert!(held(r).is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_a_slot_until_one_is_given_back() {
+        let r = leaked(2);
+        let a = r.reserve().expect("first");
+        let b = r.reserve().expect("second");
+        assert!(r.reserve().is_none());
+        drop(a);
+        let c = r.reserve().expect("the freed one");
+        c.set(7);
+        b.set(8);
+        let mut groups = held(r);
+        groups.sort();
+        assert_eq!(groups, vec![7, 8]);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -179,19 +179,30 @@ pub fn exec_handler() -> Handler {
     spawned(|input: TaskInput| async move { exec(input).await })
 }
 
-/// Kills a process group when dropped.
-struct GroupKill(i32);
+/// Kills a process group when dropped, then gives its reaper slot back.
+struct GroupKill {
+    pgid: i32,
+    _slot: Option<super::reaper::Slot>,
+}
 
 impl Drop for GroupKill {
     fn drop(&mut self) {
         // SAFETY: killpg has no memory effects; a group that is already gone
         // yields ESRCH, which is fine.
         unsafe {
-            libc::killpg(self.0, libc::SIGKILL);
+            libc::killpg(self.pgid, libc::SIGKILL);
         }
-        if let Some(r) = super::reaper::get() {
-            r.forget(self.0);
-        }
+        // `_slot` is cleared after the kill: fields drop after this body.
+    }
+}
+
+/// `/dev/null`, opened once: a child's stdin is a duplicate of it, which
+/// costs one `fcntl` where opening the path again costs a path walk.
+fn dev_null() -> std::io::Result<std::process::Stdio> {
+    static DEV_NULL: OnceLock<std::io::Result<std::fs::File>> = OnceLock::new();
+    match DEV_NULL.get_or_init(|| std::fs::File::open("/dev/null")) {
+        Ok(f) => Ok(f.try_clone()?.into()),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
     }
 }
 
@@ -226,7 +237,7 @@ async fn exec(input: TaskInput) -> TaskOutput {
         .envs(&spec.env)
         .env("RUNNER_TASK_ID", input.task_id.to_string())
         .env("RUNNER_ATTEMPT", input.attempt.to_string())
-        .stdin(std::process::Stdio::null())
+        .stdin(dev_null().map_err(|e| format!("exec: cannot open /dev/null: {e}"))?)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
@@ -247,14 +258,26 @@ async fn exec(input: TaskInput) -> TaskOutput {
             });
         }
     }
+    let slot = match reaper {
+        Some(r) => Some(r.reserve().ok_or_else(|| {
+            format!(
+                "exec: {} programs already running on this worker (the most its reaper guards)",
+                super::reaper::GROUPS_MAX
+            )
+        })?),
+        None => None,
+    };
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("exec: cannot start {program:?}: {e}"))?;
     let _group = child.id().map(|pid| {
-        if let Some(r) = reaper {
-            r.watch(pid as i32);
+        if let Some(s) = &slot {
+            s.set(pid as i32);
         }
-        GroupKill(pid as i32)
+        GroupKill {
+            pgid: pid as i32,
+            _slot: slot,
+        }
     });
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
