@@ -142,10 +142,28 @@ impl Outcome {
 }
 
 /// One submitted batch: its ids and when each task was meant to start.
+/// Most results taken in one turn of the loop before it submits what has
+/// come due: bounds how late an open-loop submission can be.
+const RESULTS_PER_TURN_MAX: usize = 4096;
+
 struct Batch {
     first_id: u64,
     starts: Vec<Instant>,
     got: Vec<bool>,
+    /// Results still due, so that telling whether the batch is complete
+    /// costs nothing per result (scanning `got` made it quadratic).
+    missing: usize,
+}
+
+impl Batch {
+    fn new(Accepted { first_id, count }: Accepted, starts: Vec<Instant>) -> Batch {
+        Batch {
+            first_id,
+            starts,
+            got: vec![false; count as usize],
+            missing: count as usize,
+        }
+    }
 }
 
 /// The spawned cluster, killed when dropped.
@@ -522,12 +540,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
             }
             if opts.submit_only {
                 while let Some((fut, starts)) = acks.pop_front() {
-                    let Accepted { first_id, count } = fut.await?;
-                    batches.push_back(Batch {
-                        first_id,
-                        got: vec![false; count as usize],
-                        starts,
-                    });
+                    batches.push_back(Batch::new(fut.await?, starts));
                 }
                 break;
             }
@@ -547,28 +560,29 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                 None => break,
                 Some(r) => {
                     let (_, starts) = acks.pop_front().expect("front exists");
-                    let Accepted { first_id, count } = r?;
-                    batches.push_back(Batch {
-                        first_id,
-                        got: vec![false; count as usize],
-                        starts,
-                    });
+                    batches.push_back(Batch::new(r?, starts));
                 }
             }
         }
         tokio::select! {
             biased;
             r = client.next_result() => {
+              // Take every result already received before submitting again,
+              // so that submissions under load go out in batches of what
+              // came due meanwhile instead of a frame per task.
+              let mut next = Some(r);
+              let mut taken = 0;
+              while let Some(r) = next.take() {
                 let Some(r) = r else {
                     return Err(LoadError::Setup(format!("connection lost: {}", client.close_reason().unwrap_or_default())));
                 };
+                taken += 1;
                 let now = Instant::now();
                 last_result = now;
                 // Make sure the batch holding this id is known.
                 while batch_of(&batches, r.id).is_none() && !acks.is_empty() {
                     let (fut, starts) = acks.pop_front().expect("non-empty");
-                    let Accepted { first_id, count } = fut.await?;
-                    batches.push_back(Batch { first_id, got: vec![false; count as usize], starts });
+                    batches.push_back(Batch::new(fut.await?, starts));
                 }
                 match batch_of(&batches, r.id) {
                     None => unexpected += 1,
@@ -579,6 +593,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                             duplicated += 1;
                         } else {
                             b.got[k] = true;
+                            b.missing -= 1;
                             done += 1;
                             if b.starts[k] >= record_from {
                                 let lat = now.saturating_duration_since(b.starts[k]);
@@ -599,7 +614,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                     }
                 }
                 // Forget fully answered batches at the front.
-                while batches.front().is_some_and(|b| b.got.iter().all(|g| *g)) {
+                while batches.front().is_some_and(|b| b.missing == 0) {
                     batches.pop_front();
                 }
                 if now.duration_since(interval_start) >= Duration::from_secs(1) {
@@ -610,6 +625,10 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                         b.set_message(format!("{:.0} tasks/s", done as f64 / now.duration_since(started).as_secs_f64()));
                     }
                 }
+                if taken < RESULTS_PER_TURN_MAX {
+                    next = client.next_result().now_or_never();
+                }
+              }
             }
             // Always: the rate, the drain deadline and chaos all run on it.
             _ = ticker.tick() => {}
