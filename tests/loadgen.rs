@@ -57,6 +57,41 @@ fn a_small_run_writes_every_report_and_exits_zero_when_nothing_is_lost() {
     assert!(summary["machine"]["cores"].as_u64().unwrap() >= 1);
 }
 
+/// The open loop sends on a schedule (never ahead of it) and measures each
+/// task from when it was due, recording how late it was sent.
+#[test]
+fn an_open_loop_run_keeps_to_its_schedule_and_records_every_tasks_submit_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--rate", "2000", "--duration", "2s", "--quiet"])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("client submit lag"), "{stdout}");
+    assert!(report.join("client_submit_lag.hgrm").exists());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap())
+            .unwrap();
+    let accepted = summary["accepted"].as_u64().unwrap();
+    // Due by the 2 s deadline: 2 s x 2000/s, plus the task due at 0.
+    assert!(
+        accepted > 0 && accepted <= 4001,
+        "{accepted} tasks sent in 2 s at 2000/s"
+    );
+    assert_eq!(summary["lost"], 0);
+    let latency = &summary["latency"];
+    assert_eq!(latency["client_submit_lag"]["count"], accepted);
+    assert_eq!(latency["client_end_to_end"]["count"], accepted);
+}
+
 /// FAULTS.md's chaos soak at a size CI affords (results/chaos.md records
 /// 200,000 tasks): mixed task kinds while workers are killed -9, stopped and
 /// resumed, and started at random, with a master that drops a silent

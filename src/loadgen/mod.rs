@@ -125,6 +125,9 @@ pub struct Outcome {
     pub e2e: Histogram<u64>,
     /// Per-second intervals of `e2e`, for the interval log.
     pub intervals: Vec<(Duration, Histogram<u64>)>,
+    /// Open loop: how long after it came due each task was sent. The load
+    /// generator's own delay, part of `e2e`; empty in a closed loop.
+    pub submit_lag: Histogram<u64>,
     /// The master's status at the end (with histograms).
     pub master: Option<StatusReport>,
     /// Workers killed or stopped by chaos.
@@ -471,6 +474,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     let mut batches: VecDeque<Batch> = VecDeque::new();
     let mut acks = VecDeque::new();
     let mut e2e = metrics::histogram();
+    let mut submit_lag = metrics::histogram();
     let mut interval = metrics::histogram();
     let mut intervals = Vec::new();
     let (mut submitted, mut done) = (0u64, 0u64);
@@ -523,7 +527,16 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                     // Open loop: each task's latency counts from when it
                     // was due, not from when it was sent.
                     Some(r) => (submitted..submitted + n as u64)
-                        .map(|i| started + Duration::from_secs_f64(i as f64 / r))
+                        .map(|i| {
+                            let due = started + Duration::from_secs_f64(i as f64 / r);
+                            if due >= record_from {
+                                metrics::record(
+                                    &mut submit_lag,
+                                    now.saturating_duration_since(due),
+                                );
+                            }
+                            due
+                        })
                         .collect(),
                     None => vec![now; n],
                 };
@@ -661,6 +674,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         elapsed,
         e2e,
         intervals,
+        submit_lag,
         master,
         chaos_events,
         failed_without_reason,

@@ -80,6 +80,9 @@ pub fn master_histograms(o: &Outcome) -> Vec<(String, Histogram<u64>)> {
 pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
     let mut latency = serde_json::Map::new();
     latency.insert("client_end_to_end".into(), percentiles(&o.e2e));
+    if !o.submit_lag.is_empty() {
+        latency.insert("client_submit_lag".into(), percentiles(&o.submit_lag));
+    }
     for (name, h) in master_histograms(o) {
         latency.insert(format!("master_{name}"), percentiles(&h));
     }
@@ -142,6 +145,9 @@ pub fn print_summary(o: &Outcome) {
         );
     };
     row("client end to end", &o.e2e);
+    if !o.submit_lag.is_empty() {
+        row("client submit lag", &o.submit_lag);
+    }
     for (name, h) in master_histograms(o) {
         row(&format!("master {name}"), &h);
     }
@@ -152,6 +158,9 @@ pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", dir.display());
     fs::create_dir_all(dir).map_err(|e| io("create", e))?;
     let mut all: Vec<(String, &Histogram<u64>)> = vec![("client_end_to_end".into(), &o.e2e)];
+    if !o.submit_lag.is_empty() {
+        all.push(("client_submit_lag".into(), &o.submit_lag));
+    }
     let master = master_histograms(o);
     for (name, h) in &master {
         all.push((format!("master_{name}"), h));
