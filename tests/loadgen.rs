@@ -92,6 +92,27 @@ fn an_open_loop_run_keeps_to_its_schedule_and_records_every_tasks_submit_lag() {
     assert_eq!(latency["client_end_to_end"]["count"], accepted);
 }
 
+/// More fake workers than a master lets one address hold in their handshake
+/// at once (128) all join: the pool paces its connections instead of being
+/// refused as `busy`.
+#[test]
+fn a_pool_of_fake_workers_larger_than_the_per_address_handshake_limit_all_register() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--fake-workers", "600", "--duration", "1s"])
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("fake workers registered      600"),
+        "{stdout}"
+    );
+}
+
 /// FAULTS.md's chaos soak at a size CI affords (results/chaos.md records
 /// 200,000 tasks): mixed task kinds while workers are killed -9, stopped and
 /// resumed, and started at random, with a master that drops a silent

@@ -13,8 +13,10 @@ use crate::net;
 use crate::proto::handshake::Identity;
 use crate::proto::*;
 
-/// Connections set up at once.
-const CONNECTS_IN_FLIGHT_MAX: usize = 256;
+/// Connections set up at once. They all come from one address, and a
+/// master holds at most `PREAUTH_PER_SOURCE_MAX` unauthenticated
+/// connections per address (refusing more as `busy`), so stay well under.
+const CONNECTS_IN_FLIGHT_MAX: usize = crate::limits::PREAUTH_PER_SOURCE_MAX / 2;
 
 type WorkerConn = net::Conn<FromWorker, ToWorker>;
 
