@@ -12,6 +12,7 @@
 
 pub mod liveness;
 pub mod reaper;
+mod spawn;
 pub mod tasks;
 
 use std::collections::HashMap;

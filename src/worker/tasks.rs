@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -196,16 +196,6 @@ impl Drop for GroupKill {
     }
 }
 
-/// `/dev/null`, opened once: a child's stdin is a duplicate of it, which
-/// costs one `fcntl` where opening the path again costs a path walk.
-fn dev_null() -> std::io::Result<std::process::Stdio> {
-    static DEV_NULL: OnceLock<std::io::Result<std::fs::File>> = OnceLock::new();
-    match DEV_NULL.get_or_init(|| std::fs::File::open("/dev/null")) {
-        Ok(f) => Ok(f.try_clone()?.into()),
-        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-    }
-}
-
 async fn read_capped<R: AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
@@ -229,35 +219,10 @@ async fn exec(input: TaskInput) -> TaskOutput {
             "exec: payload must be JSON {{\"argv\": [...], \"env\": {{}}, \"cwd\": \"...\"}}: {e}"
         )
     })?;
-    let Some((program, args)) = spec.argv.split_first() else {
+    let Some(program) = spec.argv.first() else {
         return Err("exec: argv is empty".into());
     };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(&spec.env)
-        .env("RUNNER_TASK_ID", input.task_id.to_string())
-        .env("RUNNER_ATTEMPT", input.attempt.to_string())
-        .stdin(dev_null().map_err(|e| format!("exec: cannot open /dev/null: {e}"))?)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
     let reaper = super::reaper::get();
-    if reaper.is_none() {
-        // No reaper (a worker embedded in another program): fall back to
-        // asking the kernel to kill the child when the worker thread that
-        // forked it dies. This forces fork instead of posix_spawn.
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-    }
     let slot = match reaper {
         Some(r) => Some(r.reserve().ok_or_else(|| {
             format!(
@@ -267,35 +232,34 @@ async fn exec(input: TaskInput) -> TaskOutput {
         })?),
         None => None,
     };
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("exec: cannot start {program:?}: {e}"))?;
-    let _group = child.id().map(|pid| {
-        if let Some(s) = &slot {
-            s.set(pid as i32);
-        }
-        GroupKill {
-            pgid: pid as i32,
-            _slot: slot,
-        }
-    });
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let (out, err, status) = tokio::join!(
-        async {
-            match stdout {
-                Some(s) => read_capped(s).await,
-                None => (Vec::new(), false),
-            }
-        },
-        async {
-            match stderr {
-                Some(s) => read_capped(s).await,
-                None => (Vec::new(), false),
-            }
-        },
-        child.wait()
-    );
+    let started = super::spawn::spawn(&super::spawn::Program {
+        argv: &spec.argv,
+        env: &spec.env,
+        task_env: [
+            ("RUNNER_TASK_ID", input.task_id.to_string()),
+            ("RUNNER_ATTEMPT", input.attempt.to_string()),
+        ],
+        cwd: spec.cwd.as_deref(),
+        // No reaper (a worker embedded in another program): ask the kernel
+        // to kill the program when the worker thread that started it dies.
+        die_with_parent: reaper.is_none(),
+    })
+    .map_err(|e| format!("exec: cannot start {program:?}: {e}"))?;
+    let super::spawn::Started {
+        mut child,
+        stdout,
+        stderr,
+    } = started;
+    if let Some(s) = &slot {
+        s.set(child.id());
+    }
+    // Dropped before `child` (declared after it): the group is killed, then
+    // the program itself is reaped.
+    let _group = GroupKill {
+        pgid: child.id(),
+        _slot: slot,
+    };
+    let (out, err, status) = tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
     let status = status.map_err(|e| format!("exec: waiting for {program:?}: {e}"))?;
     if status.success() {
         let report = ExecOutput {
