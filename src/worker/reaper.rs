@@ -10,9 +10,9 @@
 //! The reaper sleeps in `read` on a pipe whose only write end the worker
 //! holds. When the worker dies, even by `kill -9`, the kernel closes that end;
 //! the reaper reads end-of-file, kills every group still in the table
-//! (grandchildren included) and exits. Tasks then start through
-//! `posix_spawn` (no `pre_exec`), which is much cheaper than the fork a
-//! `PR_SET_PDEATHSIG` hook forces.
+//! (grandchildren included) and exits. Without a reaper, a task's program
+//! is only killed with the worker thread that started it
+//! (`PR_SET_PDEATHSIG`), and its own children not at all.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
