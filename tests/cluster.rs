@@ -812,8 +812,20 @@ async fn fault_14_with_a_secret_only_peers_that_hold_it_get_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_01_no_task_process_outlives_a_kill_9_of_its_worker() {
+    no_task_process_outlives_its_worker(PORT_BASE, |w| w.signal(libc::SIGKILL)).await;
+}
+
+/// A hang-up of the worker's terminal (SIGHUP to its process group) ends a
+/// worker that does not catch it; its reaper, in a session of its own with
+/// its signals blocked, outlives it and kills the tasks.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_01_no_task_process_outlives_a_hang_up_of_its_workers_process_group() {
+    no_task_process_outlives_its_worker(PORT_BASE, |w| w.signal_group(libc::SIGHUP)).await;
+}
+
+async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(&support::Proc)) {
     let (mut c, client) = Cluster::ready(
-        PORT_BASE,
+        base,
         Opts {
             workers: 1,
             worker_args: &["--allow-exec"],
@@ -850,7 +862,7 @@ async fn fault_01_no_task_process_outlives_a_kill_9_of_its_worker() {
         assert!(std::time::Instant::now() < end, "the task did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    c.worker("w1").signal(libc::SIGKILL);
+    end_worker(c.worker("w1"));
     c.worker("w1").wait_exit(Duration::from_secs(5));
     support::wait_dead(
         &pids,

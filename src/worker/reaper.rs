@@ -39,10 +39,11 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Records the task's process group; from here on the reaper kills it if
-    /// the worker dies.
-    pub fn set(&self, pgid: i32) {
-        self.reaper.table[self.index as usize].store(pgid, Ordering::Release);
+    /// Where the task's process group goes (written by the program's child
+    /// process itself, before it execs); from then on the reaper kills the
+    /// group if the worker dies.
+    pub fn cell(&self) -> &AtomicI32 {
+        &self.reaper.table[self.index as usize]
     }
 }
 
@@ -85,19 +86,39 @@ pub unsafe fn install() -> io::Result<()> {
     let mut fds = [0i32; 2];
     // SAFETY: a valid two-element array for pipe2.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // SAFETY: the mapping made above, used by nothing.
+        unsafe { libc::munmap(table.as_ptr() as *mut libc::c_void, bytes) };
+        return Err(e);
     }
     let (read_end, write_end) = (fds[0], fds[1]);
     // SAFETY: the caller guarantees a single-threaded process.
     match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
+        -1 => {
+            let e = io::Error::last_os_error();
+            // SAFETY: the descriptors and the mapping made above, used by
+            // nothing.
+            unsafe {
+                libc::close(read_end);
+                libc::close(write_end);
+                libc::munmap(table.as_ptr() as *mut libc::c_void, bytes);
+            }
+            Err(e)
+        }
         0 => {
             // The reaper. Without the write end, end-of-file means the worker
-            // is gone. A Ctrl-C meant for the worker is not meant for it.
-            // SAFETY: closing our copy of the write end; ignoring SIGINT.
+            // is gone. Signals meant for the worker are not meant for it: a
+            // session of its own keeps it out of the terminal's hang-up and
+            // the worker's group, and every signal that can be is blocked,
+            // so that only SIGKILL aimed at it ends it before its job.
+            // SAFETY: closing our copy of the write end; process-level calls
+            // on plain data we own.
             unsafe {
                 libc::close(write_end);
-                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::setsid();
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
             }
             wait_for_end(read_end);
             for entry in table {
@@ -182,7 +203,7 @@ mod tests {
     fn a_started_group_is_in_the_table_until_its_slot_is_dropped() {
         let r = leaked(4);
         let slot = r.reserve().expect("a free slot");
-        slot.set(4242);
+        slot.cell().store(4242, Ordering::Release);
         assert_eq!(held(r), vec![4242]);
         drop(slot);
         assert!(held(r).is_empty());
@@ -196,8 +217,8 @@ mod tests {
         assert!(r.reserve().is_none());
         drop(a);
         let c = r.reserve().expect("the freed one");
-        c.set(7);
-        b.set(8);
+        c.cell().store(7, Ordering::Release);
+        b.cell().store(8, Ordering::Release);
         let mut groups = held(r);
         groups.sort();
         assert_eq!(groups, vec![7, 8]);

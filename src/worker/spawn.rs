@@ -16,6 +16,13 @@
 //! The child shares the worker's memory until it execs (the parent thread is
 //! suspended meanwhile), so it only makes system calls: no allocation, no
 //! lock, no panic. Everything it needs is prepared before the clone.
+//!
+//! A program is waited for without being reaped ([`Child::exited`]): while
+//! it is a zombie its pid, and so its process group's id, cannot be given to
+//! another process, so what is left of the group can be killed safely before
+//! [`Child::reap`]. (`pid_max` is 32,768 on many machines; at thousands of
+//! programs a second, ids come round again within seconds.) Needs Linux 5.3
+//! (`CLONE_PIDFD` and polling a pidfd).
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -24,6 +31,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
 
 use libc::{c_char, c_int, c_void};
@@ -53,6 +61,10 @@ pub struct Program<'a> {
     /// Ask the kernel to kill the program when the worker thread that
     /// started it dies (for a worker without a reaper).
     pub die_with_parent: bool,
+    /// Where the child writes its pid (its process group) before it execs:
+    /// the reaper's slot, so that no moment passes in which the program
+    /// runs and a worker killed then would leave it behind.
+    pub register: Option<&'a AtomicI32>,
 }
 
 /// A started program: its pid and pidfd, and its stdout and stderr.
@@ -87,9 +99,34 @@ struct ChildArgs {
     default_action: *const libc::sigaction,
     exec_mask: *const libc::sigset_t,
     die_with_parent: bool,
-    /// Set by the child when it could not exec: an errno value.
+    /// Null, or where the child stores its pid.
+    register: *const AtomicI32,
+    /// Set by the child when it could not exec: an errno value, and the
+    /// step that failed (`STEP_*`).
     err: c_int,
+    failed_step: c_int,
 }
+
+/// Steps of the child that can fail, for the error message.
+const STEP_SETUP: c_int = 1;
+const STEP_CHDIR: c_int = 2;
+const STEP_EXEC: c_int = 3;
+
+/// Signals whose handlers the child resets if it finds one installed,
+/// besides those installed at the first program: the ones programs and
+/// libraries commonly catch (see [`signals_to_reset`]).
+const COMMONLY_CAUGHT: [c_int; 10] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGCHLD,
+    libc::SIGWINCH,
+    libc::SIGALRM,
+    libc::SIGPIPE,
+];
 
 thread_local! {
     static STACK: std::cell::RefCell<Box<[u8]>> =
@@ -112,16 +149,22 @@ fn base_env() -> &'static [(usize, CString)] {
     })
 }
 
-/// Signals whose disposition the child sets back to the default: those
-/// with a handler installed in this process when it started its first
-/// program, and SIGPIPE, which Rust programs ignore (as the standard
-/// library does for its children).
+/// Signals the child looks at before exec: those with a handler installed
+/// in this process when it started its first program, and
+/// [`COMMONLY_CAUGHT`] (a handler installed later, say by a program that
+/// embeds a worker, is most likely on one of these). The child resets each
+/// that has a handler, and SIGPIPE if ignored (Rust programs ignore it; the
+/// standard library resets it for its children too); an ignored signal
+/// otherwise stays ignored, as with `posix_spawn`. Exec resets handlers by
+/// itself; this only matters for a signal arriving between the child's
+/// unblocking and its exec, which must not run the worker's handler in the
+/// child, on the worker's memory.
 fn signals_to_reset() -> &'static [c_int] {
     static SIGNALS: OnceLock<Vec<c_int>> = OnceLock::new();
     SIGNALS.get_or_init(|| {
-        let mut reset = Vec::new();
+        let mut signals = COMMONLY_CAUGHT.to_vec();
         for sig in 1..=64 {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP || signals.contains(&sig) {
                 continue;
             }
             // SAFETY: a query (no new action) into a zeroed struct we own.
@@ -129,26 +172,26 @@ fn signals_to_reset() -> &'static [c_int] {
             if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
                 continue; // signals glibc keeps for itself
             }
-            let handled = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
-            if handled || (sig == libc::SIGPIPE && old.sa_sigaction == libc::SIG_IGN) {
-                reset.push(sig);
+            if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+                signals.push(sig);
             }
         }
-        reset
+        signals
     })
 }
 
-/// `/dev/null`, opened once, for every child's stdin.
+/// `/dev/null`, opened once, for every child's stdin. A failure is not
+/// kept: the next program tries again.
 fn dev_null() -> io::Result<RawFd> {
-    static DEV_NULL: OnceLock<Result<OwnedFd, io::ErrorKind>> = OnceLock::new();
-    match DEV_NULL.get_or_init(|| {
-        std::fs::File::open("/dev/null")
-            .map_err(|e| e.kind())
-            .and_then(|f| above_stdio(f.into()).map_err(|e| e.kind()))
-    }) {
-        Ok(fd) => Ok(fd.as_raw_fd()),
-        Err(kind) => Err(io::Error::new(*kind, "cannot open /dev/null")),
+    static DEV_NULL: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_raw_fd());
     }
+    let file = std::fs::File::open("/dev/null")
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/null: {e}")))?;
+    let fd = above_stdio(file.into())?;
+    // Another thread may have won the race; its descriptor is kept, ours closed.
+    Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
 }
 
 /// `fd` moved above 0, 1 and 2 if it is one of them (a worker started with
@@ -223,8 +266,15 @@ fn environment(p: &Program) -> io::Result<(Vec<CString>, Vec<*const c_char>)> {
     Ok((strings, ptrs))
 }
 
-/// Where to look for the program, in order, as `execvp` would.
+/// Where to look for the program, in order, as `posix_spawnp` does (a file
+/// without `#!` is not retried with `/bin/sh`).
 fn candidates(program: &str, p: &Program) -> io::Result<Vec<CString>> {
+    if program.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the program name is empty",
+        ));
+    }
     if program.contains('/') {
         return Ok(vec![c_string(program, "program")?]);
     }
@@ -253,19 +303,40 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     unsafe {
         let a = &mut *(arg as *mut ChildArgs);
         let errno = || *libc::__errno_location();
-        let ok = (!a.die_with_parent
-            || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == 0)
-            && libc::setpgid(0, 0) == 0
-            && libc::dup2(a.fds[0], 0) == 0
-            && libc::dup2(a.fds[1], 1) == 1
-            && libc::dup2(a.fds[2], 2) == 2
-            && (a.cwd.is_null() || libc::chdir(a.cwd) == 0);
-        if !ok {
+        let fail = |a: &mut ChildArgs, step: c_int| -> ! {
             a.err = errno();
-            libc::_exit(127);
+            a.failed_step = step;
+            libc::_exit(127)
+        };
+        if a.die_with_parent
+            && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0
+        {
+            fail(a, STEP_SETUP);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(a, STEP_SETUP);
+        }
+        if !a.register.is_null() {
+            (*a.register).store(libc::getpid(), Ordering::Release);
+        }
+        for (target, &source) in a.fds.iter().enumerate() {
+            if libc::dup2(source, target as c_int) < 0 {
+                fail(a, STEP_SETUP);
+            }
+        }
+        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
+            fail(a, STEP_CHDIR);
         }
         for i in 0..a.reset_len {
-            libc::sigaction(*a.reset.add(i), a.default_action, std::ptr::null_mut());
+            let sig = *a.reset.add(i);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            let handled = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
+            if handled || (sig == libc::SIGPIPE && old.sa_sigaction == libc::SIG_IGN) {
+                libc::sigaction(sig, a.default_action, std::ptr::null_mut());
+            }
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, a.exec_mask, std::ptr::null_mut());
         let mut err = libc::ENOENT;
@@ -273,7 +344,8 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
         while !(*path).is_null() {
             libc::execve(*path, a.argv, a.envp);
             match errno() {
-                libc::ENOENT | libc::ENOTDIR => {}
+                // Not here: try the next directory, as glibc does.
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
                 libc::EACCES => err = libc::EACCES,
                 other => {
                     err = other;
@@ -283,6 +355,7 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             path = path.add(1);
         }
         a.err = err;
+        a.failed_step = STEP_EXEC;
         libc::_exit(127)
     }
 }
@@ -336,7 +409,11 @@ pub fn spawn(p: &Program) -> io::Result<Started> {
         default_action: &default_action,
         exec_mask: &exec_mask,
         die_with_parent: p.die_with_parent,
+        register: p
+            .register
+            .map_or(std::ptr::null(), |r| r as *const AtomicI32),
         err: 0,
+        failed_step: 0,
     };
     let mut pidfd: c_int = -1;
     let pid = STACK.with(|stack| {
@@ -366,6 +443,18 @@ pub fn spawn(p: &Program) -> io::Result<Started> {
             }
         }
     })?;
+    if pidfd < 0 {
+        // A kernel before 5.2 ignores CLONE_PIDFD.
+        // SAFETY: our own child, not reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut 0, 0);
+        }
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel has no CLONE_PIDFD (Linux 5.3 or later is needed for exec tasks)",
+        ));
+    }
     // SAFETY: CLONE_PIDFD stored a fresh descriptor nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let mut child = Child {
@@ -373,15 +462,28 @@ pub fn spawn(p: &Program) -> io::Result<Started> {
         pidfd,
         reaped: false,
     };
-    // SAFETY: the child wrote it (or not) before it exec'd or exited.
-    let child_err = unsafe { std::ptr::read_volatile(&args.err) };
+    // SAFETY: the child wrote them (or not) before it exec'd or exited.
+    let (child_err, step) = unsafe {
+        (
+            std::ptr::read_volatile(&args.err),
+            std::ptr::read_volatile(&args.failed_step),
+        )
+    };
     if child_err != 0 {
         // The child could not exec and has exited: reap it, report why.
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         child.reaped = true;
-        return Err(io::Error::from_raw_os_error(child_err));
+        let e = io::Error::from_raw_os_error(child_err);
+        return Err(match step {
+            STEP_CHDIR => io::Error::new(
+                e.kind(),
+                format!("cannot change to directory {:?}: {e}", p.cwd.unwrap_or("")),
+            ),
+            STEP_SETUP => io::Error::new(e.kind(), format!("cannot set the program up: {e}")),
+            _ => e,
+        });
     }
     drop((out_write, err_write));
     Ok(Started {
@@ -397,24 +499,32 @@ impl Child {
         self.pid
     }
 
-    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        let mut status = 0;
-        // SAFETY: waiting for our own, unreaped child.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        if r == self.pid {
-            self.reaped = true;
-            Ok(Some(ExitStatus::from_raw(status)))
-        } else if r == 0 {
-            Ok(None)
-        } else {
-            Err(io::Error::last_os_error())
+    /// Whether the program has ended, leaving it unreaped.
+    fn has_exited(&self) -> io::Result<bool> {
+        // SAFETY: a zeroed siginfo we own; waiting (without reaping) for our
+        // own unreaped child, whose pid cannot have been reused.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: waitid filled it in; with WNOHANG a zero pid means
+        // "still running".
+        Ok(unsafe { info.si_pid() } != 0)
     }
 
-    /// Waits for the program to end and reaps it.
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.try_wait()? {
-            return Ok(status);
+    /// Waits until the program has ended, without reaping it: until
+    /// [`Child::reap`], its pid and its process group's id stay taken.
+    pub async fn exited(&mut self) -> io::Result<()> {
+        if self.has_exited()? {
+            return Ok(());
         }
         // The pidfd turns readable when the process ends.
         // SAFETY: the pidfd stays open, the same descriptor, until `self`
@@ -423,38 +533,83 @@ impl Child {
             unsafe { AsyncFd::register_with_interest(self.pidfd.as_raw_fd(), Interest::READABLE) }?;
         loop {
             let mut guard = ready.readable().await?;
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
+            if self.has_exited()? {
+                return Ok(());
             }
             guard.clear_ready();
         }
+    }
+
+    /// Reaps the program (waiting for it if it has not ended) and gives its
+    /// exit status.
+    pub fn reap(&mut self) -> io::Result<ExitStatus> {
+        let mut status = 0;
+        // SAFETY: waiting for our own, unreaped child.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        if r == self.pid {
+            self.reaped = true;
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ECHILD) {
+            // Someone else reaped it (a host program ignoring SIGCHLD).
+            self.reaped = true;
+        }
+        Err(e)
     }
 }
 
 impl Drop for Child {
     /// A child dropped before it was reaped (its attempt timed out, was
-    /// cancelled, or the worker is shutting down) is killed and reaped
-    /// off this thread, so that it leaves no zombie behind.
+    /// cancelled, or the worker is shutting down) is killed through its
+    /// pidfd (never a reused pid) and reaped by [`reap_later`], so that it
+    /// leaves no zombie behind.
     fn drop(&mut self) {
         if self.reaped {
             return;
         }
-        // SAFETY: signalling our own unreaped child (its pid cannot have
-        // been reused).
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        if matches!(self.try_wait(), Ok(Some(_))) {
-            return;
+        // SAFETY: a signal through our own pidfd; no memory effects.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
         }
-        let pid = self.pid;
-        let reap = move || {
-            let mut status = 0;
-            // SAFETY: waiting for our own child, killed above.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(reap)),
-            Err(_) => drop(std::thread::spawn(reap)),
+        let mut status = 0;
+        // SAFETY: waiting for our own child, without blocking.
+        if unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } != 0 {
+            return; // reaped now, or reaped by someone else (ECHILD)
         }
+        reap_later(self.pid);
+    }
+}
+
+/// Reaps killed children on a thread of its own, so that a drop never
+/// blocks and works without (or after) the async runtime.
+fn reap_later(pid: libc::pid_t) {
+    static QUEUE: OnceLock<Option<std::sync::mpsc::Sender<libc::pid_t>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<libc::pid_t>();
+        std::thread::Builder::new()
+            .name("exec-reaper".into())
+            .spawn(move || {
+                for pid in rx {
+                    // SAFETY: waiting for our own child, killed before it
+                    // was queued (unreaped, so its pid is still its own).
+                    unsafe { libc::waitpid(pid, &mut 0, 0) };
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    match queue {
+        Some(tx) => {
+            let _ = tx.send(pid);
+        }
+        None => tracing::warn!(pid, "no thread to reap a killed exec task's process; it stays a zombie until the worker exits"),
     }
 }
 
@@ -473,6 +628,7 @@ mod tests {
             ],
             cwd: None,
             die_with_parent: false,
+            register: None,
         }
     }
 
@@ -488,14 +644,15 @@ mod tests {
             mut stderr,
         } = spawn(p).expect("starts");
         let (mut out, mut err) = (String::new(), String::new());
-        let (o, e, status) = tokio::join!(
+        let (o, e, exited) = tokio::join!(
             stdout.read_to_string(&mut out),
             stderr.read_to_string(&mut err),
-            child.wait()
+            child.exited()
         );
         o.unwrap();
         e.unwrap();
-        (out, err, status.expect("reaped"))
+        exited.expect("ended");
+        (out, err, child.reap().expect("reaped"))
     }
 
     #[tokio::test]
@@ -577,6 +734,37 @@ mod tests {
         p.cwd = Some("/no/such/directory");
         let e = spawn(&p).err().expect("refused");
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot change to directory \"/no/such/directory\""),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_child_registers_its_group_before_it_runs_the_program() {
+        let env = HashMap::new();
+        let argv = vec!["true".to_string()];
+        let cell = AtomicI32::new(0);
+        let mut p = program(&argv, &env);
+        p.register = Some(&cell);
+        let mut started = spawn(&p).expect("starts");
+        assert_eq!(cell.load(Ordering::Acquire), started.child.id());
+        started.child.exited().await.unwrap();
+        started.child.reap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_ended_program_keeps_its_pid_until_it_is_reaped() {
+        let env = HashMap::new();
+        let argv = vec!["true".to_string()];
+        let Started { mut child, .. } = spawn(&program(&argv, &env)).expect("starts");
+        child.exited().await.unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        let state = std::fs::read_to_string(&stat).expect("still in the process table");
+        assert_eq!(state.split_whitespace().nth(2), Some("Z"), "{state}");
+        assert!(child.reap().unwrap().success());
+        assert!(!std::path::Path::new(&stat).exists());
     }
 
     #[tokio::test]

@@ -243,6 +243,7 @@ async fn exec(input: TaskInput) -> TaskOutput {
         // No reaper (a worker embedded in another program): ask the kernel
         // to kill the program when the worker thread that started it dies.
         die_with_parent: reaper.is_none(),
+        register: slot.as_ref().map(|s| s.cell()),
     })
     .map_err(|e| format!("exec: cannot start {program:?}: {e}"))?;
     let super::spawn::Started {
@@ -250,17 +251,20 @@ async fn exec(input: TaskInput) -> TaskOutput {
         stdout,
         stderr,
     } = started;
-    if let Some(s) = &slot {
-        s.set(child.id());
-    }
-    // Dropped before `child` (declared after it): the group is killed, then
-    // the program itself is reaped.
-    let _group = GroupKill {
+    // On every early way out, dropped before `child` (declared after it):
+    // the group is killed, then the program itself killed and reaped.
+    let group = GroupKill {
         pgid: child.id(),
         _slot: slot,
     };
-    let (out, err, status) = tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
-    let status = status.map_err(|e| format!("exec: waiting for {program:?}: {e}"))?;
+    let (out, err, exited) = tokio::join!(read_capped(stdout), read_capped(stderr), child.exited());
+    // Kill what is left of the group (children still running) and give the
+    // slot back while the program, a zombie until reaped, still holds the
+    // group's id: no other process can have been given it yet.
+    drop(group);
+    let status = exited
+        .and_then(|()| child.reap())
+        .map_err(|e| format!("exec: waiting for {program:?}: {e}"))?;
     if status.success() {
         let report = ExecOutput {
             exit_code: 0,

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
@@ -50,7 +51,10 @@ impl Proc {
     }
 
     fn start(name: &str, cmd: &mut Command) -> Proc {
+        // A process group of its own, so that a test can signal the group
+        // as a terminal would (see `signal_group`).
         let mut child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -124,6 +128,15 @@ impl Proc {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Signals the process's whole group, as a terminal's hang-up or a
+    /// `kill -- -PGID` does.
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: killpg(2) on the group our own child leads.
+        unsafe {
+            libc::killpg(self.child.id() as i32, sig);
         }
     }
 
