@@ -823,6 +823,71 @@ async fn fault_01_no_task_process_outlives_a_hang_up_of_its_workers_process_grou
     no_task_process_outlives_its_worker(PORT_BASE, |w| w.signal_group(libc::SIGHUP)).await;
 }
 
+/// The reaper itself killed (only SIGKILL can): the worker logs it, and a
+/// task started afterwards still dies with its worker (PR_SET_PDEATHSIG).
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_01_a_worker_whose_reaper_died_says_so_and_its_tasks_still_die_with_it() {
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    // Before any task, the worker's only child is its reaper, forked by the
+    // main thread before any other thread existed.
+    let worker = c.worker("w1").pid();
+    let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+        .expect("the kernel lists children");
+    let reaper: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("a reaper")
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on a process this test started (indirectly).
+    unsafe { libc::kill(reaper, libc::SIGKILL) };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !c.worker_log("w1").contains("the task reaper died") {
+        assert!(std::time::Instant::now() < end, "{}", c.worker_log("w1"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
+    client
+        .submit(NewTask {
+            kind: Text::from_static("exec"),
+            payload: Payload::from(spec),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap();
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(std::time::Instant::now() < end, "the task did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.worker("w1").signal(libc::SIGKILL);
+    c.worker("w1").wait_exit(Duration::from_secs(5));
+    support::wait_dead(
+        &[pid],
+        Duration::from_secs(5),
+        "a task outliving its worker",
+    )
+    .await;
+}
+
 async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(&support::Proc)) {
     let (mut c, client) = Cluster::ready(
         base,

@@ -198,6 +198,7 @@ impl Worker {
 
     /// Binds its port and starts serving in the background.
     pub async fn start(self) -> Result<WorkerHandle, WorkerError> {
+        reaper::supervise();
         let listener = net::bind_first_free(self.cfg.bind, self.cfg.ports).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();

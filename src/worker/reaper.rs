@@ -15,7 +15,8 @@
 //! (`PR_SET_PDEATHSIG`), and its own children not at all.
 
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Most task process groups the table holds at once. A worker runs at most
@@ -30,6 +31,11 @@ static REAPER: OnceLock<Reaper> = OnceLock::new();
 pub struct Reaper {
     table: &'static [AtomicI32],
     free: Mutex<Vec<u32>>,
+    /// The reaper process, to notice if it dies (see [`supervise`]).
+    pid: libc::pid_t,
+    pidfd: Option<std::os::fd::OwnedFd>,
+    lost: AtomicBool,
+    supervised: AtomicBool,
 }
 
 /// A slot of the table held by one running task; cleared when dropped.
@@ -133,13 +139,20 @@ pub unsafe fn install() -> io::Result<()> {
             // SAFETY: leave without running the parent's atexit handlers.
             unsafe { libc::_exit(0) }
         }
-        _ => {
+        pid => {
             // SAFETY: the read end belongs to the reaper now. The write end
             // stays open, unused, until this process ends.
             unsafe {
                 libc::close(read_end);
             }
-            let _ = REAPER.set(Reaper::over(table));
+            // SAFETY: a pidfd for our own child; owned below if it opened.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+            // SAFETY: a fresh descriptor nothing else owns.
+            let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+            let mut reaper = Reaper::over(table);
+            reaper.pid = pid;
+            reaper.pidfd = pidfd;
+            let _ = REAPER.set(reaper);
             Ok(())
         }
     }
@@ -157,9 +170,43 @@ fn wait_for_end(fd: i32) {
     }
 }
 
-/// The installed reaper, if any.
+/// The installed reaper, if any and still alive.
 pub fn get() -> Option<&'static Reaper> {
-    REAPER.get()
+    REAPER.get().filter(|r| !r.lost.load(Ordering::Acquire))
+}
+
+/// Starts, once, a task that notices the reaper's death (it blocks every
+/// signal, so only a SIGKILL aimed at it or the OOM killer ends it): the log
+/// says so, and from then on `exec` tasks fall back to being killed with the
+/// worker thread that started them (`PR_SET_PDEATHSIG`, their own children
+/// not covered). Needs the async runtime.
+pub fn supervise() {
+    let Some(r) = REAPER.get() else { return };
+    let Some(pidfd) = &r.pidfd else { return };
+    if r.supervised.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let fd = pidfd.as_raw_fd();
+    tokio::spawn(async move {
+        // SAFETY: the pidfd lives in the static reaper, open and the same
+        // descriptor for the rest of the process.
+        let ready = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        let Ok(ready) = ready else {
+            tracing::warn!("cannot watch the task reaper; its death would go unnoticed");
+            return;
+        };
+        let _ = ready.readable().await;
+        r.lost.store(true, Ordering::Release);
+        // SAFETY: reaping our own child, which has ended.
+        unsafe { libc::waitpid(r.pid, &mut 0, 0) };
+        tracing::error!(
+            pid = r.pid,
+            "the task reaper died: exec tasks started from now on are killed with this worker only \
+             by PR_SET_PDEATHSIG, and their own children not at all; restart the worker to get it back"
+        );
+    });
 }
 
 impl Reaper {
@@ -168,6 +215,10 @@ impl Reaper {
         Reaper {
             table,
             free: Mutex::new((0..table.len() as u32).rev().collect()),
+            pid: 0,
+            pidfd: None,
+            lost: AtomicBool::new(false),
+            supervised: AtomicBool::new(false),
         }
     }
 

@@ -335,6 +335,11 @@ impl Cluster {
     pub fn master_log(&self) -> String {
         std::fs::read_to_string(self.logs.path().join("master.log")).unwrap_or_default()
     }
+
+    /// What worker `id` has logged so far.
+    pub fn worker_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.logs.path().join(format!("{id}.log"))).unwrap_or_default()
+    }
 }
 
 fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Vec<String> {
