@@ -63,15 +63,30 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-/// The master's histograms, decoded from its status.
+/// The master's histograms, decoded from its status, over the recorded
+/// window: what they held at the end of the warm-up is subtracted (the
+/// master counts from its start, the client from the end of the warm-up).
 pub fn master_histograms(o: &Outcome) -> Vec<(String, Histogram<u64>)> {
+    let at_warmup = |name: &str| {
+        o.master_at_warmup
+            .iter()
+            .flat_map(|s| s.histograms.iter())
+            .find(|h| h.name.as_str() == name)
+            .and_then(|h| metrics::decode(&h.hdr).ok())
+    };
     o.master
         .iter()
         .flat_map(|s| s.histograms.iter())
         .filter_map(|h| {
-            metrics::decode(&h.hdr)
-                .ok()
-                .map(|d| (h.name.to_string(), d))
+            let mut d = metrics::decode(&h.hdr).ok()?;
+            if let Some(before) = at_warmup(h.name.as_str()) {
+                // A histogram that somehow shrank is kept whole.
+                let whole = d.clone();
+                if d.subtract(&before).is_err() {
+                    d = whole;
+                }
+            }
+            Some((h.name.to_string(), d))
         })
         .collect()
 }
