@@ -854,54 +854,22 @@ async fn fault_01_a_worker_whose_reaper_died_says_so_and_its_tasks_still_die_wit
         assert!(std::time::Instant::now() < end, "{}", c.worker_log("w1"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pid");
-    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
-    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
-    client
-        .submit(NewTask {
-            kind: Text::from_static("exec"),
-            payload: Payload::from(spec),
-            priority: 128,
-            retries: 0,
-            timeout_ms: 0,
-        })
-        .await
-        .unwrap();
-    let pid: i32 = loop {
-        if let Some(p) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            break p;
-        }
-        assert!(std::time::Instant::now() < end, "the task did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pids = exec_writing_pids(&client, 1, |f| format!("echo $$ > {f}; exec sleep 60")).await;
     c.worker("w1").signal(libc::SIGKILL);
     c.worker("w1").wait_exit(Duration::from_secs(5));
-    support::wait_dead(
-        &[pid],
-        Duration::from_secs(5),
-        "a task outliving its worker",
-    )
-    .await;
+    support::wait_dead(&pids, Duration::from_secs(5), "a task outliving its worker").await;
 }
 
-async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(&support::Proc)) {
-    let (mut c, client) = Cluster::ready(
-        base,
-        Opts {
-            workers: 1,
-            worker_args: &["--allow-exec"],
-            ..Opts::default()
-        },
-    )
-    .await;
+/// Submits `sh -c SCRIPT` as an exec task, SCRIPT made from the path of a
+/// file in which it writes `n` pids, and waits until it has written them.
+async fn exec_writing_pids(
+    client: &runner::client::Client,
+    n: usize,
+    script: impl FnOnce(&str) -> String,
+) -> Vec<i32> {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pids");
-    // The task and a grandchild, both sleeping; it writes both pids.
-    let script = format!("sleep 60 & echo $$ $! > {}; wait", pidfile.display());
+    let script = script(pidfile.to_str().unwrap());
     let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
     client
         .submit(NewTask {
@@ -914,19 +882,34 @@ async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(
         .await
         .unwrap();
     let end = std::time::Instant::now() + Duration::from_secs(10);
-    let pids: Vec<i32> = loop {
+    loop {
         if let Ok(text) = std::fs::read_to_string(&pidfile) {
-            let v: Vec<i32> = text
+            let pids: Vec<i32> = text
                 .split_whitespace()
                 .filter_map(|w| w.parse().ok())
                 .collect();
-            if v.len() == 2 {
-                break v;
+            if pids.len() == n {
+                return pids;
             }
         }
         assert!(std::time::Instant::now() < end, "the task did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+}
+
+async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(&support::Proc)) {
+    let (mut c, client) = Cluster::ready(
+        base,
+        Opts {
+            workers: 1,
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    // The task and a grandchild, both sleeping; it writes both pids.
+    let pids =
+        exec_writing_pids(&client, 2, |f| format!("sleep 60 & echo $$ $! > {f}; wait")).await;
     end_worker(c.worker("w1"));
     c.worker("w1").wait_exit(Duration::from_secs(5));
     support::wait_dead(

@@ -2,32 +2,57 @@
 //! load with a failing fraction, checks exactly-once delivery and writes
 //! every report file.
 
-#[test]
-fn a_small_run_writes_every_report_and_exits_zero_when_nothing_is_lost() {
+/// What a load generator run left: its stdout and, with a report
+/// directory, its `summary.json`.
+struct Run {
+    stdout: String,
+    summary: serde_json::Value,
+    _dir: tempfile::TempDir,
+    report: std::path::PathBuf,
+}
+
+/// Runs `loadgen ARGS --report DIR` and checks that it exited 0 (nothing
+/// lost or duplicated, every failure with its reason).
+fn loadgen(args: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--tasks",
-            "3000",
-            "--concurrency",
-            "200",
-            "--batch",
-            "64",
-            "--fail-fraction",
-            "0.1",
-            "--quiet",
-        ])
+        .args(args)
         .arg("--report")
         .arg(&report)
         .output()
         .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let summary = std::fs::read_to_string(report.join("summary.json"))
+        .map(|t| serde_json::from_str(&t).expect("summary.json is JSON"))
+        .unwrap_or(serde_json::Value::Null);
+    Run {
+        stdout,
+        summary,
+        _dir: dir,
+        report,
+    }
+}
+
+#[test]
+fn a_small_run_writes_every_report_and_exits_zero_when_nothing_is_lost() {
+    let run = loadgen(&[
+        "--tasks",
+        "3000",
+        "--concurrency",
+        "200",
+        "--batch",
+        "64",
+        "--fail-fraction",
+        "0.1",
+        "--quiet",
+    ]);
+    let (stdout, report, summary) = (&run.stdout, &run.report, &run.summary);
     assert!(
         stdout.contains("lost / duplicated / unexpected      0 / 0 / 0"),
         "{stdout}"
@@ -43,9 +68,6 @@ fn a_small_run_writes_every_report_and_exits_zero_when_nothing_is_lost() {
     ] {
         assert!(report.join(f).exists(), "{f} written");
     }
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap())
-            .unwrap();
     assert_eq!(summary["accepted"], 3000);
     assert_eq!(
         summary["failed"], 300,
@@ -63,33 +85,18 @@ fn a_small_run_writes_every_report_and_exits_zero_when_nothing_is_lost() {
 /// recorded stretch.
 #[test]
 fn an_open_loop_run_keeps_to_its_schedule_and_records_every_tasks_submit_lag() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--rate",
-            "2000",
-            "--duration",
-            "2s",
-            "--warmup",
-            "1s",
-            "--quiet",
-        ])
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = loadgen(&[
+        "--rate",
+        "2000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "1s",
+        "--quiet",
+    ]);
+    let (stdout, summary) = (&run.stdout, &run.summary);
     assert!(stdout.contains("client submit lag"), "{stdout}");
-    assert!(report.join("client_submit_lag.hgrm").exists());
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap())
-            .unwrap();
+    assert!(run.report.join("client_submit_lag.hgrm").exists());
     let accepted = summary["accepted"].as_u64().unwrap();
     // Due by the 2 s deadline: 2 s x 2000/s, plus the task due at 0.
     assert!(
@@ -118,16 +125,7 @@ fn an_open_loop_run_keeps_to_its_schedule_and_records_every_tasks_submit_lag() {
 /// refused as `busy`.
 #[test]
 fn a_pool_of_fake_workers_larger_than_the_per_address_handshake_limit_all_register() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--fake-workers", "600", "--duration", "1s"])
-        .output()
-        .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = loadgen(&["--fake-workers", "600", "--duration", "1s"]).stdout;
     assert!(
         stdout.contains("fake workers registered      600"),
         "{stdout}"
@@ -141,44 +139,30 @@ fn a_pool_of_fake_workers_larger_than_the_per_address_handshake_limit_all_regist
 /// every failure says why (loadgen exits 1 otherwise).
 #[test]
 fn chaos_soak_of_mixed_tasks_under_kills_stops_and_new_workers_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--tasks",
-            "30000",
-            "--concurrency",
-            "2000",
-            "--batch",
-            "100",
-        ])
-        .args([
-            "--kind",
-            "mixed",
-            "--spawn-workers",
-            "3",
-            "--worker-slots",
-            "4",
-        ])
-        .args(["--chaos", "mixed", "--chaos-every", "200ms"])
-        .args([
-            "--master-arg=--worker-timeout=1s",
-            "--master-arg=--heartbeat=200ms",
-        ])
-        .args(["--drain-timeout", "60s", "--quiet"])
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap())
-            .unwrap();
+    let summary = loadgen(&[
+        "--tasks",
+        "30000",
+        "--concurrency",
+        "2000",
+        "--batch",
+        "100",
+        "--kind",
+        "mixed",
+        "--spawn-workers",
+        "3",
+        "--worker-slots",
+        "4",
+        "--chaos",
+        "mixed",
+        "--chaos-every",
+        "200ms",
+        "--master-arg=--worker-timeout=1s",
+        "--master-arg=--heartbeat=200ms",
+        "--drain-timeout",
+        "60s",
+        "--quiet",
+    ])
+    .summary;
     assert_eq!(summary["accepted"], 30000);
     assert_eq!(summary["lost"], 0);
     assert_eq!(summary["duplicated"], 0);
