@@ -151,7 +151,6 @@ impl Outcome {
     }
 }
 
-/// One submitted batch: its ids and when each task was meant to start.
 /// Most results taken in one turn of the loop before it submits what has
 /// come due: bounds how late an open-loop submission can be.
 const RESULTS_PER_TURN_MAX: usize = 4096;
@@ -198,6 +197,7 @@ impl Drop for Pacer {
     }
 }
 
+/// One submitted batch: its ids and when each task was meant to start.
 struct Batch {
     first_id: u64,
     starts: Vec<Instant>,

@@ -63,6 +63,16 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
+/// The client's histograms, by name: end to end, and in an open loop the
+/// submit lag.
+fn client_histograms(o: &Outcome) -> Vec<(&'static str, &Histogram<u64>)> {
+    let mut all = vec![("end_to_end", &o.e2e)];
+    if !o.submit_lag.is_empty() {
+        all.push(("submit_lag", &o.submit_lag));
+    }
+    all
+}
+
 /// The master's histograms, decoded from its status, over the recorded
 /// window: what they held at the end of the warm-up is subtracted (the
 /// master counts from its start, the client from the end of the warm-up).
@@ -94,9 +104,8 @@ pub fn master_histograms(o: &Outcome) -> Vec<(String, Histogram<u64>)> {
 /// The summary as JSON.
 pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
     let mut latency = serde_json::Map::new();
-    latency.insert("client_end_to_end".into(), percentiles(&o.e2e));
-    if !o.submit_lag.is_empty() {
-        latency.insert("client_submit_lag".into(), percentiles(&o.submit_lag));
+    for (name, h) in client_histograms(o) {
+        latency.insert(format!("client_{name}"), percentiles(h));
     }
     for (name, h) in master_histograms(o) {
         latency.insert(format!("master_{name}"), percentiles(&h));
@@ -159,9 +168,8 @@ pub fn print_summary(o: &Outcome) {
             h.len()
         );
     };
-    row("client end to end", &o.e2e);
-    if !o.submit_lag.is_empty() {
-        row("client submit lag", &o.submit_lag);
+    for (name, h) in client_histograms(o) {
+        row(&format!("client {}", name.replace('_', " ")), h);
     }
     for (name, h) in master_histograms(o) {
         row(&format!("master {name}"), &h);
@@ -172,10 +180,10 @@ pub fn print_summary(o: &Outcome) {
 pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", dir.display());
     fs::create_dir_all(dir).map_err(|e| io("create", e))?;
-    let mut all: Vec<(String, &Histogram<u64>)> = vec![("client_end_to_end".into(), &o.e2e)];
-    if !o.submit_lag.is_empty() {
-        all.push(("client_submit_lag".into(), &o.submit_lag));
-    }
+    let mut all: Vec<(String, &Histogram<u64>)> = client_histograms(o)
+        .into_iter()
+        .map(|(name, h)| (format!("client_{name}"), h))
+        .collect();
     let master = master_histograms(o);
     for (name, h) in &master {
         all.push((format!("master_{name}"), h));

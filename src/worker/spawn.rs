@@ -278,12 +278,15 @@ fn candidates(program: &str, p: &Program) -> io::Result<Vec<CString>> {
     if program.contains('/') {
         return Ok(vec![c_string(program, "program")?]);
     }
-    let own_path = p
-        .env
-        .get("PATH")
-        .map(|s| s.as_bytes().to_vec())
-        .or_else(|| std::env::var_os("PATH").map(|s| s.as_bytes().to_vec()));
-    let path = own_path.unwrap_or_else(|| PATH_DEFAULT.as_bytes().to_vec());
+    let path: &[u8] = match p.env.get("PATH") {
+        Some(own) => own.as_bytes(),
+        None => base_env()
+            .iter()
+            .find(|(key_len, kv)| &kv.as_bytes()[..*key_len] == b"PATH")
+            .map_or(PATH_DEFAULT.as_bytes(), |(key_len, kv)| {
+                &kv.as_bytes()[key_len + 1..]
+            }),
+    };
     path.split(|b| *b == b':')
         .map(|dir| {
             let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
