@@ -242,6 +242,10 @@ impl Pacer {
                 }
             });
             if let Ok(r) = read {
+                // One read drains a timerfd: without this the next tick
+                // would begin with a read that can only fail (measured: 1.8
+                // reads per tick).
+                ready.clear_ready();
                 return r;
             }
         }
