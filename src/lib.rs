@@ -18,6 +18,7 @@
 //! - [`metrics`]: latency histograms and their exports (`.hgrm`, `.hlog`, SVG).
 //! - [`loadgen`]: the load generator's engine, reports and baselines.
 //! - [`demo`]: `runner demo`, the cluster on one machine, narrated.
+//! - [`realtime`]: `--realtime`, the nodes' threads under `SCHED_FIFO`.
 #![warn(missing_docs)]
 
 pub mod client;
@@ -29,6 +30,7 @@ pub mod master;
 pub mod metrics;
 pub mod net;
 pub mod proto;
+pub mod realtime;
 pub mod sched;
 mod sync;
 pub mod worker;

@@ -919,3 +919,103 @@ async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(
     )
     .await;
 }
+
+/// Whether this test process may use SCHED_FIFO (root, CAP_SYS_NICE or an
+/// RLIMIT_RTPRIO): asked on a thread of its own, which then ends.
+fn realtime_permitted() -> bool {
+    std::thread::spawn(|| runner::realtime::enter().is_ok())
+        .join()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn realtime_nodes_run_their_threads_at_sched_fifo_and_their_programs_at_the_normal_policy() {
+    if !realtime_permitted() {
+        eprintln!("skipped: this user may not use SCHED_FIFO");
+        return;
+    }
+    let (c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &["--realtime"],
+            worker_args: &["--allow-exec", "--realtime"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let master = support::thread_policies(c.master.pid());
+    let worker = support::thread_policies(c.workers[0].pid());
+    for (name, policy) in master.iter().chain(&worker) {
+        // The runtime's threads; the log writer's thread stays normal.
+        if name == "runner" || name.starts_with("tokio-rt") {
+            assert_eq!(*policy, libc::SCHED_FIFO, "{name}: {master:?} {worker:?}");
+        }
+    }
+    assert!(
+        worker.iter().any(|(n, _)| n.starts_with("tokio-rt")),
+        "{worker:?}"
+    );
+    // The program reads its own policy (field 41 of its stat; `cut` has no
+    // space in its name).
+    let argv = r#"{"argv":["sh","-c","cut -d' ' -f41 /proc/self/stat"]}"#;
+    let id = client.submit(task("exec", argv, 128, 0, 0)).await.unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(20))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+    let out: serde_json::Value = serde_json::from_slice(&r.output).unwrap();
+    assert_eq!(out["stdout"], "0\n", "SCHED_OTHER is 0: {out}");
+}
+
+#[test]
+fn realtime_refused_by_the_kernel_stops_the_node_with_the_reason() {
+    // Root may always; without CAP_SYS_NICE (dropped from the bounding set
+    // before exec) and with no RLIMIT_RTPRIO, the kernel refuses.
+    let mut rtprio = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a valid struct.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_RTPRIO, &mut rtprio) },
+        0
+    );
+    if rtprio.rlim_cur > 0 {
+        eprintln!("skipped: RLIMIT_RTPRIO allows real-time priorities here");
+        return;
+    }
+    let wrapper: &[&str] = if unsafe { libc::geteuid() } == 0 {
+        &[
+            "setpriv",
+            "--bounding-set=-sys_nice",
+            "--inh-caps=-sys_nice",
+        ]
+    } else {
+        &["env"]
+    };
+    let port = support::port_block(PORT_BASE).to_string();
+    let mut master = Proc::spawn_under(
+        wrapper,
+        "master",
+        &[
+            "master",
+            "--quiet",
+            "--realtime",
+            "--port",
+            &port,
+            "--scan",
+            "1-1",
+        ],
+    );
+    let status = master.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{:?}", master.seen);
+    let said = master.seen.join("\n");
+    assert!(
+        said.contains("refused SCHED_FIFO")
+            && said.contains("CAP_SYS_NICE")
+            && said.contains("RLIMIT_RTPRIO"),
+        "{said}"
+    );
+}

@@ -175,3 +175,31 @@ fn chaos_soak_of_mixed_tasks_under_kills_stops_and_new_workers_loses_nothing() {
     assert_eq!(summary["failed_without_reason"], 0);
     assert!(summary["chaos_events"].as_u64().unwrap() >= 3, "{summary}");
 }
+
+#[test]
+fn a_realtime_open_loop_runs_its_cluster_under_realtime_and_loses_nothing() {
+    let permitted = std::thread::spawn(|| runner::realtime::enter().is_ok())
+        .join()
+        .unwrap();
+    if !permitted {
+        eprintln!("skipped: this user may not use SCHED_FIFO");
+        return;
+    }
+    let run = loadgen(&[
+        "--rate",
+        "20000",
+        "--duration",
+        "1s",
+        "--realtime",
+        "--quiet",
+    ]);
+    assert!(
+        run.stdout
+            .contains("lost / duplicated / unexpected      0 / 0 / 0"),
+        "{}",
+        run.stdout
+    );
+    let accepted = run.summary["accepted"].as_u64().unwrap();
+    assert!(accepted >= 19_000, "a second at 20k/s: {}", run.summary);
+    assert_eq!(run.summary["ok"], accepted, "{}", run.summary);
+}

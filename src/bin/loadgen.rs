@@ -173,6 +173,12 @@ struct RunArgs {
     /// some CPU). 0s leaves it to the 1 ms timer.
     #[arg(long, value_parser = parse_duration, default_value = "100us")]
     pace: Duration,
+    /// Run the load generator, and the master and workers it starts, under
+    /// the kernel's real-time policy (`runner master --realtime`). The
+    /// --baseline is measured first, under the normal policy. Needs root,
+    /// CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1.
+    #[arg(long)]
+    realtime: bool,
 }
 
 fn main() -> ExitCode {
@@ -268,6 +274,7 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
         submit_only: a.submit_only,
         warmup: a.warmup,
         pace: a.pace,
+        realtime: a.realtime,
     }
 }
 
@@ -317,6 +324,11 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
     } else {
         None
     };
+    // After the baseline, which stays the normal policy's: the cluster is
+    // compared with what any process gets here.
+    if a.realtime {
+        runner::realtime::enter().map_err(|e| e.to_string())?;
+    }
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,

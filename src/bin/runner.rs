@@ -149,6 +149,13 @@ struct MasterArgs {
     /// after the last compaction.
     #[arg(long, value_name = "BYTES", default_value_t = runner::journal::COMPACT_AT_BYTES_DEFAULT, requires = "journal")]
     journal_compact_at: u64,
+    /// Run this node's threads under the kernel's real-time policy
+    /// (SCHED_FIFO at the lowest priority), so that on a busy machine they
+    /// do not wait behind other work for a core; programs that tasks start
+    /// run under the normal policy. Needs root, CAP_SYS_NICE or an
+    /// RLIMIT_RTPRIO of at least 1.
+    #[arg(long)]
+    realtime: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -200,6 +207,13 @@ struct WorkerArgs {
     /// enable it in a cluster with a secret.
     #[arg(long)]
     allow_exec: bool,
+    /// Run this node's threads under the kernel's real-time policy
+    /// (SCHED_FIFO at the lowest priority), so that on a busy machine they
+    /// do not wait behind other work for a core; programs that tasks start
+    /// run under the normal policy. Needs root, CAP_SYS_NICE or an
+    /// RLIMIT_RTPRIO of at least 1.
+    #[arg(long)]
+    realtime: bool,
     /// Allow a non-loopback --bind without a secret.
     #[arg(long)]
     insecure: bool,
@@ -300,6 +314,27 @@ fn main() -> ExitCode {
             eprintln!("runner: cannot start the task reaper ({e}); exec tasks fall back to PR_SET_PDEATHSIG");
         }
     }
+    let realtime = match &cli.command {
+        Some(Command::Master(a)) => a.realtime,
+        Some(Command::Worker(w)) => w.realtime,
+        _ => false,
+    };
+    // On this thread, which runs the runtime's loop, before anything starts:
+    // a refusal stops the node with its reason instead of leaving it slower
+    // than asked. The reaper, forked above, keeps the normal policy.
+    if realtime {
+        if let Err(e) = runner::realtime::enter() {
+            eprintln!("runner: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let on_thread_start = move || {
+        if realtime {
+            if let Err(e) = runner::realtime::enter() {
+                eprintln!("runner: a runtime thread: {e}");
+            }
+        }
+    };
     // The master runs on one thread: its sessions hand tasks to each other
     // (submit, dispatch, result) without cross-thread wake-ups, which cost
     // more here than the work itself. Workers and clients use every core.
@@ -307,10 +342,12 @@ fn main() -> ExitCode {
     let built = if one_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_start(on_thread_start)
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            .on_thread_start(on_thread_start)
             .build()
     };
     let rt = match built {
@@ -457,10 +494,22 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Says in the node's log that `--realtime` took (`main` has already
+/// stopped the node if it did not).
+fn log_realtime(on: bool) {
+    if on {
+        tracing::info!(
+            priority = runner::realtime::PRIORITY,
+            "threads run under SCHED_FIFO (--realtime)"
+        );
+    }
+}
+
 async fn master(a: MasterArgs) -> Result<ExitCode, String> {
     let secret = load_secret(&a.common)?;
     check_exposure(a.bind, &secret, a.insecure)?;
     let _guard = init_logging(&a.log, "master")?;
+    log_realtime(a.realtime);
     let cfg = MasterConfig {
         bind: a.bind,
         ports: PortRange {
@@ -504,6 +553,7 @@ async fn worker(a: WorkerArgs) -> Result<ExitCode, String> {
     let id =
         a.id.unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let _guard = init_logging(&a.log, &id)?;
+    log_realtime(a.realtime);
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,

@@ -74,6 +74,9 @@ pub struct LoadOptions {
     /// wakes the loop ([`PACE_DEFAULT`]); zero leaves it to tokio's
     /// millisecond timer.
     pub pace: Duration,
+    /// Start the master and workers with `--realtime` (the load generator
+    /// itself enters it too; see [`crate::realtime`]).
+    pub realtime: bool,
 }
 
 /// What the chaos does to a worker.
@@ -321,6 +324,7 @@ struct Spawned {
     /// Workers started with the run.
     initial: usize,
     allow_exec: bool,
+    realtime: bool,
 }
 
 async fn first_line(child: &mut Child, what: &str, prefix: &str) -> Result<String, LoadError> {
@@ -370,6 +374,7 @@ impl Spawned {
                 opts.wire.as_str(),
             ])
             .args(&opts.master_args)
+            .args(opts.realtime.then_some("--realtime"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -394,6 +399,7 @@ impl Spawned {
             paused: Vec::new(),
             initial: opts.spawn_workers as usize,
             allow_exec: opts.kind == "exec",
+            realtime: opts.realtime,
         };
         for _ in 0..opts.spawn_workers {
             s.add_worker().await?;
@@ -421,6 +427,9 @@ impl Spawned {
         }
         if self.allow_exec {
             args.push("--allow-exec".into());
+        }
+        if self.realtime {
+            args.push("--realtime".into());
         }
         let mut w = Command::new(&self.runner)
             .args(&args)

@@ -42,10 +42,16 @@ impl Proc {
     /// Runs the binary inside network namespace `ns` (`ip netns exec`
     /// execs it, so the pid is the binary's own).
     pub fn spawn_in(ns: &str, name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_under(&["ip", "netns", "exec", ns], name, args)
+    }
+
+    /// Runs the binary under a command that execs it (`wrapper BIN args`).
+    pub fn spawn_under(wrapper: &[&str], name: &str, args: &[&str]) -> Proc {
         Proc::start(
             name,
-            Command::new("ip")
-                .args(["netns", "exec", ns, BIN])
+            Command::new(wrapper[0])
+                .args(&wrapper[1..])
+                .arg(BIN)
                 .args(args),
         )
     }
@@ -371,6 +377,26 @@ fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Ve
 }
 
 /// Whether process `pid` is dead: gone, or a zombie waiting to be reaped.
+/// The scheduling policy of each thread of `pid`, by thread name
+/// (`/proc/PID/task/*/stat`, field 41).
+pub fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(t.join("comm")),
+            std::fs::read_to_string(t.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the command name, which may hold spaces, start at 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), policy));
+    }
+    out
+}
+
 pub fn process_dead(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat
