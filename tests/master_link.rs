@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use runner::master::link::{Departure, LinkTiming, Outcome, WorkerLink};
+use runner::master::link::{Departure, LinkTiming, Outcome, WorkerLink, TIMEOUT_MARGIN};
 use runner::proto::*;
 use runner::sched::{RetryPolicy, TaskRecord};
 
@@ -171,6 +171,42 @@ fn silence_past_the_worker_timeout_loses_the_worker() {
     );
     let lost = tick_until(&mut l, ms(2000), ms(2000), t0);
     assert!(matches!(lost, Some(Departure::HeartbeatLost(d)) if d > TIMING.worker_timeout));
+}
+
+#[test]
+fn a_silent_worker_is_let_go_as_its_timeout_passes_not_a_heartbeat_later() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    // Tick only when the link asks, as the master's worker session does.
+    let mut now = t0;
+    let lost_at = loop {
+        if l.tick(now).lost.is_some() {
+            break now;
+        }
+        now = l.next_wake();
+        assert!(now - t0 < Duration::from_secs(10), "never let go");
+    };
+    let after = lost_at - t0;
+    assert!(
+        after > TIMING.worker_timeout && after <= TIMING.worker_timeout + TIMEOUT_MARGIN,
+        "let go {after:?} after its last frame; timeout {:?}, heartbeat {:?}",
+        TIMING.worker_timeout,
+        TIMING.heartbeat
+    );
+}
+
+#[test]
+fn a_worker_that_answers_is_woken_for_nothing_but_its_pings() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let mut now = t0;
+    for _ in 0..20 {
+        assert!(l.tick(now).ping.is_some(), "every wake is a ping");
+        l.heard(now + Duration::from_millis(1));
+        let next = l.next_wake();
+        assert_eq!(next - now, TIMING.heartbeat);
+        now = next;
+    }
 }
 
 #[test]

@@ -94,6 +94,11 @@ pub struct LinkTiming {
 /// paused; see [`WorkerLink::tick`].
 pub const PAUSE_HEARTBEATS: u32 = 3;
 
+/// How far past the worker timeout [`WorkerLink::next_wake`] asks to be
+/// woken, so that the silence it then measures is strictly longer than the
+/// timeout (the timer's own lateness comes on top).
+pub const TIMEOUT_MARGIN: Duration = Duration::from_millis(1);
+
 /// What a heartbeat tick asks for.
 #[derive(Debug)]
 pub struct Tick<R> {
@@ -303,6 +308,19 @@ impl<R> WorkerLink<R> {
                 }
             }
         }
+    }
+
+    /// When [`WorkerLink::tick`] should next run: at the next ping, or
+    /// just past the worker timeout if the worker stays silent until then,
+    /// whichever comes first. Waking at the timeout itself, rather than at
+    /// the first heartbeat tick after it, lets a silent worker go within
+    /// milliseconds of its timeout instead of up to a heartbeat later, at no
+    /// cost while it answers (its pings come first). Attempts past their
+    /// deadline are a backstop behind the worker's own timeout and are seen
+    /// at these ticks.
+    pub fn next_wake(&self) -> Instant {
+        self.next_ping
+            .min(self.last_heard + self.timing.worker_timeout + TIMEOUT_MARGIN)
     }
 
     /// The heartbeat tick: a ping to send, attempts past their deadline, and

@@ -24,6 +24,11 @@ const MASTER_ACCEPTS: &[Role] = &[Role::Client, Role::Worker];
 /// would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Least time between two of a worker session's heartbeat ticks, however
+/// short the configured heartbeat: a floor on the timer wake-ups a worker
+/// costs the master.
+const TICK_MIN: Duration = Duration::from_millis(10);
+
 /// Connections in their handshake, in all and per source address.
 #[derive(Default)]
 struct Preauth {
@@ -561,12 +566,12 @@ pub(crate) async fn worker_session(
         shared.cfg.retry,
         Instant::now(),
     );
-    // One tick per heartbeat: with thousands of workers the master's timer
-    // wake-ups are a cost of their own; loss is still judged within
-    // worker-timeout plus one heartbeat.
-    let period = shared.cfg.heartbeat.min(shared.cfg.worker_timeout / 2);
-    let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer per worker, woken when the link asks (its next ping, or the
+    // moment its silence would pass the timeout): with thousands of workers
+    // the master's timer wake-ups are a cost of their own, and a silent
+    // worker is let go within milliseconds of its timeout.
+    let wake = tokio::time::sleep_until(link.next_wake().into());
+    tokio::pin!(wake);
     // Recorded here without a lock; folded into the master's on each tick.
 
     let departure = loop {
@@ -626,8 +631,10 @@ pub(crate) async fn worker_session(
                 }
             }
             _ = &mut notified, if link.credit() > 0 => {}
-            _ = tick.tick() => {
-                let t = link.tick(Instant::now());
+            _ = &mut wake => {
+                let now = Instant::now();
+                let t = link.tick(now);
+                wake.as_mut().reset(link.next_wake().max(now + TICK_MIN).into());
                 if let Some(lost) = t.lost {
                     break lost;
                 }
