@@ -566,10 +566,10 @@ pub(crate) async fn worker_session(
         shared.cfg.retry,
         Instant::now(),
     );
-    // One timer per worker, woken when the link asks (its next ping, or the
-    // moment its silence would pass the timeout): with thousands of workers
-    // the master's timer wake-ups are a cost of their own, and a silent
-    // worker is let go within milliseconds of its timeout.
+    // One timer per worker, woken when the link asks (its next ping, and a
+    // silent worker's last chance to be let go within worker-timeout plus
+    // one heartbeat): with thousands of workers the master's timer wake-ups
+    // are a cost of their own.
     let wake = tokio::time::sleep_until(link.next_wake().into());
     tokio::pin!(wake);
     // Recorded here without a lock; folded into the master's on each tick.
