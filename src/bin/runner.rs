@@ -90,6 +90,17 @@ struct Logging {
     quiet: bool,
 }
 
+#[derive(Args, Clone, Copy)]
+struct Realtime {
+    /// Run this node's threads under the kernel's real-time policy
+    /// (SCHED_FIFO at the lowest priority), so that on a busy machine they
+    /// do not wait behind other work for a core; programs that tasks start
+    /// run under the normal policy. Needs root, CAP_SYS_NICE or an
+    /// RLIMIT_RTPRIO of at least 1.
+    #[arg(long)]
+    realtime: bool,
+}
+
 #[derive(Args)]
 struct MasterArgs {
     #[command(flatten)]
@@ -149,13 +160,8 @@ struct MasterArgs {
     /// after the last compaction.
     #[arg(long, value_name = "BYTES", default_value_t = runner::journal::COMPACT_AT_BYTES_DEFAULT, requires = "journal")]
     journal_compact_at: u64,
-    /// Run this node's threads under the kernel's real-time policy
-    /// (SCHED_FIFO at the lowest priority), so that on a busy machine they
-    /// do not wait behind other work for a core; programs that tasks start
-    /// run under the normal policy. Needs root, CAP_SYS_NICE or an
-    /// RLIMIT_RTPRIO of at least 1.
-    #[arg(long)]
-    realtime: bool,
+    #[command(flatten)]
+    realtime: Realtime,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,13 +213,8 @@ struct WorkerArgs {
     /// enable it in a cluster with a secret.
     #[arg(long)]
     allow_exec: bool,
-    /// Run this node's threads under the kernel's real-time policy
-    /// (SCHED_FIFO at the lowest priority), so that on a busy machine they
-    /// do not wait behind other work for a core; programs that tasks start
-    /// run under the normal policy. Needs root, CAP_SYS_NICE or an
-    /// RLIMIT_RTPRIO of at least 1.
-    #[arg(long)]
-    realtime: bool,
+    #[command(flatten)]
+    realtime: Realtime,
     /// Allow a non-loopback --bind without a secret.
     #[arg(long)]
     insecure: bool,
@@ -315,8 +316,8 @@ fn main() -> ExitCode {
         }
     }
     let realtime = match &cli.command {
-        Some(Command::Master(a)) => a.realtime,
-        Some(Command::Worker(w)) => w.realtime,
+        Some(Command::Master(a)) => a.realtime.realtime,
+        Some(Command::Worker(w)) => w.realtime.realtime,
         _ => false,
     };
     // On this thread, which runs the runtime's loop, before anything starts:
@@ -509,7 +510,7 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
     let secret = load_secret(&a.common)?;
     check_exposure(a.bind, &secret, a.insecure)?;
     let _guard = init_logging(&a.log, "master")?;
-    log_realtime(a.realtime);
+    log_realtime(a.realtime.realtime);
     let cfg = MasterConfig {
         bind: a.bind,
         ports: PortRange {
@@ -553,7 +554,7 @@ async fn worker(a: WorkerArgs) -> Result<ExitCode, String> {
     let id =
         a.id.unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let _guard = init_logging(&a.log, &id)?;
-    log_realtime(a.realtime);
+    log_realtime(a.realtime.realtime);
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,
