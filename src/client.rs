@@ -10,7 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -76,11 +76,12 @@ enum Cmd {
 /// over the same connection, and results arrive on [`Client::next_result`].
 pub struct Client {
     cmds: mpsc::UnboundedSender<Cmd>,
-    /// Whole `results` frames from the connection's task: one channel
-    /// operation per frame, not per result.
-    results: mpsc::UnboundedReceiver<Vec<TaskResult>>,
-    /// The rest of the frame being handed out.
+    /// Whole `results` frames from the connection's task, with when each
+    /// was read: one channel operation per frame, not per result.
+    results: mpsc::UnboundedReceiver<(Instant, Vec<TaskResult>)>,
+    /// The rest of the frame being handed out, and when it was read.
     ready: std::collections::VecDeque<TaskResult>,
+    ready_at: Instant,
     closed: tokio::sync::watch::Receiver<Option<String>>,
     peer: String,
 }
@@ -119,6 +120,7 @@ impl Client {
             cmds,
             results,
             ready: std::collections::VecDeque::new(),
+            ready_at: Instant::now(),
             closed,
             peer: peer.node.to_string(),
         })
@@ -232,11 +234,20 @@ impl Client {
     /// The next result, in completion order; `None` once the connection is
     /// closed and every result received has been returned.
     pub async fn next_result(&mut self) -> Option<TaskResult> {
+        Some(self.next_received().await?.0)
+    }
+
+    /// The next result and when the frame that carried it was read off the
+    /// connection: the instant a latency measurement should end at, rather
+    /// than whenever the caller gets round to this result.
+    pub async fn next_received(&mut self) -> Option<(TaskResult, Instant)> {
         loop {
             if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+                return Some((r, self.ready_at));
             }
-            self.ready.extend(self.results.recv().await?);
+            let (at, batch) = self.results.recv().await?;
+            self.ready_at = at;
+            self.ready.extend(batch);
         }
     }
 
@@ -248,7 +259,10 @@ impl Client {
                 return std::task::Poll::Ready(Some(r));
             }
             match self.results.poll_recv(cx) {
-                std::task::Poll::Ready(Some(batch)) => self.ready.extend(batch),
+                std::task::Poll::Ready(Some((at, batch))) => {
+                    self.ready_at = at;
+                    self.ready.extend(batch);
+                }
                 std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
                 std::task::Poll::Pending => return std::task::Poll::Pending,
             }
@@ -306,7 +320,7 @@ struct Driver {
     addr: SocketAddr,
     opts: ClientOptions,
     cmds: mpsc::UnboundedReceiver<Cmd>,
-    results: mpsc::UnboundedSender<Vec<TaskResult>>,
+    results: mpsc::UnboundedSender<(Instant, Vec<TaskResult>)>,
     /// With `reconnect`: ids accepted or fetched whose result has not come.
     outstanding: HashSet<u64>,
     acks: VecDeque<oneshot::Sender<Result<Accepted, ErrorMsg>>>,
@@ -465,7 +479,7 @@ impl Driver {
                                 r.results.retain(|r| self.outstanding.remove(&r.id));
                             }
                             if !r.results.is_empty() {
-                                let _ = self.results.send(r.results);
+                                let _ = self.results.send((Instant::now(), r.results));
                             }
                             let full = crate::limits::BATCH_TASKS_MAX;
                             if let Err(e) = send_acks(conn, &mut unacked, full).await {

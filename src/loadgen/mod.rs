@@ -712,18 +712,17 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         }
         tokio::select! {
             biased;
-            r = client.next_result() => {
+            r = client.next_received() => {
               // Take every result already received before submitting again,
               // so that submissions under load go out in batches of what
               // came due meanwhile instead of a frame per task.
               let mut next = Some(r);
               let mut taken = 0;
               while let Some(r) = next.take() {
-                let Some(r) = r else {
+                let Some((r, now)) = r else {
                     return Err(LoadError::Setup(format!("connection lost: {}", client.close_reason().unwrap_or_default())));
                 };
                 taken += 1;
-                let now = Instant::now();
                 last_result = now;
                 // Make sure the batch holding this id is known.
                 while batch_of(&batches, r.id).is_none() && !acks.is_empty() {
@@ -773,7 +772,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                     }
                 }
                 if taken < RESULTS_PER_TURN_MAX {
-                    next = client.next_result().now_or_never();
+                    next = client.next_received().now_or_never();
                 }
               }
             }

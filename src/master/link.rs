@@ -7,7 +7,7 @@
 //! return values; so heartbeat loss, timeouts and retries are tested with a
 //! fake clock (`tests/master_link.rs`).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use crate::proto::{Assignment, AttemptResult, AttemptStatus, Cancel, Ping, TaskResult, Text};
@@ -121,7 +121,10 @@ pub struct WorkerLink<R> {
     prefetch: u32,
     timing: LinkTiming,
     retry: RetryPolicy,
-    in_flight: HashMap<u64, InFlight<R>>,
+    /// Keyed by task id: FxHash, since SipHash showed in the master's
+    /// profile and the ids are the master's own counter, not chosen by a
+    /// peer.
+    in_flight: FxHashMap<u64, InFlight<R>>,
     last_heard: Instant,
     /// The previous tick: a much later one means the master was paused.
     last_tick: Instant,
@@ -154,7 +157,7 @@ impl<R> WorkerLink<R> {
             prefetch,
             timing,
             retry,
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             last_heard: now,
             last_tick: now,
             next_ping: now,
@@ -236,13 +239,14 @@ impl<R> WorkerLink<R> {
 
     /// The worker reported how an attempt ended.
     pub fn finish(&mut self, r: AttemptResult, now: Instant) -> Outcome<R> {
-        let held =
-            matches!(self.in_flight.get(&r.task_id), Some(f) if f.record.attempt == r.attempt);
-        if !held {
-            return Outcome::Stale { result: r };
-        }
-        let Some(f) = self.in_flight.remove(&r.task_id) else {
-            return Outcome::Stale { result: r };
+        // One lookup: the entry is taken only if it is this attempt.
+        let f = match self.in_flight.entry(r.task_id) {
+            std::collections::hash_map::Entry::Occupied(e)
+                if e.get().record.attempt == r.attempt =>
+            {
+                e.remove()
+            }
+            _ => return Outcome::Stale { result: r },
         };
         let ran = now.saturating_duration_since(f.sent_at);
         let record = f.record;

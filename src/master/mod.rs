@@ -117,7 +117,8 @@ impl Default for MasterConfig {
 #[derive(Debug)]
 pub(crate) enum ClientOut {
     Msg(ToClient),
-    Result(TaskResult),
+    /// Results finished together, and their weight in the client's queue.
+    Results(Vec<TaskResult>, usize),
 }
 
 /// The way back to the client that submitted a task.
@@ -141,6 +142,31 @@ pub(crate) fn result_weight(r: &TaskResult) -> usize {
 }
 
 pub(crate) type Route = Arc<ClientRoute>;
+
+/// Results on their way out, grouped by client in order of arrival.
+#[derive(Default)]
+struct Outbox(Vec<(Route, Vec<TaskResult>)>);
+
+impl ClientOut {
+    /// How many results this carries.
+    pub(crate) fn results(&self) -> usize {
+        match self {
+            ClientOut::Msg(_) => 0,
+            ClientOut::Results(r, _) => r.len(),
+        }
+    }
+}
+
+impl Outbox {
+    fn push(&mut self, result: TaskResult, route: Route) {
+        // A worker's frame of results is usually all one client's: look at
+        // the last group only, which keeps each client's results in order.
+        match self.0.last_mut() {
+            Some((r, v)) if Arc::ptr_eq(r, &route) => v.push(result),
+            _ => self.0.push((route, vec![result])),
+        }
+    }
+}
 pub(crate) type Record = TaskRecord<Route>;
 
 /// Live numbers of one worker, for `status`.
@@ -251,60 +277,84 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Finishes a task: journals its result, keeps it where a client may
-    /// fetch it later, and sends it to its client (or to the client attached
-    /// to it). False, and nothing done, if the task had already finished (a
-    /// result from before a restart, then a re-run's).
+    /// Finishes a task: see [`Shared::deliver_all`]. False, and nothing
+    /// done, if the task had already finished (a result from before a
+    /// restart, then a re-run's).
     pub(crate) fn deliver(&self, result: TaskResult, reply: &Route) -> bool {
-        let id = result.id;
-        let targets = {
-            let mut st = self.store();
-            if !st.done.insert(id) {
-                tracing::debug!(task = id, "second result for a finished task; dropped");
-                return false;
-            }
-            if let Some(j) = &self.journal {
-                j.append(Entry::Finished(&result));
-            }
-            // Usually empty (and then not allocated): clients that fetched
-            // this id, besides the one that submitted it.
-            let mut watchers = if st.watchers.is_empty() {
-                Vec::new()
-            } else {
-                st.watchers.remove(&id).unwrap_or_default()
-            };
-            watchers.retain(|t| !t.tx.is_closed() && !Arc::ptr_eq(t, reply));
-            let to_reply = !reply.tx.is_closed();
-            if self.journal.is_some() {
-                st.kept.insert(id, result.clone());
-            } else if watchers.is_empty() && !to_reply {
-                if st.kept.len() < UNCLAIMED_RESULTS_MAX {
-                    st.kept.insert(id, result.clone());
-                } else {
-                    tracing::warn!(task = id, "client gone and {UNCLAIMED_RESULTS_MAX} results already unclaimed; result dropped");
-                }
-            }
-            (watchers, to_reply)
-        };
-        let (watchers, to_reply) = targets;
-        match result.status {
-            crate::proto::TaskStatus::Ok => self.totals.completed.fetch_add(1, Ordering::Relaxed),
-            _ => self.totals.failed.fetch_add(1, Ordering::Relaxed),
-        };
-        for route in &watchers {
-            self.send_result(result.clone(), route);
-        }
-        if to_reply {
-            self.send_result(result, reply);
-        }
-        true
+        self.deliver_all(std::iter::once((result, reply.clone()))) == 1
     }
 
-    /// Queues a result for a client, disconnecting a client that does not
-    /// read.
+    /// Finishes tasks: journals each result, keeps it where a client may
+    /// fetch it later, and sends it to its client (and to clients attached
+    /// to it). One lock of the store for all of them, and one message per
+    /// client rather than per result: a worker's frame of results is a
+    /// single hand-over to the client's writer. A result for a task that
+    /// had already finished is dropped. Returns how many were delivered.
+    pub(crate) fn deliver_all(
+        &self,
+        finished: impl IntoIterator<Item = (TaskResult, Route)>,
+    ) -> usize {
+        let mut out = Outbox::default();
+        let mut delivered = 0;
+        {
+            let mut st = self.store();
+            for (result, reply) in finished {
+                let id = result.id;
+                if !st.done.insert(id) {
+                    tracing::debug!(task = id, "second result for a finished task; dropped");
+                    continue;
+                }
+                delivered += 1;
+                if let Some(j) = &self.journal {
+                    j.append(Entry::Finished(&result));
+                }
+                // Usually empty (and then not allocated): clients that
+                // fetched this id, besides the one that submitted it.
+                let mut watchers = if st.watchers.is_empty() {
+                    Vec::new()
+                } else {
+                    st.watchers.remove(&id).unwrap_or_default()
+                };
+                watchers.retain(|t| !t.tx.is_closed() && !Arc::ptr_eq(t, &reply));
+                let to_reply = !reply.tx.is_closed();
+                if self.journal.is_some() {
+                    st.kept.insert(id, result.clone());
+                } else if watchers.is_empty() && !to_reply {
+                    if st.kept.len() < UNCLAIMED_RESULTS_MAX {
+                        st.kept.insert(id, result.clone());
+                    } else {
+                        tracing::warn!(task = id, "client gone and {UNCLAIMED_RESULTS_MAX} results already unclaimed; result dropped");
+                    }
+                }
+                match result.status {
+                    crate::proto::TaskStatus::Ok => {
+                        self.totals.completed.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => self.totals.failed.fetch_add(1, Ordering::Relaxed),
+                };
+                for route in watchers {
+                    out.push(result.clone(), route);
+                }
+                if to_reply {
+                    out.push(result, reply);
+                }
+            }
+        }
+        for (route, results) in out.0 {
+            self.send_results(results, &route);
+        }
+        delivered
+    }
+
+    /// Queues a result for a client: see [`Shared::send_results`].
     pub(crate) fn send_result(&self, result: TaskResult, reply: &Route) {
-        let id = result.id;
-        let weight = result_weight(&result);
+        self.send_results(vec![result], reply)
+    }
+
+    /// Queues results for a client, disconnecting a client that does not
+    /// read.
+    pub(crate) fn send_results(&self, results: Vec<TaskResult>, reply: &Route) {
+        let weight = results.iter().map(result_weight).sum();
         let queued = reply.queued_bytes.fetch_add(weight, Ordering::Relaxed) + weight;
         if queued > crate::limits::CLIENT_OUTBOX_BYTES_MAX {
             if !reply.too_slow.is_cancelled() {
@@ -317,8 +367,9 @@ impl Shared {
             }
             return;
         }
-        if reply.tx.send(ClientOut::Result(result)).is_err() {
-            tracing::debug!(task = id, client = %reply.name, "client gone; result kept for a fetch");
+        let n = results.len();
+        if reply.tx.send(ClientOut::Results(results, weight)).is_err() {
+            tracing::debug!(results = n, client = %reply.name, "client gone; results kept for a fetch");
         }
     }
 

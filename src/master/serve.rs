@@ -369,10 +369,15 @@ async fn client_writer(
             }
             return;
         };
+        // Take what else is queued, up to about a frame's worth of results.
+        let mut taken = first.results();
         items.push(first);
-        while items.len() < crate::limits::BATCH_TASKS_MAX {
+        while taken < crate::limits::BATCH_TASKS_MAX {
             match rx.try_recv() {
-                Ok(item) => items.push(item),
+                Ok(item) => {
+                    taken += item.results().max(1);
+                    items.push(item);
+                }
                 Err(_) => break,
             }
         }
@@ -380,7 +385,7 @@ async fn client_writer(
             && items.iter().any(|i| {
                 matches!(
                     i,
-                    ClientOut::Result(_) | ClientOut::Msg(ToClient::Accepted(_))
+                    ClientOut::Results(..) | ClientOut::Msg(ToClient::Accepted(_))
                 )
             });
         if let (Some(j), true) = (&journal, carries_acks) {
@@ -398,9 +403,13 @@ async fn client_writer(
         }
         for item in items.drain(..) {
             match item {
-                ClientOut::Result(r) => {
-                    queued_bytes.fetch_sub(super::result_weight(&r), Ordering::Relaxed);
-                    results.push(r);
+                ClientOut::Results(r, weight) => {
+                    queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+                    if results.is_empty() {
+                        results = r;
+                    } else {
+                        results.extend(r);
+                    }
                 }
                 ClientOut::Msg(m) => {
                     if !flush_results(&mut write, &mut results).await
@@ -426,14 +435,19 @@ async fn flush_results(
     write: &mut Writer<ToClient, FromClient>,
     results: &mut Vec<TaskResult>,
 ) -> bool {
-    if results.is_empty() {
-        return true;
+    // Within the protocol's limit per frame.
+    while !results.is_empty() {
+        let rest = results.split_off(results.len().min(crate::limits::BATCH_TASKS_MAX));
+        let batch = std::mem::replace(results, rest);
+        if write
+            .feed(ToClient::Results(Results { results: batch }))
+            .await
+            .is_err()
+        {
+            return false;
+        }
     }
-    let batch = std::mem::take(results);
-    write
-        .feed(ToClient::Results(Results { results: batch }))
-        .await
-        .is_ok()
+    true
 }
 
 pub(crate) fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
@@ -572,7 +586,9 @@ pub(crate) async fn worker_session(
     // are a cost of their own.
     let wake = tokio::time::sleep_until(link.next_wake().into());
     tokio::pin!(wake);
-    // Recorded here without a lock; folded into the master's on each tick.
+    // Results finished in one turn, delivered together; kept to reuse its
+    // allocation.
+    let mut finished: Vec<(TaskResult, Route)> = Vec::new();
 
     let departure = loop {
         let notified = shared.work.notified();
@@ -597,13 +613,15 @@ pub(crate) async fn worker_session(
                 stats.last_heard_ms.store(shared.millis(now), Ordering::Relaxed);
                 match msg {
                     FromWorker::Done(d) => {
-                        // One lock per frame of results, not per result.
+                        // One lock per frame of results, not per result,
+                        // and one hand-over to each client.
                         let mut hists = shared.hists();
                         for r in d.results {
                             let o = link.finish(r, now);
-                            act(&shared, &node, o, &mut hists);
+                            act(&shared, &node, o, &mut hists, now, &mut finished);
                         }
                         drop(hists);
+                        shared.deliver_all(finished.drain(..));
                         stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
                         stats.done.store(link.done, Ordering::Relaxed);
                         stats.failed.store(link.failed, Ordering::Relaxed);
@@ -643,8 +661,9 @@ pub(crate) async fn worker_session(
                     let _ = write.feed(ToWorker::Cancel(c)).await;
                 }
                 for o in t.outcomes {
-                    act(&shared, &node, o, &mut shared.hists());
+                    act(&shared, &node, o, &mut shared.hists(), now, &mut finished);
                 }
+                shared.deliver_all(finished.drain(..));
                 if let Some(p) = t.ping {
                     if write.send(ToWorker::Ping(p)).await.is_err() {
                         break Departure::ConnectionClosed("write failed".into());
@@ -675,7 +694,8 @@ pub(crate) async fn worker_session(
         }
         d => tracing::warn!(worker = %node, %addr, attempts = held, "worker removed: {d}"),
     }
-    let outcomes = link.depart(&departure, Instant::now());
+    let now = Instant::now();
+    let outcomes = link.depart(&departure, now);
     if !outcomes.is_empty() && departure != Departure::Shutdown {
         tracing::info!(worker = %node, attempts = outcomes.len(), "re-queuing the lost worker's attempts");
     }
@@ -685,9 +705,10 @@ pub(crate) async fn worker_session(
                 shared.totals.running.fetch_sub(1, Ordering::Relaxed);
                 shared.abandon(record, "master shut down while the task was running");
             }
-            o => act(&shared, &node, o, &mut shared.hists()),
+            o => act(&shared, &node, o, &mut shared.hists(), now, &mut finished),
         }
     }
+    shared.deliver_all(finished.drain(..));
     {
         let mut r = shared.registry();
         if r.workers
@@ -762,8 +783,16 @@ async fn dispatch(
     write.send(ToWorker::Run(Run { tasks })).await
 }
 
-/// Acts on how an attempt ended.
-fn act(shared: &Arc<Shared>, worker: &Text, o: Outcome<Route>, hists: &mut Histograms) {
+/// Acts on how an attempt ended (at `now`); a finished task's result joins
+/// `finished`, for the caller to deliver with the others of its turn.
+fn act(
+    shared: &Arc<Shared>,
+    worker: &Text,
+    o: Outcome<Route>,
+    hists: &mut Histograms,
+    now: Instant,
+    finished: &mut Vec<(TaskResult, Route)>,
+) {
     match o {
         Outcome::Finished {
             result,
@@ -772,7 +801,7 @@ fn act(shared: &Arc<Shared>, worker: &Text, o: Outcome<Route>, hists: &mut Histo
             accepted_at,
         } => {
             hists.record(Metric::DispatchToResult, ran);
-            hists.record(Metric::EndToEnd, accepted_at.elapsed());
+            hists.record(Metric::EndToEnd, now.saturating_duration_since(accepted_at));
             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
             if result.status != TaskStatus::Ok {
                 let reasons: Vec<String> = result
@@ -787,7 +816,7 @@ fn act(shared: &Arc<Shared>, worker: &Text, o: Outcome<Route>, hists: &mut Histo
                     reasons.join("; ")
                 );
             }
-            shared.deliver(result, &reply);
+            finished.push((result, reply));
         }
         Outcome::Requeue { record, delay } => {
             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
@@ -839,5 +868,55 @@ fn log_retry(worker: &Text, record: &Record, delay: Duration) {
         _ => {
             tracing::info!(task = record.id, attempt = record.attempt, worker = %worker, "attempt handed back; re-queued")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::codec::WireCodec;
+    use crate::proto::Wire;
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    /// Results handed to a client's writer together (two workers' frames,
+    /// say) may exceed the protocol's limit per frame: they go out in
+    /// several frames, each within it, none lost.
+    #[tokio::test]
+    async fn results_beyond_a_frame_go_out_in_frames_within_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        let (_, w) = ours.into_split();
+        let mut codec = WireCodec::<ToClient, FromClient>::new(Wire::Bincode);
+        codec.handshake_complete();
+        let mut write = FramedWrite::new(w, codec);
+        let max = crate::limits::BATCH_TASKS_MAX;
+        let total = 2 * max + 7;
+        let mut results: Vec<TaskResult> = (1..=total as u64)
+            .map(super::super::results::unknown)
+            .collect();
+        assert!(flush_results(&mut write, &mut results).await);
+        write.flush().await.unwrap();
+        assert!(results.is_empty());
+
+        let mut codec = WireCodec::<FromClient, ToClient>::new(Wire::Bincode);
+        codec.handshake_complete();
+        let mut read = FramedRead::new(theirs, codec);
+        let mut ids = Vec::new();
+        let mut frames = 0;
+        while ids.len() < total {
+            match read.next().await {
+                Some(Ok(ToClient::Results(r))) => {
+                    assert!(r.results.len() <= max);
+                    ids.extend(r.results.iter().map(|r| r.id));
+                    frames += 1;
+                }
+                other => panic!("expected results, got {other:?}"),
+            }
+        }
+        assert_eq!(frames, 3);
+        assert_eq!(ids, (1..=total as u64).collect::<Vec<_>>());
     }
 }
