@@ -369,6 +369,12 @@ async fn client_writer(
             }
             return;
         };
+        // Nothing but messages (an `accepted`): let the tasks woken with it
+        // run first, so that the batch it answers is on its way to a worker
+        // before this write; the client gains nothing from hearing sooner.
+        if first.results() == 0 && !closing {
+            tokio::task::yield_now().await;
+        }
         // Take what else is queued, up to about a frame's worth of results.
         let mut taken = first.results();
         items.push(first);
