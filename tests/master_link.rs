@@ -173,6 +173,72 @@ fn silence_past_the_worker_timeout_loses_the_worker() {
     assert!(matches!(lost, Some(Departure::HeartbeatLost(d)) if d > TIMING.worker_timeout));
 }
 
+/// Ticks every 100 ms from `from` to `to`, feeding the connection's segment
+/// count at each as the session does, grown by `per_tick` each time.
+fn tick_with_segments(
+    l: &mut WorkerLink<&'static str>,
+    from: Duration,
+    to: Duration,
+    t0: Instant,
+    segments: &mut u32,
+    per_tick: u32,
+) -> Option<(Duration, Departure)> {
+    let mut at = from;
+    while at <= to {
+        *segments += per_tick;
+        if l.wants_transport(t0 + at) {
+            l.transport(*segments, t0 + at);
+        }
+        if let Some(d) = l.tick(t0 + at).lost {
+            return Some((at, d));
+        }
+        at += Duration::from_millis(100);
+    }
+    None
+}
+
+#[test]
+fn a_worker_whose_frames_are_held_up_behind_a_lost_segment_is_kept_while_its_segments_arrive() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let ms = Duration::from_millis;
+    let mut segments = 10;
+    // No frame for 2.5 s (two and a half timeouts), but segments keep coming.
+    let lost = tick_with_segments(&mut l, ms(100), ms(2500), t0, &mut segments, 1);
+    assert!(lost.is_none(), "{lost:?}");
+    assert!(l.tick(t0 + ms(2500)).held_up.is_some());
+    // The hole is repaired: the frames are read, silence is over.
+    l.heard(t0 + ms(2600));
+    assert!(l.tick(t0 + ms(2600)).held_up.is_none());
+}
+
+#[test]
+fn a_held_up_worker_is_let_go_after_three_timeouts_of_silence() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let ms = Duration::from_millis;
+    let mut segments = 10;
+    let (at, lost) = tick_with_segments(&mut l, ms(100), ms(5000), t0, &mut segments, 1)
+        .expect("let go in the end");
+    assert!(matches!(lost, Departure::HeartbeatLost(_)));
+    assert!(
+        at > TIMING.worker_timeout * 3 && at <= TIMING.worker_timeout * 3 + ms(100),
+        "{at:?}"
+    );
+}
+
+#[test]
+fn a_worker_whose_connection_brings_nothing_is_let_go_at_its_timeout() {
+    // A stopped, frozen or cut-off worker: its segment count stays.
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let ms = Duration::from_millis;
+    let mut segments = 10;
+    let (at, _) =
+        tick_with_segments(&mut l, ms(100), ms(5000), t0, &mut segments, 0).expect("let go");
+    assert_eq!(at, ms(1100));
+}
+
 #[test]
 fn a_silent_worker_is_let_go_within_its_timeout_and_one_heartbeat_even_by_a_late_timer() {
     let t0 = Instant::now();

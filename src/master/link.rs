@@ -100,6 +100,12 @@ pub const PAUSE_HEARTBEATS: u32 = 3;
 /// still falls within that bound.
 pub const WAKE_LEAD: Duration = Duration::from_millis(10);
 
+/// A worker silent past worker-timeout whose connection still brings data
+/// segments (frames held up behind a lost one while TCP retransmits it) is
+/// kept, but for at most this many worker-timeouts of silence: TCP either
+/// repairs the hole well within that or gives the connection up.
+pub const HELD_UP_TIMEOUTS_MAX: u32 = 3;
+
 /// What a heartbeat tick asks for.
 #[derive(Debug)]
 pub struct Tick<R> {
@@ -111,6 +117,9 @@ pub struct Tick<R> {
     pub outcomes: Vec<Outcome<R>>,
     /// The worker is to be let go.
     pub lost: Option<Departure>,
+    /// Silent past worker-timeout, but kept: its connection still brings
+    /// data (see [`WorkerLink::transport`]). How long it has been silent.
+    pub held_up: Option<Duration>,
 }
 
 /// The master's state for one worker.
@@ -126,6 +135,12 @@ pub struct WorkerLink<R> {
     /// peer.
     in_flight: FxHashMap<u64, InFlight<R>>,
     last_heard: Instant,
+    /// When data from the worker last reached the master's kernel, frame or
+    /// not: see [`WorkerLink::transport`].
+    last_arrival: Instant,
+    /// The connection's count of data segments received, as last read
+    /// while the worker was silent (none since a frame was heard).
+    segments_in: Option<u32>,
     /// The previous tick: a much later one means the master was paused.
     last_tick: Instant,
     next_ping: Instant,
@@ -159,6 +174,8 @@ impl<R> WorkerLink<R> {
             retry,
             in_flight: FxHashMap::default(),
             last_heard: now,
+            last_arrival: now,
+            segments_in: None,
             last_tick: now,
             next_ping: now,
             ping_seq: 0,
@@ -198,6 +215,30 @@ impl<R> WorkerLink<R> {
     /// Anything at all arrived from the worker.
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
+        self.last_arrival = now;
+        self.segments_in = None;
+    }
+
+    /// Whether the session should read its connection's count of data
+    /// segments received before the next [`WorkerLink::tick`]: only once the
+    /// worker has been silent for a heartbeat, so a worker that answers
+    /// costs no system call.
+    pub fn wants_transport(&self, now: Instant) -> bool {
+        self.silent_for(now) > self.timing.heartbeat
+    }
+
+    /// The connection has received `segments_in` data segments from the
+    /// worker in all (TCP's count, in order or not). On a lossy link a lost
+    /// segment holds up every frame behind it until TCP retransmits it
+    /// (seconds, when the retransmission is lost too), while the segments
+    /// behind it keep arriving: a count that moves means the worker is
+    /// alive and sending, and its silence is the network's, not its own. A
+    /// stopped, frozen or cut-off worker sends nothing, and its count stays.
+    pub fn transport(&mut self, segments_in: u32, now: Instant) {
+        if self.segments_in.is_some_and(|before| before != segments_in) {
+            self.last_arrival = now;
+        }
+        self.segments_in = Some(segments_in);
     }
 
     /// The worker answered ping `seq`.
@@ -336,7 +377,8 @@ impl<R> WorkerLink<R> {
     }
 
     /// The heartbeat tick: a ping to send, attempts past their deadline, and
-    /// whether the worker has been silent too long. Call it only after every
+    /// whether the worker has been silent too long (with nothing arriving on
+    /// its connection either, see [`WorkerLink::transport`]). Call it only after every
     /// frame already received has been fed in, so a master that was paused
     /// does not evict a worker whose heartbeats sit unread in its socket.
     pub fn tick(&mut self, now: Instant) -> Tick<R> {
@@ -349,14 +391,19 @@ impl<R> WorkerLink<R> {
         if gap > self.timing.heartbeat * PAUSE_HEARTBEATS {
             let paused = gap - self.timing.heartbeat;
             self.last_heard = (self.last_heard + paused).min(now);
+            self.last_arrival = (self.last_arrival + paused).min(now);
         }
         let silent = self.silent_for(now);
-        if silent > self.timing.worker_timeout {
+        let held_up = now.saturating_duration_since(self.last_arrival)
+            <= self.timing.worker_timeout
+            && silent <= self.timing.worker_timeout * HELD_UP_TIMEOUTS_MAX;
+        if silent > self.timing.worker_timeout && !held_up {
             return Tick {
                 ping: None,
                 cancels: Vec::new(),
                 outcomes: Vec::new(),
                 lost: Some(Departure::HeartbeatLost(silent)),
+                held_up: None,
             };
         }
         let mut ping = None;
@@ -401,6 +448,7 @@ impl<R> WorkerLink<R> {
             cancels,
             outcomes,
             lost: None,
+            held_up: (silent > self.timing.worker_timeout).then_some(silent),
         }
     }
 

@@ -657,7 +657,15 @@ pub(crate) async fn worker_session(
             _ = &mut notified, if link.credit() > 0 => {}
             _ = &mut wake => {
                 let now = Instant::now();
+                if link.wants_transport(now) {
+                    if let Some(n) = net::data_segments_in(read.get_ref().as_ref()) {
+                        link.transport(n, now);
+                    }
+                }
                 let t = link.tick(now);
+                if let Some(silent) = t.held_up {
+                    tracing::info!(worker = %node, silent_ms = silent.as_millis() as u64, "worker silent past its timeout, but its connection still brings data (TCP retransmitting a lost segment); keeping it");
+                }
                 wake.as_mut().reset(link.next_wake().max(now + TICK_MIN).into());
                 if let Some(lost) = t.lost {
                     break lost;

@@ -226,6 +226,47 @@ where
     (reader, FramedWrite::new(w, write_codec))
 }
 
+/// Offset of `tcpi_data_segs_in` in Linux's `struct tcp_info` (uapi
+/// `linux/tcp.h`, since Linux 4.6): 8 bytes of `u8` fields, 24 `u32`, 4
+/// `u64`, then `segs_out`, `segs_in`, `notsent_bytes`, `min_rtt`.
+#[cfg(target_os = "linux")]
+const TCPI_DATA_SEGS_IN: usize = 152;
+
+/// How many data segments the connection has received from its peer, in
+/// order or not (TCP's own count, `tcpi_data_segs_in`); `None` where the
+/// kernel does not say. What arrives behind a lost segment is counted
+/// before it can be read: see [`crate::master::link::WorkerLink::transport`].
+pub fn data_segments_in(stream: &TcpStream) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut info = [0u8; 256];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: the buffer is valid for `len` bytes, and the kernel writes
+        // at most that many and says how many it wrote.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let end = TCPI_DATA_SEGS_IN + 4;
+        if rc != 0 || (len as usize) < end {
+            return None;
+        }
+        let bytes: [u8; 4] = info[TCPI_DATA_SEGS_IN..end].try_into().ok()?;
+        Some(u32::from_ne_bytes(bytes))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = stream;
+        None
+    }
+}
+
 /// Resolves `host:port` (a name or an address) to its first address.
 pub async fn resolve(target: &str) -> Result<SocketAddr, String> {
     match tokio::net::lookup_host(target).await {
@@ -283,6 +324,33 @@ mod tests {
         assert!("0-10".parse::<PortRange>().is_err());
         assert!("5000-70000".parse::<PortRange>().is_err());
         assert!("abc".parse::<PortRange>().is_err());
+    }
+
+    /// The count moves with what the peer sends, and only then.
+    #[tokio::test]
+    async fn data_segments_in_counts_what_the_peer_sends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut ours, _) = listener.accept().await.unwrap();
+        let before = data_segments_in(&ours).expect("Linux reports tcpi_data_segs_in");
+        // What we send does not count.
+        ours.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(data_segments_in(&ours), Some(before));
+        // What the peer sends does, before it is read (polled: the count
+        // moves when the kernel has taken the segment in).
+        peer.write_all(b"pong").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut after = before;
+        while after == before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            after = data_segments_in(&ours).unwrap();
+        }
+        assert!(after > before, "{before} then {after}");
     }
 
     #[test]
