@@ -142,20 +142,15 @@ fn a_returned_attempt_is_requeued_at_once_and_not_charged() {
 
 /// Ticks every 100 ms (as the master's timer does) from `from` up to `to`;
 /// returns the first departure.
+/// Ticks every 100 ms from `from` to `to` until the worker is let go, its
+/// connection bringing nothing meanwhile.
 fn tick_until(
     l: &mut WorkerLink<&'static str>,
     from: Duration,
     to: Duration,
     t0: Instant,
 ) -> Option<Departure> {
-    let mut at = from;
-    while at <= to {
-        if let Some(d) = l.tick(t0 + at).lost {
-            return Some(d);
-        }
-        at += Duration::from_millis(100);
-    }
-    None
+    tick_with_segments(l, from, to, t0, &mut 0, 0).map(|(_, d)| d)
 }
 
 #[test]
