@@ -378,9 +378,10 @@ impl<R> WorkerLink<R> {
 
     /// The heartbeat tick: a ping to send, attempts past their deadline, and
     /// whether the worker has been silent too long (with nothing arriving on
-    /// its connection either, see [`WorkerLink::transport`]). Call it only after every
-    /// frame already received has been fed in, so a master that was paused
-    /// does not evict a worker whose heartbeats sit unread in its socket.
+    /// its connection either, see [`WorkerLink::transport`]). Call it only
+    /// after every frame already received has been fed in, so a master that
+    /// was paused does not evict a worker whose heartbeats sit unread in its
+    /// socket.
     pub fn tick(&mut self, now: Instant) -> Tick<R> {
         // A tick far later than the heartbeat means the master itself was
         // not running (frozen, suspended, starved): what the worker sent

@@ -121,6 +121,16 @@ pub(crate) enum ClientOut {
     Results(Vec<TaskResult>, usize),
 }
 
+impl ClientOut {
+    /// How many results this carries.
+    pub(crate) fn results(&self) -> usize {
+        match self {
+            ClientOut::Msg(_) => 0,
+            ClientOut::Results(r, _) => r.len(),
+        }
+    }
+}
+
 /// The way back to the client that submitted a task.
 #[derive(Debug)]
 pub(crate) struct ClientRoute {
@@ -142,20 +152,11 @@ pub(crate) fn result_weight(r: &TaskResult) -> usize {
 }
 
 pub(crate) type Route = Arc<ClientRoute>;
+pub(crate) type Record = TaskRecord<Route>;
 
 /// Results on their way out, grouped by client in order of arrival.
 #[derive(Default)]
 struct Outbox(Vec<(Route, Vec<TaskResult>)>);
-
-impl ClientOut {
-    /// How many results this carries.
-    pub(crate) fn results(&self) -> usize {
-        match self {
-            ClientOut::Msg(_) => 0,
-            ClientOut::Results(r, _) => r.len(),
-        }
-    }
-}
 
 impl Outbox {
     fn push(&mut self, result: TaskResult, route: Route) {
@@ -167,7 +168,6 @@ impl Outbox {
         }
     }
 }
-pub(crate) type Record = TaskRecord<Route>;
 
 /// Live numbers of one worker, for `status`.
 #[derive(Debug, Default)]
