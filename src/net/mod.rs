@@ -206,6 +206,12 @@ pub type Reader<Tx, Rx> = FramedRead<OwnedReadHalf, WireCodec<Tx, Rx>>;
 /// See [`Reader`].
 pub type Writer<Tx, Rx> = FramedWrite<OwnedWriteHalf, WireCodec<Tx, Rx>>;
 
+/// First size of a session's read and write buffers. They grow to the frames
+/// that pass (a batch of a thousand tasks takes tens of KiB), so this only
+/// sets what an idle connection holds: with 10,000 workers on a master,
+/// tokio-util's default of 8 KiB each was a third of its memory.
+pub const SESSION_BUFFER_BYTES: usize = 1024;
+
 /// Splits a handshaken connection into a reader and a writer typed for the
 /// session, keeping any bytes already read.
 pub fn split<Tx0, Rx0, Tx, Rx>(conn: Conn<Tx0, Rx0>) -> (Reader<Tx, Rx>, Writer<Tx, Rx>)
@@ -219,11 +225,14 @@ where
     let (r, w) = parts.io.into_split();
     let codec: WireCodec<Tx, Rx> = parts.codec.retype();
     let wire = codec.wire().unwrap_or_default();
-    let mut reader = FramedRead::new(r, codec);
+    let mut reader = FramedRead::with_capacity(r, codec, SESSION_BUFFER_BYTES);
     reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
     let mut write_codec = WireCodec::<Tx, Rx>::new(wire);
     write_codec.handshake_complete();
-    (reader, FramedWrite::new(w, write_codec))
+    (
+        reader,
+        FramedWrite::with_capacity(w, write_codec, SESSION_BUFFER_BYTES),
+    )
 }
 
 /// Offset of `tcpi_data_segs_in` in Linux's `struct tcp_info` (uapi
