@@ -5,6 +5,7 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use runner::limits;
+use runner::proto::codec::READ_AHEAD_BYTES_MAX;
 use runner::proto::frame::{Header, HEADER_LEN};
 use runner::proto::*;
 use tokio_util::codec::Decoder;
@@ -534,5 +535,54 @@ fn attempt_zero_and_zero_nonces_are_invalid() {
     assert!(
         matches!(err, ProtoError::Invalid(ref m) if m.contains("nonce")),
         "{err}"
+    );
+}
+
+/// A `submit` of `n` no-op tasks, as one bincode frame.
+fn submit_frame(n: usize) -> BytesMut {
+    let tasks = (0..n)
+        .map(|i| common::new_task("noop", Payload::from(format!("{i:016}"))))
+        .collect();
+    common::encode(Wire::Bincode, &FromClient::Submit(Submit { tasks }))
+}
+
+/// Decodes every frame of `read` (what one read brought) and returns the
+/// room the codec then leaves for the next read. The messages are held
+/// meanwhile, as a master holds its tasks' payloads (slices of the buffer).
+fn room_after_read(codec: &mut WireCodec<FromClient, FromClient>, read: &[u8]) -> usize {
+    let mut buf = BytesMut::from(read);
+    let mut held = Vec::new();
+    while let Some(msg) = codec.decode(&mut buf).unwrap() {
+        held.push(msg);
+    }
+    buf.capacity() - buf.len()
+}
+
+#[test]
+fn a_busy_connection_gets_room_for_twice_what_its_last_read_brought() {
+    let mut codec = common::receiver::<FromClient>(Some(Wire::Bincode));
+    let mut read = BytesMut::new();
+    for _ in 0..3 {
+        read.extend_from_slice(&submit_frame(70));
+    }
+    let delivered = read.len();
+    assert!(delivered > 4 * 1024, "{delivered}");
+    assert!(room_after_read(&mut codec, &read) >= 2 * delivered);
+}
+
+#[test]
+fn the_room_halves_while_less_arrives_and_never_passes_the_maximum() {
+    let mut codec = common::receiver::<FromClient>(Some(Wire::Bincode));
+    let big = submit_frame(limits::BATCH_TASKS_MAX);
+    assert!(big.len() > 2 * READ_AHEAD_BYTES_MAX);
+    assert!(room_after_read(&mut codec, &big) <= READ_AHEAD_BYTES_MAX);
+    let small = submit_frame(1);
+    let rooms: Vec<usize> = (0..10)
+        .map(|_| room_after_read(&mut codec, &small))
+        .collect();
+    assert!(rooms.windows(2).all(|w| w[1] <= w[0]), "{rooms:?}");
+    assert!(
+        rooms[9] < 1024,
+        "an idle connection keeps a small buffer: {rooms:?}"
     );
 }
