@@ -1,25 +1,29 @@
 //! The library API: a master, a worker with a custom kind and a client, all in
 //! one process (as tests, benches and the load generator use them).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use runner::client::{Client, ClientOptions};
 use runner::master::{Master, MasterConfig};
 use runner::net::PortRange;
-use runner::proto::{NewTask, Payload, TaskStatus, Text};
-use runner::worker::{Worker, WorkerConfig};
+use runner::proto::{NewTask, Payload, TaskResult, TaskStatus, Text};
+use runner::worker::{Worker, WorkerBuilder, WorkerConfig, WorkerHandle};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_custom_kind_registered_through_the_builder_runs_in_process() {
+/// A master on `base`, the worker `builder` makes (id "lib", 2 slots, on the
+/// next 39 ports) and a client that has seen the worker join.
+async fn cluster(base: u16, builder: WorkerBuilder) -> (Master, WorkerHandle, Client) {
     let worker_ports = PortRange {
-        first: 23001,
-        last: 23039,
+        first: base + 1,
+        last: base + 39,
     };
     let master = Master::start(MasterConfig {
         ports: PortRange {
-            first: 23000,
-            last: 23000,
+            first: base,
+            last: base,
         },
         scan: vec![worker_ports],
         scan_interval: Duration::from_millis(100),
@@ -27,26 +31,18 @@ async fn a_custom_kind_registered_through_the_builder_runs_in_process() {
     })
     .await
     .unwrap();
-    let worker = Worker::builder()
+    let worker = builder
         .config(WorkerConfig {
             id: "lib".into(),
             ports: worker_ports,
             slots: 2,
             ..WorkerConfig::default()
         })
-        .handler("reverse", |p: Bytes| async move {
-            let mut v = p.to_vec();
-            v.reverse();
-            Ok::<_, String>(Bytes::from(v))
-        })
-        .handler("refuse", |_p: Bytes| async move {
-            Err::<Bytes, _>("refused by the handler")
-        })
         .build()
         .start()
         .await
         .unwrap();
-    let mut client = Client::connect(master.local_addr(), ClientOptions::default())
+    let client = Client::connect(master.local_addr(), ClientOptions::default())
         .await
         .unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), async {
@@ -61,23 +57,46 @@ async fn a_custom_kind_registered_through_the_builder_runs_in_process() {
     .await
     .expect("the worker is discovered");
     assert_eq!(status.workers[0].id, "lib");
-    let t = |kind: &'static str, payload: &'static str| NewTask {
+    (master, worker, client)
+}
+
+fn task(kind: &'static str, payload: &'static str) -> NewTask {
+    NewTask {
         kind: Text::from_static(kind),
         payload: Payload::from(payload),
         priority: 128,
         retries: 0,
         timeout_ms: 0,
-    };
+    }
+}
+
+/// The next `n` results, in id order.
+async fn results(client: &mut Client, n: usize) -> Vec<TaskResult> {
+    let mut results: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(10), client.results().take(n).collect())
+            .await
+            .expect("every result, as a stream");
+    results.sort_by_key(|r| r.id);
+    results
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_kind_registered_through_the_builder_runs_in_process() {
+    let builder = Worker::builder()
+        .handler("reverse", |p: Bytes| async move {
+            let mut v = p.to_vec();
+            v.reverse();
+            Ok::<_, String>(Bytes::from(v))
+        })
+        .handler("refuse", |_p: Bytes| async move {
+            Err::<Bytes, _>("refused by the handler")
+        });
+    let (master, worker, mut client) = cluster(23000, builder).await;
     let ids = client
-        .submit_batch(vec![t("reverse", "abc"), t("refuse", "")])
+        .submit_batch(vec![task("reverse", "abc"), task("refuse", "")])
         .await
         .unwrap();
-    use futures::StreamExt;
-    let mut results: Vec<_> =
-        tokio::time::timeout(Duration::from_secs(10), client.results().take(2).collect())
-            .await
-            .expect("both results as a stream");
-    results.sort_by_key(|r| r.id);
+    let results = results(&mut client, 2).await;
     assert_eq!(results[0].id, ids.start);
     assert_eq!(results[0].output.as_text(), Some("cba"));
     assert_eq!(results[1].status, TaskStatus::Failed);
@@ -85,4 +104,43 @@ async fn a_custom_kind_registered_through_the_builder_runs_in_process() {
     client.close();
     worker.shutdown().await;
     master.shutdown().await;
+}
+
+/// The worker's own runtime has one thread; an attempt of `meet` holds its
+/// thread until another is running too (or 5 s have passed), so both meet
+/// only if handlers run on the runtime given to `tasks_on`, two at once.
+#[tokio::test(flavor = "current_thread")]
+async fn spawned_kinds_run_in_parallel_on_the_runtime_given_to_tasks_on() {
+    let tasks_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let builder = Worker::builder()
+        .tasks_on(tasks_rt.handle().clone())
+        .handler("meet", move |_p: Bytes| {
+            let running = running.clone();
+            async move {
+                running.fetch_add(1, Ordering::SeqCst);
+                let give_up = Instant::now() + Duration::from_secs(5);
+                while running.load(Ordering::SeqCst) < 2 && Instant::now() < give_up {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let met = running.load(Ordering::SeqCst) >= 2;
+                Ok::<_, String>(Bytes::from_static(if met { b"met" } else { b"alone" }))
+            }
+        });
+    let (master, worker, mut client) = cluster(23040, builder).await;
+    client
+        .submit_batch(vec![task("meet", ""), task("meet", "")])
+        .await
+        .unwrap();
+    for r in results(&mut client, 2).await {
+        assert_eq!(r.output.as_text(), Some("met"), "{r:?}");
+    }
+    client.close();
+    worker.shutdown().await;
+    master.shutdown().await;
+    tasks_rt.shutdown_background();
 }

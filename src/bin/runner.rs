@@ -338,8 +338,29 @@ fn main() -> ExitCode {
     };
     // The master runs on one thread: its sessions hand tasks to each other
     // (submit, dispatch, result) without cross-thread wake-ups, which cost
-    // more here than the work itself. Workers and clients use every core.
-    let one_thread = matches!(cli.command, Some(Command::Master(_)));
+    // more here than the work itself. So does a worker's connection (a frame
+    // read, run and answered on one thread), while the kinds it spawns get
+    // a runtime of their own on every core (`WorkerBuilder::tasks_on`).
+    // Clients use every core.
+    let one_thread = matches!(
+        cli.command,
+        Some(Command::Master(_)) | Some(Command::Worker(_))
+    );
+    let task_rt = match &cli.command {
+        Some(Command::Worker(_)) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("runner-task")
+            .on_thread_start(on_thread_start)
+            .build()
+        {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                eprintln!("runner: cannot start the tasks' runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let built = if one_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -358,6 +379,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The tasks' runtime stays here, to be dropped after `block_on` returns
+    // (never inside it); the worker gets a handle.
+    let tasks_on = task_rt.as_ref().map(|rt| rt.handle().clone());
     let result = rt.block_on(async move {
         match cli.command.unwrap_or(Command::Demo(DemoArgs {
             common: Common {
@@ -377,7 +401,7 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| e.to_string()),
             Command::Master(a) => master(a).await,
-            Command::Worker(a) => worker(a).await,
+            Command::Worker(a) => worker(a, tasks_on).await,
             Command::Submit(a) => submit(a).await,
             Command::Results(a) => results(a).await,
             Command::Status(a) => status(a).await,
@@ -548,7 +572,11 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn worker(a: WorkerArgs) -> Result<ExitCode, String> {
+/// `tasks_on`: the runtime for the kinds the worker spawns (see `main`).
+async fn worker(
+    a: WorkerArgs,
+    tasks_on: Option<tokio::runtime::Handle>,
+) -> Result<ExitCode, String> {
     let secret = load_secret(&a.common)?;
     check_exposure(a.bind, &secret, a.insecure)?;
     let id =
@@ -576,12 +604,11 @@ async fn worker(a: WorkerArgs) -> Result<ExitCode, String> {
         wire: a.common.wire.into(),
         ..defaults
     };
-    let w = Worker::builder()
-        .config(cfg)
-        .build()
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut builder = Worker::builder().config(cfg);
+    if let Some(rt) = tasks_on {
+        builder = builder.tasks_on(rt);
+    }
+    let w = builder.build().start().await.map_err(|e| e.to_string())?;
     say(format_args!("worker {id} listening on {}", w.local_addr()));
     let exit = w.run_until(shutdown_signal()).await;
     match exit {

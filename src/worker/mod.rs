@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,7 @@ impl Default for WorkerConfig {
 pub struct WorkerBuilder {
     cfg: WorkerConfig,
     handlers: HashMap<String, Handler>,
+    tasks_on: Option<Handle>,
 }
 
 impl WorkerBuilder {
@@ -113,6 +115,18 @@ impl WorkerBuilder {
         self
     }
 
+    /// Runs the kinds that are spawned (`sleep`, `spin`, `stall`, `exec`
+    /// and custom kinds; not the inline `noop`, `echo`, `fail`, `flaky`) on
+    /// `rt` instead of the runtime the worker runs on. `runner worker` keeps
+    /// its connection on one thread, where a frame is read, run and answered
+    /// without a cross-thread wake-up, and gives handlers a multi-thread
+    /// runtime of their own, so CPU-bound kinds still run in parallel up to
+    /// the worker's slots.
+    pub fn tasks_on(mut self, rt: Handle) -> Self {
+        self.tasks_on = Some(rt);
+        self
+    }
+
     /// The worker.
     pub fn build(mut self) -> Worker {
         if self.cfg.allow_exec {
@@ -121,6 +135,7 @@ impl WorkerBuilder {
         Worker {
             cfg: self.cfg,
             handlers: Arc::new(self.handlers),
+            tasks_on: self.tasks_on,
         }
     }
 }
@@ -129,6 +144,7 @@ impl WorkerBuilder {
 pub struct Worker {
     cfg: WorkerConfig,
     handlers: Arc<HashMap<String, Handler>>,
+    tasks_on: Option<Handle>,
 }
 
 /// How a worker ended.
@@ -193,6 +209,7 @@ impl Worker {
         WorkerBuilder {
             cfg: WorkerConfig::default(),
             handlers: tasks::builtins(),
+            tasks_on: None,
         }
     }
 
@@ -295,7 +312,7 @@ impl Worker {
                     tracing::info!(master = %peer.node, %peer_addr, "connected to master");
                     watch.heard(Instant::now());
                     let (r, w) = net::split(conn);
-                    let s = Session::new(cfg.clone(), self.handlers.clone(), addr, runs.take().unwrap_or_else(|| Runs::new(cfg.slots)));
+                    let s = Session::new(cfg.clone(), self.handlers.clone(), self.tasks_on.clone(), addr, runs.take().unwrap_or_else(|| Runs::new(cfg.slots)));
                     let (end_tx, id) = (end_tx.clone(), session_seq);
                     let (k, d) = (kick.clone(), drain.clone());
                     tokio::spawn(async move {
@@ -378,6 +395,8 @@ impl Runs {
 struct Session {
     cfg: Arc<WorkerConfig>,
     handlers: Arc<HashMap<String, Handler>>,
+    /// Where spawned handlers run (`None`: the worker's own runtime).
+    tasks_on: Option<Handle>,
     listen: SocketAddr,
     runs: Runs,
 }
@@ -402,12 +421,14 @@ impl Session {
     fn new(
         cfg: Arc<WorkerConfig>,
         handlers: Arc<HashMap<String, Handler>>,
+        tasks_on: Option<Handle>,
         listen: SocketAddr,
         runs: Runs,
     ) -> Self {
         Session {
             cfg,
             handlers,
+            tasks_on,
             listen,
             runs,
         }
@@ -467,7 +488,7 @@ impl Session {
                 let (slots, tx) = (self.runs.slots.clone(), self.runs.results_tx.clone());
                 let timeout =
                     (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64));
-                let handle = tokio::spawn(async move {
+                let attempt_run = async move {
                     let Ok(_permit) = slots.acquire_owned().await else {
                         return;
                     };
@@ -490,7 +511,11 @@ impl Session {
                         ),
                     };
                     let _ = tx.send(r);
-                });
+                };
+                let handle = match &self.tasks_on {
+                    Some(rt) => rt.spawn(attempt_run),
+                    None => tokio::spawn(attempt_run),
+                };
                 self.runs
                     .running
                     .insert((id, attempt), handle.abort_handle());
