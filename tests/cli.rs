@@ -83,10 +83,20 @@ async fn submit_prints_results_and_exits_non_zero_when_a_task_failed() {
         "end_to_end",
         "heartbeat_rtt",
         "discovery_scan",
+        "retry_delay",
     ] {
         assert!(
-            out.lines().any(|l| l.starts_with(name)),
-            "status --histograms shows {name}:\n{out}"
+            out.lines()
+                .any(|l| l.starts_with(name) && !l.ends_with('-')),
+            "status --histograms shows {name} with samples:\n{out}"
+        );
+    }
+    // No worker has failed: listed, with none yet.
+    for name in ["failure_detection", "recovery"] {
+        let row = out.lines().find(|l| l.starts_with(name));
+        assert!(
+            row.is_some_and(|l| l.split_whitespace().nth(1) == Some("0")),
+            "status --histograms lists {name}:\n{out}"
         );
     }
     let (ok, out, _) = run(&["status", "--master", &master, "--json"]);

@@ -900,17 +900,19 @@ async fn status(a: StatusArgs) -> Result<ExitCode, String> {
             "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "LATENCY (us)", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
         ));
-        for h in &s.histograms {
-            say(format_args!(
-                "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                h.name.as_str(),
-                h.count,
-                h.p50_us,
-                h.p90_us,
-                h.p99_us,
-                h.p999_us,
-                h.max_us
-            ));
+        // Every histogram, in a fixed order; the master sends only those
+        // with samples, so the rest are shown as having none yet.
+        for name in runner::metrics::Metric::ALL.map(|m| m.name()) {
+            match s.histograms.iter().find(|h| h.name.as_str() == name) {
+                Some(h) => say(format_args!(
+                    "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    name, h.count, h.p50_us, h.p90_us, h.p99_us, h.p999_us, h.max_us
+                )),
+                None => say(format_args!(
+                    "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    name, 0, "-", "-", "-", "-", "-"
+                )),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
