@@ -203,3 +203,85 @@ fn a_realtime_open_loop_runs_its_cluster_under_realtime_and_loses_nothing() {
     assert!(accepted >= 19_000, "a second at 20k/s: {}", run.summary);
     assert_eq!(run.summary["ok"], accepted, "{}", run.summary);
 }
+
+#[test]
+fn tasks_left_without_a_result_fail_the_run_with_a_non_zero_exit() {
+    use std::io::BufRead;
+    // A master with no workers accepts the tasks and never runs them.
+    let mut master = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["master", "--quiet", "--scan", "1-1", "--port", "26990"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the master starts");
+    let mut line = String::new();
+    std::io::BufReader::new(master.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().trim_start_matches("master listening on ");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--master", addr, "--tasks", "10", "--drain-timeout", "1s"])
+        .arg("--quiet")
+        .output()
+        .expect("loadgen runs");
+    let _ = master.kill();
+    let _ = master.wait();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("lost / duplicated / unexpected     10 / 0 / 0"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("FAILED: 10 lost"), "{stderr}");
+}
+
+#[test]
+fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
+    for (args, code, needle) in [
+        (
+            &["--kind", "sleep", "--tasks", "10"][..],
+            1,
+            "--kind sleep needs --arg",
+        ),
+        (
+            &["--kind", "spin", "--tasks", "10"],
+            1,
+            "--kind spin needs --arg",
+        ),
+        (
+            &[
+                "--master",
+                "127.0.0.1:1",
+                "--chaos",
+                "kill",
+                "--tasks",
+                "10",
+            ],
+            2,
+            "cannot be used with",
+        ),
+        (
+            &[
+                "--master",
+                "127.0.0.1:1",
+                "--spawn-workers",
+                "4",
+                "--tasks",
+                "1",
+            ],
+            2,
+            "cannot be used with",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(args)
+            .output()
+            .expect("loadgen runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

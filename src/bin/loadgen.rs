@@ -25,7 +25,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   loadgen --tasks 200000 --chaos kill --chaos-every 2s
 ///   loadgen baseline
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Sub>,
@@ -68,9 +68,9 @@ struct BaselineArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ChaosArg {
-    /// kill -9 a random worker.
+    /// kill -9 a random worker and start a new one.
     Kill,
-    /// SIGSTOP a random worker (it stays stopped).
+    /// SIGSTOP a random worker (it stays stopped) and start a new one.
     Stop,
     /// At random: kill -9 a worker (and start a new one), SIGSTOP one and
     /// resume it 0.5-3 s later, or start one more.
@@ -89,20 +89,25 @@ struct RunArgs {
     #[arg(long)]
     master: Option<String>,
     /// Workers to start with the master.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "master")]
     spawn_workers: u32,
-    /// Slots per started worker (default: its cores).
-    #[arg(long, default_value_t = 0)]
+    /// Slots per started worker (0: as many as the machine has cores).
+    #[arg(long, default_value_t = 0, conflicts_with = "master")]
     worker_slots: u32,
     /// The started master's --prefetch (tasks kept in flight per worker
     /// beyond its slots). 256 hides the round trip without making frames
     /// so large that they hold up everything behind them (measured in
     /// results/cluster.md).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, conflicts_with = "master")]
     prefetch: u32,
     /// An argument for the started master, e.g. --master-arg=--journal=/tmp/j
     /// (repeat for more).
-    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        conflicts_with = "master"
+    )]
     master_arg: Vec<String>,
     /// Closed loop: tasks in flight.
     #[arg(long, default_value_t = 10_000)]
@@ -137,8 +142,9 @@ struct RunArgs {
     /// Wire for every connection.
     #[arg(long, value_enum, default_value = "bincode")]
     wire: WireArg,
-    /// Break workers during the run.
-    #[arg(long, value_enum)]
+    /// Break the started workers during the run (each broken one is
+    /// replaced by a new worker).
+    #[arg(long, value_enum, conflicts_with = "master")]
     chaos: Option<ChaosArg>,
     /// How often chaos strikes.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
@@ -346,18 +352,29 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             "p50_vs_relay_rtt": e2e(0.5) / b.relay_rtt.value_at_quantile(0.5) as f64,
             "p99_vs_relay_rtt": e2e(0.99) / b.relay_rtt.value_at_quantile(0.99) as f64,
             "p999_vs_relay_rtt": e2e(0.999) / b.relay_rtt.value_at_quantile(0.999) as f64,
+            "p50_vs_ping_pong": e2e(0.5) / b.ping_pong.value_at_quantile(0.5) as f64,
+            "p99_vs_ping_pong": e2e(0.99) / b.ping_pong.value_at_quantile(0.99) as f64,
+            "p999_vs_ping_pong": e2e(0.999) / b.ping_pong.value_at_quantile(0.999) as f64,
         });
+        let r = |k: &str| ratios[k].as_f64().unwrap_or(0.0);
         println!(
             "cluster / raw relay: throughput {:.3}, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
-            ratios["throughput_vs_relay"].as_f64().unwrap_or(0.0),
-            ratios["p50_vs_relay_rtt"].as_f64().unwrap_or(0.0),
-            ratios["p99_vs_relay_rtt"].as_f64().unwrap_or(0.0),
-            ratios["p999_vs_relay_rtt"].as_f64().unwrap_or(0.0),
+            r("throughput_vs_relay"),
+            r("p50_vs_relay_rtt"),
+            r("p99_vs_relay_rtt"),
+            r("p999_vs_relay_rtt"),
+        );
+        println!(
+            "cluster / raw ping-pong (1 hop): p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
+            r("p50_vs_ping_pong"),
+            r("p99_vs_ping_pong"),
+            r("p999_vs_ping_pong"),
         );
         let us = |v: u64| v as f64 / 1000.0;
         summary["baseline"] = serde_json::json!({
             "ping_pong_p50_ms": us(b.ping_pong.value_at_quantile(0.5)),
             "ping_pong_p99_ms": us(b.ping_pong.value_at_quantile(0.99)),
+            "ping_pong_p999_ms": us(b.ping_pong.value_at_quantile(0.999)),
             "relay_rtt_p50_ms": us(b.relay_rtt.value_at_quantile(0.5)),
             "relay_rtt_p99_ms": us(b.relay_rtt.value_at_quantile(0.99)),
             "relay_rtt_p999_ms": us(b.relay_rtt.value_at_quantile(0.999)),

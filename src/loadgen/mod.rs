@@ -429,11 +429,11 @@ impl Spawned {
     }
 
     /// Kills (or stops) a random running worker and starts a new one.
-    async fn chaos(&mut self, what: Chaos, nth: u32) -> Result<(), LoadError> {
+    async fn chaos(&mut self, what: Chaos) -> Result<(), LoadError> {
         use rand::Rng;
         self.resume_due();
+        let mut rng = rand::thread_rng();
         if what == Chaos::Mixed {
-            let mut rng = rand::thread_rng();
             let grow = self.workers.len() + self.paused.len() < self.initial * MIXED_POOL_GROWTH;
             match rng.gen_range(0..3) {
                 0 if !self.workers.is_empty() => {
@@ -460,8 +460,7 @@ impl Spawned {
         if self.workers.is_empty() {
             return Ok(());
         }
-        let i = (nth as usize * 7919) % self.workers.len();
-        let w = self.workers.remove(i);
+        let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
         if let Some(pid) = w.id() {
             let sig = match what {
                 Chaos::Kill | Chaos::Mixed => libc::SIGKILL,
@@ -561,6 +560,23 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err(LoadError::Usage(
             "--rate must be a positive number of tasks per second".into(),
+        ));
+    }
+    if let ("sleep" | "spin" | "exec", None) = (opts.kind.as_str(), &opts.arg) {
+        // Without it every task would fail, and the run look like a result.
+        return Err(LoadError::Usage(format!(
+            "--kind {} needs --arg ({})",
+            opts.kind,
+            match opts.kind.as_str() {
+                "sleep" => "milliseconds",
+                "spin" => "microseconds",
+                _ => "the program and its arguments",
+            }
+        )));
+    }
+    if opts.master.is_some() && opts.chaos.is_some() {
+        return Err(LoadError::Usage(
+            "--chaos breaks the workers the load generator starts; it cannot with --master".into(),
         ));
     }
     let mut spawned = match opts.master {
@@ -695,7 +711,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
             if now >= at {
                 if let Some(s) = spawned.as_mut() {
                     chaos_events += 1;
-                    s.chaos(what, chaos_events).await?;
+                    s.chaos(what).await?;
                 }
                 next_chaos = Some(at + every);
             }
