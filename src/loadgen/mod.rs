@@ -276,6 +276,15 @@ impl Batch {
     }
 }
 
+/// Whether starting a worker waits until it listens: the first ones do, so
+/// the load starts on a cluster that is up; a replacement under chaos does
+/// not, so the load (and its latency) goes on while the process starts.
+#[derive(Clone, Copy)]
+enum Wait {
+    Started,
+    No,
+}
+
 /// The spawned cluster, killed when dropped.
 struct Spawned {
     master: Child,
@@ -369,12 +378,13 @@ impl Spawned {
             realtime: opts.realtime,
         };
         for _ in 0..opts.spawn_workers {
-            s.add_worker().await?;
+            s.add_worker(Wait::Started).await?;
         }
         Ok(s)
     }
 
-    async fn add_worker(&mut self) -> Result<(), LoadError> {
+    /// Starts one more worker process.
+    async fn add_worker(&mut self, wait: Wait) -> Result<(), LoadError> {
         let id = format!("lg-w{}", self.next_worker);
         self.next_worker += 1;
         let master = self.master_addr.to_string();
@@ -405,7 +415,25 @@ impl Spawned {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| LoadError::Setup(format!("cannot start worker {id}: {e}")))?;
-        first_line(&mut w, &id, "worker ").await?;
+        match wait {
+            Wait::Started => {
+                first_line(&mut w, &id, "worker ").await?;
+            }
+            Wait::No => {
+                let out = w.stdout.take();
+                tokio::spawn(async move {
+                    let Some(out) = out else { return };
+                    let mut lines = BufReader::new(out).lines();
+                    let mut started = false;
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        started |= l.starts_with("worker ");
+                    }
+                    if !started {
+                        eprintln!("loadgen: worker {id} exited before it started");
+                    }
+                });
+            }
+        }
         self.workers.push(w);
         Ok(())
     }
@@ -439,7 +467,7 @@ impl Spawned {
                 0 if !self.workers.is_empty() => {
                     let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
                     drop(w); // kill -9 on drop
-                    return self.add_worker().await;
+                    return self.add_worker(Wait::No).await;
                 }
                 1 if self.workers.len() > 1 => {
                     let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
@@ -453,7 +481,7 @@ impl Spawned {
                     self.paused.push((w, Instant::now() + pause));
                     return Ok(());
                 }
-                _ if grow => return self.add_worker().await,
+                _ if grow => return self.add_worker(Wait::No).await,
                 _ => return Ok(()),
             }
         }
@@ -477,7 +505,7 @@ impl Spawned {
             Chaos::Stop => self.stopped.push(w),
             Chaos::Kill | Chaos::Mixed => drop(w),
         }
-        self.add_worker().await
+        self.add_worker(Wait::No).await
     }
 }
 
