@@ -60,6 +60,7 @@ async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
         "runner_tasks_submitted_total 5",
         "runner_tasks_completed_total 5",
         "runner_workers 1",
+        "runner_queue_depth 0",
         "runner_end_to_end_seconds_count 5",
         "runner_end_to_end_seconds_bucket{le=\"+Inf\"} 5",
     ] {
@@ -68,6 +69,11 @@ async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
             "missing {line:?} in:\n{body}"
         );
     }
+    // Per-priority series only: summing them gives the depth.
+    assert!(
+        !body.contains("priority=\"all\""),
+        "a total among the per-priority series:\n{body}"
+    );
     assert!(
         body.contains("runner_worker_in_flight{worker=\"w1\"} 0"),
         "{body}"

@@ -88,16 +88,24 @@ pub fn render(s: &StatusReport, hists: &Histograms) -> String {
     let _ = writeln!(out, "runner_tasks_running {}", s.running);
     family(&mut out, "runner_workers", "gauge", "Registered workers.");
     let _ = writeln!(out, "runner_workers {}", s.workers.len());
+    // The total is a family of its own: beside the per-priority series it
+    // would be counted twice by anyone summing them.
+    family(
+        &mut out,
+        "runner_queue_depth",
+        "gauge",
+        "Tasks waiting, all priorities.",
+    );
+    let _ = writeln!(
+        out,
+        "runner_queue_depth {}",
+        s.queues.iter().map(|q| q.depth).sum::<u64>()
+    );
     family(
         &mut out,
         "runner_tasks_queued",
         "gauge",
         "Tasks waiting, by priority.",
-    );
-    let _ = writeln!(
-        out,
-        "runner_tasks_queued{{priority=\"all\"}} {}",
-        s.queues.iter().map(|q| q.depth).sum::<u64>()
     );
     for q in &s.queues {
         let _ = writeln!(
