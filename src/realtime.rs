@@ -9,15 +9,8 @@
 //! `results/cluster.md`). A `SCHED_FIFO` thread runs as soon as a core is
 //! free of normal threads and then until it blocks, so those waits go.
 //!
-//! The lowest real-time priorities are enough for that and leave every other
-//! real-time thread (the kernel's own among them) ahead of ours. A master is
-//! one step above its workers and clients: on a machine they share, a master
-//! woken for a frame preempts a worker instead of queueing behind it (it is on
-//! every task's path), and being one thread it can take at most one core from
-//! them. Measured with 2 workers and the load generator on 2 cores at 691k
-//! tasks/s: with all at one priority, the open loop's p50 was 0.35-0.38 ms in
-//! 6 runs of 7 (the master waiting behind a worker) against 0.22-0.26 ms in 7
-//! of 7 with the master above (`results/cluster.md`, sixth session). The policy is
+//! The lowest real-time priority is enough for that and leaves every other
+//! real-time thread (the kernel's own among them) ahead of ours. The policy is
 //! set with `SCHED_RESET_ON_FORK`: processes that tasks start, and threads
 //! created without [`enter`], run under the normal policy, so an `exec` task
 //! cannot hold a core at real-time priority. In-process handlers (`spin`, say)
@@ -27,11 +20,8 @@
 
 use std::io;
 
-/// `SCHED_FIFO` priority of a worker's and a client's threads: the lowest.
+/// `SCHED_FIFO` priority of the threads that enter: the lowest.
 pub const PRIORITY: i32 = 1;
-
-/// `SCHED_FIFO` priority of a master's thread: one above its workers'.
-pub const MASTER_PRIORITY: i32 = PRIORITY + 1;
 
 /// Why the real-time policy could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -39,27 +29,21 @@ pub enum RealtimeError {
     /// The kernel allows it to root, to `CAP_SYS_NICE`, or up to the
     /// process's `RLIMIT_RTPRIO`.
     #[error(
-        "--realtime: the kernel refused SCHED_FIFO ({source}): it needs root, the CAP_SYS_NICE capability, \
-         or an RLIMIT_RTPRIO of at least {priority} (`ulimit -r`, or LimitRTPRIO= in a systemd unit)"
+        "--realtime: the kernel refused SCHED_FIFO ({0}): it needs root, the CAP_SYS_NICE capability, \
+         or an RLIMIT_RTPRIO of at least {PRIORITY} (`ulimit -r`, or LimitRTPRIO= in a systemd unit)"
     )]
-    NotPermitted {
-        /// The priority asked for.
-        priority: i32,
-        /// The kernel's refusal.
-        source: io::Error,
-    },
+    NotPermitted(io::Error),
     /// Any other refusal.
     #[error("--realtime: cannot set SCHED_FIFO: {0}")]
     Failed(io::Error),
 }
 
-/// Puts the calling thread under `SCHED_FIFO` at `priority` ([`PRIORITY`]
-/// or [`MASTER_PRIORITY`]), with `SCHED_RESET_ON_FORK`. Call it on every
-/// thread that should run so: a thread it creates afterwards starts under
-/// the normal policy.
-pub fn enter(priority: i32) -> Result<(), RealtimeError> {
+/// Puts the calling thread under `SCHED_FIFO` at [`PRIORITY`], with
+/// `SCHED_RESET_ON_FORK`. Call it on every thread that should run so: a
+/// thread it creates afterwards starts under the normal policy.
+pub fn enter() -> Result<(), RealtimeError> {
     let param = libc::sched_param {
-        sched_priority: priority,
+        sched_priority: PRIORITY,
     };
     // SAFETY: a system call on the calling thread (Linux takes pid 0 as the
     // calling thread) with a valid sched_param.
@@ -71,10 +55,7 @@ pub fn enter(priority: i32) -> Result<(), RealtimeError> {
     }
     let e = io::Error::last_os_error();
     Err(match e.raw_os_error() {
-        Some(libc::EPERM) => RealtimeError::NotPermitted {
-            priority,
-            source: e,
-        },
+        Some(libc::EPERM) => RealtimeError::NotPermitted(e),
         _ => RealtimeError::Failed(e),
     })
 }
@@ -101,7 +82,7 @@ mod tests {
     }
 
     fn permitted() -> bool {
-        on_new_thread(|| enter(PRIORITY).is_ok())
+        on_new_thread(|| enter().is_ok())
     }
 
     #[test]
@@ -111,7 +92,7 @@ mod tests {
             return;
         }
         let policy = on_new_thread(|| {
-            enter(PRIORITY).expect("enter");
+            enter().expect("enter");
             current_policy().expect("policy")
         });
         assert_eq!(policy, libc::SCHED_FIFO);
@@ -124,7 +105,7 @@ mod tests {
             return;
         }
         let (parent, child) = on_new_thread(|| {
-            enter(PRIORITY).expect("enter");
+            enter().expect("enter");
             let child = std::thread::spawn(|| current_policy().expect("policy"))
                 .join()
                 .expect("child");

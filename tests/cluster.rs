@@ -923,7 +923,7 @@ async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(
 /// Whether this test process may use SCHED_FIFO (root, CAP_SYS_NICE or an
 /// RLIMIT_RTPRIO): asked on a thread of its own, which then ends.
 fn realtime_permitted() -> bool {
-    std::thread::spawn(|| runner::realtime::enter(runner::realtime::MASTER_PRIORITY).is_ok())
+    std::thread::spawn(|| runner::realtime::enter().is_ok())
         .join()
         .unwrap()
 }
@@ -946,23 +946,14 @@ async fn realtime_nodes_run_their_threads_at_sched_fifo_and_their_programs_at_th
     .await;
     let master = support::thread_policies(c.master.pid());
     let worker = support::thread_policies(c.workers[0].pid());
-    // The runtimes' threads (the node's, and a worker's for the kinds it
-    // spawns), the master's a priority above; the log writer's stays normal.
-    for (threads, priority) in [
-        (&master, runner::realtime::MASTER_PRIORITY),
-        (&worker, runner::realtime::PRIORITY),
-    ] {
-        for (name, policy, rt_priority) in threads {
-            if name == "runner" || name == "runner-task" {
-                assert_eq!(*policy, libc::SCHED_FIFO, "{name}: {threads:?}");
-                assert_eq!(*rt_priority, priority, "{name}: {threads:?}");
-            }
+    for (name, policy) in master.iter().chain(&worker) {
+        // The runtimes' threads (the node's, and a worker's for the kinds
+        // it spawns); the log writer's thread stays normal.
+        if name == "runner" || name == "runner-task" {
+            assert_eq!(*policy, libc::SCHED_FIFO, "{name}: {master:?} {worker:?}");
         }
     }
-    assert!(
-        worker.iter().any(|(n, _, _)| n == "runner-task"),
-        "{worker:?}"
-    );
+    assert!(worker.iter().any(|(n, _)| n == "runner-task"), "{worker:?}");
     // The program reads its own policy (field 41 of its stat; `cut` has no
     // space in its name).
     let argv = r#"{"argv":["sh","-c","cut -d' ' -f41 /proc/self/stat"]}"#;

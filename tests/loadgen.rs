@@ -178,10 +178,9 @@ fn chaos_soak_of_mixed_tasks_under_kills_stops_and_new_workers_loses_nothing() {
 
 #[test]
 fn a_realtime_open_loop_runs_its_cluster_under_realtime_and_loses_nothing() {
-    let permitted =
-        std::thread::spawn(|| runner::realtime::enter(runner::realtime::MASTER_PRIORITY).is_ok())
-            .join()
-            .unwrap();
+    let permitted = std::thread::spawn(|| runner::realtime::enter().is_ok())
+        .join()
+        .unwrap();
     if !permitted {
         eprintln!("skipped: this user may not use SCHED_FIFO");
         return;

@@ -333,7 +333,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
     // After the baseline, which stays the normal policy's: the cluster is
     // compared with what any process gets here.
     if a.realtime {
-        runner::realtime::enter(runner::realtime::PRIORITY).map_err(|e| e.to_string())?;
+        runner::realtime::enter().map_err(|e| e.to_string())?;
     }
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),

@@ -93,11 +93,10 @@ struct Logging {
 #[derive(Args, Clone, Copy)]
 struct Realtime {
     /// Run this node's threads under the kernel's real-time policy
-    /// (SCHED_FIFO at the lowest priorities: 1 for a worker, 2 for a master,
-    /// so a master on a shared machine does not wait behind its workers), so
-    /// that on a busy machine they do not wait behind other work for a core;
-    /// programs that tasks start run under the normal policy. Needs root,
-    /// CAP_SYS_NICE or an RLIMIT_RTPRIO of at least that priority.
+    /// (SCHED_FIFO at the lowest priority), so that on a busy machine they
+    /// do not wait behind other work for a core; programs that tasks start
+    /// run under the normal policy. Needs root, CAP_SYS_NICE or an
+    /// RLIMIT_RTPRIO of at least 1.
     #[arg(long)]
     realtime: bool,
 }
@@ -317,22 +316,22 @@ fn main() -> ExitCode {
         }
     }
     let realtime = match &cli.command {
-        Some(Command::Master(a)) if a.realtime.realtime => Some(runner::realtime::MASTER_PRIORITY),
-        Some(Command::Worker(w)) if w.realtime.realtime => Some(runner::realtime::PRIORITY),
-        _ => None,
+        Some(Command::Master(a)) => a.realtime.realtime,
+        Some(Command::Worker(w)) => w.realtime.realtime,
+        _ => false,
     };
     // On this thread, which runs the runtime's loop, before anything starts:
     // a refusal stops the node with its reason instead of leaving it slower
     // than asked. The reaper, forked above, keeps the normal policy.
-    if let Some(priority) = realtime {
-        if let Err(e) = runner::realtime::enter(priority) {
+    if realtime {
+        if let Err(e) = runner::realtime::enter() {
             eprintln!("runner: {e}");
             return ExitCode::from(2);
         }
     }
     let on_thread_start = move || {
-        if let Some(priority) = realtime {
-            if let Err(e) = runner::realtime::enter(priority) {
+        if realtime {
+            if let Err(e) = runner::realtime::enter() {
                 eprintln!("runner: a runtime thread: {e}");
             }
         }
@@ -522,9 +521,12 @@ async fn shutdown_signal() {
 
 /// Says in the node's log that `--realtime` took (`main` has already
 /// stopped the node if it did not).
-fn log_realtime(on: bool, priority: i32) {
+fn log_realtime(on: bool) {
     if on {
-        tracing::info!(priority, "threads run under SCHED_FIFO (--realtime)");
+        tracing::info!(
+            priority = runner::realtime::PRIORITY,
+            "threads run under SCHED_FIFO (--realtime)"
+        );
     }
 }
 
@@ -532,7 +534,7 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
     let secret = load_secret(&a.common)?;
     check_exposure(a.bind, &secret, a.insecure)?;
     let _guard = init_logging(&a.log, "master")?;
-    log_realtime(a.realtime.realtime, runner::realtime::MASTER_PRIORITY);
+    log_realtime(a.realtime.realtime);
     let cfg = MasterConfig {
         bind: a.bind,
         ports: PortRange {
@@ -580,7 +582,7 @@ async fn worker(
     let id =
         a.id.unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let _guard = init_logging(&a.log, &id)?;
-    log_realtime(a.realtime.realtime, runner::realtime::PRIORITY);
+    log_realtime(a.realtime.realtime);
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,

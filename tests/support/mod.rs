@@ -377,9 +377,9 @@ fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Ve
 }
 
 /// Whether process `pid` is dead: gone, or a zombie waiting to be reaped.
-/// The scheduling policy and real-time priority of each thread of `pid`,
-/// by thread name (`/proc/PID/task/*/stat`, fields 41 and 40).
-pub fn thread_policies(pid: u32) -> Vec<(String, i32, i32)> {
+/// The scheduling policy of each thread of `pid`, by thread name
+/// (`/proc/PID/task/*/stat`, field 41).
+pub fn thread_policies(pid: u32) -> Vec<(String, i32)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let t = t.unwrap().path();
@@ -391,8 +391,8 @@ pub fn thread_policies(pid: u32) -> Vec<(String, i32, i32)> {
         };
         // Fields after the command name, which may hold spaces, start at 3.
         let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let field = |n: usize| after.split(' ').nth(n - 3).unwrap().parse().unwrap();
-        out.push((comm.trim().to_string(), field(41), field(40)));
+        let policy = after.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), policy));
     }
     out
 }
