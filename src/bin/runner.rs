@@ -896,22 +896,29 @@ async fn status(a: StatusArgs) -> Result<ExitCode, String> {
         s.submitted, s.completed, s.failed, s.retried, s.running
     ));
     if a.histograms {
-        say(format_args!(
-            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "LATENCY (us)", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
-        ));
+        let row = |c: [&dyn std::fmt::Display; 7]| {
+            say(format_args!(
+                "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+            ))
+        };
+        row([
+            &"LATENCY (us)",
+            &"COUNT",
+            &"P50",
+            &"P90",
+            &"P99",
+            &"P99.9",
+            &"MAX",
+        ]);
         // Every histogram, in a fixed order; the master sends only those
         // with samples, so the rest are shown as having none yet.
         for name in runner::metrics::Metric::ALL.map(|m| m.name()) {
             match s.histograms.iter().find(|h| h.name.as_str() == name) {
-                Some(h) => say(format_args!(
-                    "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                    name, h.count, h.p50_us, h.p90_us, h.p99_us, h.p999_us, h.max_us
-                )),
-                None => say(format_args!(
-                    "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                    name, 0, "-", "-", "-", "-", "-"
-                )),
+                Some(h) => row([
+                    &name, &h.count, &h.p50_us, &h.p90_us, &h.p99_us, &h.p999_us, &h.max_us,
+                ]),
+                None => row([&name, &0, &"-", &"-", &"-", &"-", &"-"]),
             }
         }
     }
