@@ -120,6 +120,45 @@ fn an_open_loop_run_keeps_to_its_schedule_and_records_every_tasks_submit_lag() {
     );
 }
 
+/// With --baseline an open loop also drives the raw relay at its own rate,
+/// as long and with the same warm-up, and reports the run against it: every
+/// frame due after the warm-up is recorded, from when it was due.
+#[test]
+fn an_open_loop_with_baselines_also_measures_the_relay_at_the_runs_rate() {
+    let run = loadgen(&[
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+        "--baseline",
+        "--quiet",
+    ]);
+    assert!(
+        run.stdout.contains("raw relay at the run's rate"),
+        "{}",
+        run.stdout
+    );
+    let base = &run.summary["baseline"];
+    let p99 = base["relay_at_rate_p99_ms"].as_f64().unwrap();
+    assert!(p99 > 0.0 && p99 <= base["relay_at_rate_max_ms"].as_f64().unwrap());
+    assert!(
+        run.summary["ratios"]["p99_vs_relay_at_rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let hgrm = std::fs::read_to_string(run.report.join("baseline_relay_at_rate.hgrm")).unwrap();
+    let count: u64 = hgrm
+        .lines()
+        .find_map(|l| l.split("Total count    =").nth(1))
+        .and_then(|v| v.trim_end_matches(']').trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total count in {hgrm}"));
+    // Due in the second after the warm-up at 2000/s.
+    assert!((1999..=2001).contains(&count), "{count} frames recorded");
+}
+
 /// More fake workers than a master lets one address hold in their handshake
 /// at once (128) all join: the pool paces its connections instead of being
 /// refused as `busy`.

@@ -46,6 +46,10 @@ enum Sub {
         role: String,
         /// The relay's two sinks.
         sinks: Vec<String>,
+        /// Serve under the real-time policy (as `--realtime` runs the
+        /// cluster), for the relay measured at the cluster's rate.
+        #[arg(long)]
+        realtime: bool,
     },
 }
 
@@ -149,7 +153,10 @@ struct RunArgs {
     /// How often chaos strikes.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     chaos_every: Duration,
-    /// Also measure the baselines first and report the run as ratios of them.
+    /// Also measure the baselines first and report the run as ratios of them;
+    /// with --rate, the raw relay too at that rate, as long and with the same
+    /// warm-up (under --realtime if given): what the machine alone does to
+    /// latency at that load.
     #[arg(long)]
     baseline: bool,
     /// Write .hgrm, .hlog, summary.json, summary.csv and latency.svg here.
@@ -205,7 +212,11 @@ fn main() -> ExitCode {
     match rt.block_on(async move {
         match cli.command {
             Some(Sub::Baseline(b)) => run_baseline(b).await,
-            Some(Sub::Peer { role, sinks }) => baseline::serve_peer(&role, &sinks)
+            Some(Sub::Peer {
+                role,
+                sinks,
+                realtime,
+            }) => baseline::serve_peer(&role, &sinks, realtime)
                 .await
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| e.to_string()),
@@ -335,6 +346,22 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
     if a.realtime {
         runner::realtime::enter().map_err(|e| e.to_string())?;
     }
+    // The relay at the cluster's rate, under the cluster's policy: what
+    // the machine itself does to latency under this load.
+    let relay_loaded = match (a.baseline, a.rate) {
+        (true, Some(rate)) => {
+            let duration = a
+                .duration
+                .or(a.tasks.map(|n| Duration::from_secs_f64(n as f64 / rate)))
+                .unwrap_or_default();
+            Some(
+                baseline::relay_open_loop(rate, a.warmup, duration, a.pace, a.realtime)
+                    .await
+                    .map_err(|e| format!("baseline (relay at {rate}/s): {e}"))?,
+            )
+        }
+        _ => None,
+    };
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,
@@ -347,7 +374,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         println!();
         baseline::print(b);
         let e2e = |q: f64| o.e2e.value_at_quantile(q) as f64;
-        let ratios = serde_json::json!({
+        let mut ratios = serde_json::json!({
             "throughput_vs_relay": o.throughput() / b.relay_frames_per_s,
             "p50_vs_relay_rtt": e2e(0.5) / b.relay_rtt.value_at_quantile(0.5) as f64,
             "p99_vs_relay_rtt": e2e(0.99) / b.relay_rtt.value_at_quantile(0.99) as f64,
@@ -371,6 +398,47 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             r("p999_vs_ping_pong"),
         );
         let us = |v: u64| v as f64 / 1000.0;
+        if let Some(h) = &relay_loaded {
+            let q = |q: f64| h.value_at_quantile(q) as f64;
+            println!(
+                "{:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                "raw relay at the run's rate",
+                q(0.5) / 1000.0,
+                q(0.99) / 1000.0,
+                q(0.999) / 1000.0,
+                us(h.max())
+            );
+            let idle = |q: f64| b.relay_rtt.value_at_quantile(q) as f64;
+            let at_rate = serde_json::json!({
+                "p50_vs_relay_at_rate": e2e(0.5) / q(0.5),
+                "p99_vs_relay_at_rate": e2e(0.99) / q(0.99),
+                "p999_vs_relay_at_rate": e2e(0.999) / q(0.999),
+                "relay_at_rate_p99_vs_idle": q(0.99) / idle(0.99),
+                "relay_at_rate_p999_vs_idle": q(0.999) / idle(0.999),
+            });
+            let r = |k: &str| at_rate[k].as_f64().unwrap_or(0.0);
+            println!(
+                "cluster / raw relay at the run's rate: p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
+                r("p50_vs_relay_at_rate"),
+                r("p99_vs_relay_at_rate"),
+                r("p999_vs_relay_at_rate"),
+            );
+            println!(
+                "raw relay at the run's rate / idle: p99 {:.2}x, p99.9 {:.2}x",
+                r("relay_at_rate_p99_vs_idle"),
+                r("relay_at_rate_p999_vs_idle"),
+            );
+            if let Some(m) = ratios.as_object_mut() {
+                m.extend(
+                    at_rate
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+            }
+        }
+        let us = |v: u64| v as f64 / 1000.0;
         summary["baseline"] = serde_json::json!({
             "ping_pong_p50_ms": us(b.ping_pong.value_at_quantile(0.5)),
             "ping_pong_p99_ms": us(b.ping_pong.value_at_quantile(0.99)),
@@ -380,10 +448,19 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             "relay_rtt_p999_ms": us(b.relay_rtt.value_at_quantile(0.999)),
             "relay_frames_per_s": b.relay_frames_per_s,
         });
+        if let Some(h) = &relay_loaded {
+            summary["baseline"]["relay_at_rate_p50_ms"] = us(h.value_at_quantile(0.5)).into();
+            summary["baseline"]["relay_at_rate_p99_ms"] = us(h.value_at_quantile(0.99)).into();
+            summary["baseline"]["relay_at_rate_p999_ms"] = us(h.value_at_quantile(0.999)).into();
+            summary["baseline"]["relay_at_rate_max_ms"] = us(h.max()).into();
+        }
         summary["ratios"] = ratios;
     }
     if let Some(dir) = &a.report {
         report::write(dir, &o, &command)?;
+        if let Some(h) = &relay_loaded {
+            report::write_hgrm(dir, "baseline_relay_at_rate", h)?;
+        }
         std::fs::write(
             dir.join("summary.json"),
             serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n",

@@ -68,30 +68,40 @@ async fn round_trips(mut s: TcpStream, n: u32) -> std::io::Result<Histogram<u64>
     Ok(h)
 }
 
+/// Sends what a sink returns on to the client, whole frames only: the two
+/// sinks' streams merge into one, so a frame cut between two reads must not
+/// have the other sink's frames spliced into it.
+async fn whole_frames_back(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    to: tokio::sync::mpsc::Sender<Vec<u8>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = 0usize;
+    loop {
+        let n = match from.read(&mut buf[pending..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let have = pending + n;
+        let whole = have / FRAME * FRAME;
+        if whole > 0 && to.send(buf[..whole].to_vec()).await.is_err() {
+            return;
+        }
+        buf.copy_within(whole..have, 0);
+        pending = have - whole;
+    }
+}
+
 /// Forwards the client's frames to two sinks, whole frames at a time and
 /// alternating between them, and everything the sinks send back to the client.
 async fn relay(client: TcpStream, a: TcpStream, b: TcpStream) {
     let (mut cr, mut cw) = client.into_split();
-    let (mut ar, mut aw) = a.into_split();
-    let (mut br, mut bw) = b.into_split();
+    let (ar, mut aw) = a.into_split();
+    let (br, mut bw) = b.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
     let tx2 = tx.clone();
-    let back_a = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = ar.read(&mut buf).await {
-            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
-                return;
-            }
-        }
-    });
-    let back_b = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = br.read(&mut buf).await {
-            if n == 0 || tx2.send(buf[..n].to_vec()).await.is_err() {
-                return;
-            }
-        }
-    });
+    let back_a = tokio::spawn(whole_frames_back(ar, tx));
+    let back_b = tokio::spawn(whole_frames_back(br, tx2));
     let to_client = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             if cw.write_all(&chunk).await.is_err() {
@@ -138,12 +148,12 @@ struct Peer {
     addr: std::net::SocketAddr,
 }
 
-async fn spawn_peer(args: &[String]) -> std::io::Result<Peer> {
+async fn spawn_peer(args: &[Option<String>]) -> std::io::Result<Peer> {
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .arg("peer")
-        .args(args)
+        .args(args.iter().flatten())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -172,9 +182,12 @@ async fn connect(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Serves as a baseline peer until killed: `echo`, or `relay SINK_A SINK_B`.
-/// Prints `listening on ADDR` first.
-pub async fn serve_peer(role: &str, sinks: &[String]) -> std::io::Result<()> {
+/// Serves as a baseline peer until killed: `echo`, or `relay SINK_A SINK_B`,
+/// under the real-time policy if asked. Prints `listening on ADDR` first.
+pub async fn serve_peer(role: &str, sinks: &[String], realtime: bool) -> std::io::Result<()> {
+    if realtime {
+        crate::realtime::enter().map_err(std::io::Error::other)?;
+    }
     let (l, addr) = listener().await?;
     println!("listening on {addr}");
     use std::io::Write as _;
@@ -208,10 +221,17 @@ pub async fn serve_peer(role: &str, sinks: &[String]) -> std::io::Result<()> {
 
 /// The relay and its two sinks, each a process; returns them (alive) and a
 /// connection to the relay.
-async fn relay_setup() -> std::io::Result<(Vec<Peer>, TcpStream)> {
-    let a = spawn_peer(&["echo".into()]).await?;
-    let b = spawn_peer(&["echo".into()]).await?;
-    let r = spawn_peer(&["relay".into(), a.addr.to_string(), b.addr.to_string()]).await?;
+async fn relay_setup(realtime: bool) -> std::io::Result<(Vec<Peer>, TcpStream)> {
+    let policy = realtime.then(|| "--realtime".to_string());
+    let a = spawn_peer(&[Some("echo".into()), policy.clone()]).await?;
+    let b = spawn_peer(&[Some("echo".into()), policy.clone()]).await?;
+    let r = spawn_peer(&[
+        Some("relay".into()),
+        Some(a.addr.to_string()),
+        Some(b.addr.to_string()),
+        policy,
+    ])
+    .await?;
     let s = connect(r.addr).await?;
     Ok((vec![a, b, r], s))
 }
@@ -255,13 +275,13 @@ async fn stream(s: TcpStream, frames: u64) -> std::io::Result<f64> {
 /// sequential round trips for each latency, `frames` frames for the
 /// throughput.
 pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
-    let echo_peer = spawn_peer(&["echo".into()]).await?;
+    let echo_peer = spawn_peer(&[Some("echo".into())]).await?;
     let ping_pong = round_trips(connect(echo_peer.addr).await?, round_trips_n).await?;
     drop(echo_peer);
-    let (peers, s) = relay_setup().await?;
+    let (peers, s) = relay_setup(false).await?;
     let relay_rtt = round_trips(s, round_trips_n).await?;
     drop(peers);
-    let (peers, s) = relay_setup().await?;
+    let (peers, s) = relay_setup(false).await?;
     let relay_frames_per_s = stream(s, frames).await?;
     drop(peers);
     Ok(Baseline {
@@ -269,6 +289,77 @@ pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
         relay_rtt,
         relay_frames_per_s,
     })
+}
+
+/// The relay under an open loop, as the cluster is measured: frames due at
+/// `rate` per second for `warmup` and then `duration`, each sent when the
+/// load generator's pacer (every `pace`) finds it due, its latency counted
+/// from when it was due (coordinated-omission correction), the warm-up's
+/// not recorded; the relay and its sinks under the real-time policy if
+/// `realtime` (the caller's thread is under whatever it entered). What any master would add to a task's latency at this rate
+/// on this machine is at least what this shows: the same four processes on
+/// the same cores, doing nothing but moving the bytes.
+pub async fn relay_open_loop(
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+    pace: Duration,
+    realtime: bool,
+) -> std::io::Result<Histogram<u64>> {
+    let (peers, s) = relay_setup(realtime).await?;
+    let (mut r, mut w) = s.into_split();
+    let started = Instant::now();
+    let schedule = super::Schedule {
+        started,
+        nanos_per_task: 1e9 / rate,
+    };
+    let record_from = started + warmup;
+    let total = ((warmup + duration).as_secs_f64() * rate) as u64;
+    let reader = tokio::spawn(async move {
+        let mut h = metrics::histogram();
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut pending, mut got) = (0usize, 0u64);
+        while got < total {
+            let n = match r.read(&mut buf[pending..]).await {
+                Ok(0) => return Err(std::io::Error::other("the relay closed")),
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            let have = pending + n;
+            let whole = have / FRAME * FRAME;
+            for f in buf[..whole].chunks_exact(FRAME) {
+                let i = u64::from_le_bytes(f[..8].try_into().expect("8 bytes"));
+                let due = schedule.due(i);
+                if due >= record_from {
+                    metrics::record(&mut h, now.saturating_duration_since(due));
+                }
+                got += 1;
+            }
+            buf.copy_within(whole..have, 0);
+            pending = have - whole;
+        }
+        Ok(h)
+    });
+    let pacer = super::Pacer::start(pace)?;
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut sent = 0u64;
+    while sent < total {
+        pacer.tick().await?;
+        let due = schedule.count_due(Instant::now()).min(total);
+        out.clear();
+        for i in sent..due {
+            out.extend_from_slice(&i.to_le_bytes());
+            out.extend_from_slice(&[0u8; FRAME - 8]);
+        }
+        w.write_all(&out).await?;
+        sent = due;
+    }
+    let h = reader
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    drop(peers);
+    Ok(h)
 }
 
 /// The bare spawn rate of `program` from a tokio program with `in_flight`

@@ -176,6 +176,13 @@ pub fn print_summary(o: &Outcome) {
     }
 }
 
+/// Writes `h` to `dir/NAME.hgrm` (a baseline's, say, beside the run's).
+pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("{}: {name}: {e}", dir.display());
+    let f = fs::File::create(dir.join(format!("{name}.hgrm"))).map_err(io)?;
+    export::write_hgrm(h, std::io::BufWriter::new(f)).map_err(io)
+}
+
 /// Writes every report file into `dir`.
 pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", dir.display());
@@ -189,8 +196,7 @@ pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
         all.push((format!("master_{name}"), h));
     }
     for (name, h) in &all {
-        let f = fs::File::create(dir.join(format!("{name}.hgrm"))).map_err(|e| io(name, e))?;
-        export::write_hgrm(h, std::io::BufWriter::new(f)).map_err(|e| io(name, e))?;
+        write_hgrm(dir, name, h)?;
     }
     let base = SystemTime::now() - o.elapsed;
     let intervals: Vec<export::Interval> = o
