@@ -157,6 +157,28 @@ fn an_open_loop_with_baselines_also_measures_the_relay_at_the_runs_rate() {
         .unwrap_or_else(|| panic!("no total count in {hgrm}"));
     // Due in the second after the warm-up at 2000/s.
     assert!((1999..=2001).contains(&count), "{count} frames recorded");
+    assert_eq!(base["relay_at_rate_work_ns"], 0);
+}
+
+/// --relay-work keeps the relay at the run's rate busy per frame, a stand-in
+/// for a master that costs that much CPU per task: 1 ms a frame at 200/s
+/// leaves it no frame faster than that.
+#[test]
+fn relay_work_makes_the_relay_at_the_runs_rate_spend_it_on_every_frame() {
+    let run = loadgen(&[
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--baseline",
+        "--relay-work",
+        "1ms",
+        "--quiet",
+    ]);
+    let base = &run.summary["baseline"];
+    assert_eq!(base["relay_at_rate_work_ns"], 1_000_000);
+    let p50 = base["relay_at_rate_p50_ms"].as_f64().unwrap();
+    assert!(p50 >= 1.0, "p50 {p50} ms with 1 ms of work a frame");
 }
 
 /// More fake workers than a master lets one address hold in their handshake
@@ -312,6 +334,11 @@ fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
             ],
             2,
             "cannot be used with",
+        ),
+        (
+            &["--relay-work", "1us", "--tasks", "10"],
+            2,
+            "required arguments were not provided",
         ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))

@@ -50,6 +50,9 @@ enum Sub {
         /// cluster), for the relay measured at the cluster's rate.
         #[arg(long)]
         realtime: bool,
+        /// The relay's busy work per frame (see `--relay-work`).
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        work: Duration,
     },
 }
 
@@ -159,6 +162,12 @@ struct RunArgs {
     /// latency at that load.
     #[arg(long)]
     baseline: bool,
+    /// With --baseline and --rate: keep the relay driven at the run's rate
+    /// busy for this long per frame (e.g. 370ns), a stand-in for a master
+    /// that spends that much CPU per task: what such a master's latency
+    /// would be here at best.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", requires_all = ["baseline", "rate"])]
+    relay_work: Duration,
     /// Write .hgrm, .hlog, summary.json, summary.csv and latency.svg here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -216,7 +225,8 @@ fn main() -> ExitCode {
                 role,
                 sinks,
                 realtime,
-            }) => baseline::serve_peer(&role, &sinks, realtime)
+                work,
+            }) => baseline::serve_peer(&role, &sinks, realtime, work)
                 .await
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| e.to_string()),
@@ -355,9 +365,16 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
                 .or(a.tasks.map(|n| Duration::from_secs_f64(n as f64 / rate)))
                 .unwrap_or_default();
             Some(
-                baseline::relay_open_loop(rate, a.warmup, duration, a.pace, a.realtime)
-                    .await
-                    .map_err(|e| format!("baseline (relay at {rate}/s): {e}"))?,
+                baseline::relay_open_loop(
+                    rate,
+                    a.warmup,
+                    duration,
+                    a.pace,
+                    a.realtime,
+                    a.relay_work,
+                )
+                .await
+                .map_err(|e| format!("baseline (relay at {rate}/s): {e}"))?,
             )
         }
         _ => None,
@@ -400,9 +417,14 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         let us = |v: u64| v as f64 / 1000.0;
         if let Some(h) = &relay_loaded {
             let q = |q: f64| h.value_at_quantile(q) as f64;
+            let label = if a.relay_work.is_zero() {
+                "raw relay at the run's rate".to_string()
+            } else {
+                format!("relay at the rate, {:?}/frame", a.relay_work)
+            };
             println!(
                 "{:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-                "raw relay at the run's rate",
+                label,
                 q(0.5) / 1000.0,
                 q(0.99) / 1000.0,
                 q(0.999) / 1000.0,
@@ -453,6 +475,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             summary["baseline"]["relay_at_rate_p99_ms"] = us(h.value_at_quantile(0.99)).into();
             summary["baseline"]["relay_at_rate_p999_ms"] = us(h.value_at_quantile(0.999)).into();
             summary["baseline"]["relay_at_rate_max_ms"] = us(h.max()).into();
+            summary["baseline"]["relay_at_rate_work_ns"] = (a.relay_work.as_nanos() as u64).into();
         }
         summary["ratios"] = ratios;
     }

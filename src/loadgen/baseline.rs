@@ -92,9 +92,18 @@ async fn whole_frames_back(
     }
 }
 
+/// Keeps the thread's core busy for `d`, as a master's work on a batch would.
+fn busy(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
 /// Forwards the client's frames to two sinks, whole frames at a time and
-/// alternating between them, and everything the sinks send back to the client.
-async fn relay(client: TcpStream, a: TcpStream, b: TcpStream) {
+/// alternating between them, and everything the sinks send back to the client;
+/// with `work`, busy for that long per frame before forwarding it.
+async fn relay(client: TcpStream, a: TcpStream, b: TcpStream, work: Duration) {
     let (mut cr, mut cw) = client.into_split();
     let (ar, mut aw) = a.into_split();
     let (br, mut bw) = b.into_split();
@@ -120,6 +129,9 @@ async fn relay(client: TcpStream, a: TcpStream, b: TcpStream) {
         let have = pending + n;
         let whole = have / FRAME * FRAME;
         if whole > 0 {
+            if !work.is_zero() {
+                busy(work * (whole / FRAME) as u32);
+            }
             // Split the whole frames in two batches, one per sink.
             let half = (whole / FRAME).div_ceil(2) * FRAME;
             let (first, second) = buf[..whole].split_at(half);
@@ -183,8 +195,14 @@ async fn connect(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// Serves as a baseline peer until killed: `echo`, or `relay SINK_A SINK_B`,
-/// under the real-time policy if asked. Prints `listening on ADDR` first.
-pub async fn serve_peer(role: &str, sinks: &[String], realtime: bool) -> std::io::Result<()> {
+/// under the real-time policy if asked, the relay busy for `work` per frame.
+/// Prints `listening on ADDR` first.
+pub async fn serve_peer(
+    role: &str,
+    sinks: &[String],
+    realtime: bool,
+    work: Duration,
+) -> std::io::Result<()> {
     if realtime {
         crate::realtime::enter().map_err(std::io::Error::other)?;
     }
@@ -210,7 +228,7 @@ pub async fn serve_peer(role: &str, sinks: &[String], realtime: bool) -> std::io
                 let (c, _) = l.accept().await?;
                 c.set_nodelay(true)?;
                 let (sa, sb) = (connect(a).await?, connect(b).await?);
-                tokio::spawn(relay(c, sa, sb));
+                tokio::spawn(relay(c, sa, sb, work));
             }
         }
         other => Err(std::io::Error::other(format!(
@@ -221,7 +239,7 @@ pub async fn serve_peer(role: &str, sinks: &[String], realtime: bool) -> std::io
 
 /// The relay and its two sinks, each a process; returns them (alive) and a
 /// connection to the relay.
-async fn relay_setup(realtime: bool) -> std::io::Result<(Vec<Peer>, TcpStream)> {
+async fn relay_setup(realtime: bool, work: Duration) -> std::io::Result<(Vec<Peer>, TcpStream)> {
     let policy = realtime.then(|| "--realtime".to_string());
     let a = spawn_peer(&[Some("echo".into()), policy.clone()]).await?;
     let b = spawn_peer(&[Some("echo".into()), policy.clone()]).await?;
@@ -230,6 +248,7 @@ async fn relay_setup(realtime: bool) -> std::io::Result<(Vec<Peer>, TcpStream)> 
         Some(a.addr.to_string()),
         Some(b.addr.to_string()),
         policy,
+        Some(format!("--work={}ns", work.as_nanos())),
     ])
     .await?;
     let s = connect(r.addr).await?;
@@ -278,10 +297,10 @@ pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
     let echo_peer = spawn_peer(&[Some("echo".into())]).await?;
     let ping_pong = round_trips(connect(echo_peer.addr).await?, round_trips_n).await?;
     drop(echo_peer);
-    let (peers, s) = relay_setup(false).await?;
+    let (peers, s) = relay_setup(false, Duration::ZERO).await?;
     let relay_rtt = round_trips(s, round_trips_n).await?;
     drop(peers);
-    let (peers, s) = relay_setup(false).await?;
+    let (peers, s) = relay_setup(false, Duration::ZERO).await?;
     let relay_frames_per_s = stream(s, frames).await?;
     drop(peers);
     Ok(Baseline {
@@ -296,7 +315,9 @@ pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
 /// load generator's pacer (every `pace`) finds it due, its latency counted
 /// from when it was due (coordinated-omission correction), the warm-up's
 /// not recorded; the relay and its sinks under the real-time policy if
-/// `realtime` (the caller's thread is under whatever it entered). What any master would add to a task's latency at this rate
+/// `realtime` (the caller's thread is under whatever it entered), the relay
+/// busy for `work` per frame (a stand-in for a master that costs that much
+/// CPU per task; zero for the bare relay). What any master would add to a task's latency at this rate
 /// on this machine is at least what this shows: the same four processes on
 /// the same cores, doing nothing but moving the bytes.
 pub async fn relay_open_loop(
@@ -305,8 +326,9 @@ pub async fn relay_open_loop(
     duration: Duration,
     pace: Duration,
     realtime: bool,
+    work: Duration,
 ) -> std::io::Result<Histogram<u64>> {
-    let (peers, s) = relay_setup(realtime).await?;
+    let (peers, s) = relay_setup(realtime, work).await?;
     let (mut r, mut w) = s.into_split();
     let started = Instant::now();
     let schedule = super::Schedule {
