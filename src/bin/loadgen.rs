@@ -416,51 +416,37 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         );
         let us = |v: u64| v as f64 / 1000.0;
         if let Some(h) = &relay_loaded {
-            let q = |q: f64| h.value_at_quantile(q) as f64;
             let label = if a.relay_work.is_zero() {
-                "raw relay at the run's rate".to_string()
+                "raw relay at the run's rate"
             } else {
-                format!("relay at the rate, {:?}/frame", a.relay_work)
+                "busy relay at the run's rate"
             };
+            let q = |q: f64| h.value_at_quantile(q) as f64;
             println!(
-                "{:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-                label,
+                "{label:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 q(0.5) / 1000.0,
                 q(0.99) / 1000.0,
                 q(0.999) / 1000.0,
                 us(h.max())
             );
             let idle = |q: f64| b.relay_rtt.value_at_quantile(q) as f64;
-            let at_rate = serde_json::json!({
-                "p50_vs_relay_at_rate": e2e(0.5) / q(0.5),
-                "p99_vs_relay_at_rate": e2e(0.99) / q(0.99),
-                "p999_vs_relay_at_rate": e2e(0.999) / q(0.999),
-                "relay_at_rate_p99_vs_idle": q(0.99) / idle(0.99),
-                "relay_at_rate_p999_vs_idle": q(0.999) / idle(0.999),
-            });
-            let r = |k: &str| at_rate[k].as_f64().unwrap_or(0.0);
-            println!(
-                "cluster / raw relay at the run's rate: p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
-                r("p50_vs_relay_at_rate"),
-                r("p99_vs_relay_at_rate"),
-                r("p999_vs_relay_at_rate"),
-            );
-            println!(
-                "raw relay at the run's rate / idle: p99 {:.2}x, p99.9 {:.2}x",
-                r("relay_at_rate_p99_vs_idle"),
-                r("relay_at_rate_p999_vs_idle"),
-            );
-            if let Some(m) = ratios.as_object_mut() {
-                m.extend(
-                    at_rate
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| (k.clone(), v.clone())),
-                );
+            let at_rate = [
+                ("p50_vs_relay_at_rate", e2e(0.5) / q(0.5)),
+                ("p99_vs_relay_at_rate", e2e(0.99) / q(0.99)),
+                ("p999_vs_relay_at_rate", e2e(0.999) / q(0.999)),
+                ("relay_at_rate_p99_vs_idle", q(0.99) / idle(0.99)),
+                ("relay_at_rate_p999_vs_idle", q(0.999) / idle(0.999)),
+            ];
+            let [p50, p99, p999, idle99, idle999] = at_rate.map(|(_, v)| v);
+            if !a.relay_work.is_zero() {
+                println!("(the relay busy {:?} a frame)", a.relay_work);
+            }
+            println!("cluster / {label}: p50 {p50:.2}x, p99 {p99:.2}x, p99.9 {p999:.2}x");
+            println!("{label} / idle relay: p99 {idle99:.2}x, p99.9 {idle999:.2}x");
+            for (k, v) in at_rate {
+                ratios[k] = v.into();
             }
         }
-        let us = |v: u64| v as f64 / 1000.0;
         summary["baseline"] = serde_json::json!({
             "ping_pong_p50_ms": us(b.ping_pong.value_at_quantile(0.5)),
             "ping_pong_p99_ms": us(b.ping_pong.value_at_quantile(0.99)),

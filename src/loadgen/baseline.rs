@@ -377,12 +377,22 @@ pub async fn relay_open_loop(
         w.write_all(&out).await?;
         sent = due;
     }
-    let h = reader
+    let h = tokio::time::timeout(RELAY_DRAIN_TIMEOUT, reader)
         .await
+        .map_err(|_| {
+            std::io::Error::other(format!(
+                "the relay had not returned every frame {RELAY_DRAIN_TIMEOUT:?} after the last was sent"
+            ))
+        })?
         .map_err(|e| std::io::Error::other(e.to_string()))??;
     drop(peers);
     Ok(h)
 }
+
+/// How long the relay at a rate may take to return its last frames: a relay
+/// that keeps up returns them within milliseconds, so this only ends a run
+/// whose relay has stopped instead of waiting for ever.
+const RELAY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bare spawn rate of `program` from a tokio program with `in_flight`
 /// children at a time: the ceiling for `exec` tasks on this machine.
