@@ -58,7 +58,16 @@ impl Proc {
 
     fn start(name: &str, cmd: &mut Command) -> Proc {
         // A process group of its own, so that a test can signal the group
-        // as a terminal would (see `signal_group`).
+        // as a terminal would (see `signal_group`); and the hang-up signal's
+        // default action, which a test run under `nohup` would otherwise pass
+        // on as ignored (the node would then rightly outlive a hang-up).
+        // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook needs.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .process_group(0)
             .stdin(Stdio::null())
