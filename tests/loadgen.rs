@@ -340,6 +340,19 @@ fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
             2,
             "required arguments were not provided",
         ),
+        (
+            &[
+                "--rate",
+                "2000",
+                "--duration",
+                "1s",
+                "--baseline",
+                "--relay-work",
+                "1ms",
+            ],
+            1,
+            "the relay could not keep up",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
             .args(args)

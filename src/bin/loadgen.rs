@@ -343,6 +343,16 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
     if a.tasks.is_none() && a.duration.is_none() {
         return Err("give --tasks N or --duration D (see --help)".into());
     }
+    if let Some(rate) = a.rate {
+        if a.relay_work.as_secs_f64() * rate >= 1.0 {
+            return Err(format!(
+                "--relay-work {:?} at --rate {rate}/s is more than a second of work a second: \
+                 the relay could not keep up (at most {:?} at this rate)",
+                a.relay_work,
+                Duration::from_secs_f64(1.0 / rate)
+            ));
+        }
+    }
     let base = if a.baseline {
         let b = baseline::run(baseline::ROUND_TRIPS_DEFAULT, baseline::FRAMES_DEFAULT)
             .await

@@ -364,34 +364,40 @@ pub async fn relay_open_loop(
         Ok(h)
     });
     let pacer = super::Pacer::start(pace)?;
-    let mut out = Vec::with_capacity(64 * 1024);
-    let mut sent = 0u64;
-    while sent < total {
-        pacer.tick().await?;
-        let due = schedule.count_due(Instant::now()).min(total);
-        out.clear();
-        for i in sent..due {
-            out.extend_from_slice(&i.to_le_bytes());
-            out.extend_from_slice(&[0u8; FRAME - 8]);
+    let send_and_collect = async move {
+        let mut out = Vec::with_capacity(64 * 1024);
+        let mut sent = 0u64;
+        while sent < total {
+            pacer.tick().await?;
+            let due = schedule.count_due(Instant::now()).min(total);
+            out.clear();
+            for i in sent..due {
+                out.extend_from_slice(&i.to_le_bytes());
+                out.extend_from_slice(&[0u8; FRAME - 8]);
+            }
+            w.write_all(&out).await?;
+            sent = due;
         }
-        w.write_all(&out).await?;
-        sent = due;
-    }
-    let h = tokio::time::timeout(RELAY_DRAIN_TIMEOUT, reader)
+        reader
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    };
+    let end = record_from + duration + RELAY_DRAIN_TIMEOUT;
+    let h = tokio::time::timeout_at(end.into(), send_and_collect)
         .await
         .map_err(|_| {
             std::io::Error::other(format!(
-                "the relay had not returned every frame {RELAY_DRAIN_TIMEOUT:?} after the last was sent"
+                "the relay fell behind: {RELAY_DRAIN_TIMEOUT:?} after the run's end it had not returned every frame"
             ))
-        })?
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        })??;
     drop(peers);
     Ok(h)
 }
 
-/// How long the relay at a rate may take to return its last frames: a relay
-/// that keeps up returns them within milliseconds, so this only ends a run
-/// whose relay has stopped instead of waiting for ever.
+/// How long after the run's end the relay at a rate may take to return its
+/// last frames: one that keeps up returns them within milliseconds, so this
+/// only ends a run whose relay has stopped or fallen behind (too much
+/// `work`) instead of waiting for ever.
 const RELAY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bare spawn rate of `program` from a tokio program with `in_flight`
