@@ -21,6 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Examples:
 ///   loadgen --tasks 1000000 --concurrency 20000 --baseline --report results/w1
 ///   loadgen --rate 200000 --duration 10s --report results/open-loop
+///   loadgen --rate 700000 --duration 10s --warmup 2s --baseline   (and the raw relay at 700k/s)
 ///   loadgen --kind exec --arg true --tasks 20000 --concurrency 4
 ///   loadgen --tasks 200000 --chaos kill --chaos-every 2s
 ///   loadgen baseline
