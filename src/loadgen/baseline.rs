@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics;
@@ -68,6 +68,40 @@ async fn round_trips(mut s: TcpStream, n: u32) -> std::io::Result<Histogram<u64>
     Ok(h)
 }
 
+/// Reads a stream of [`FRAME`]-byte frames a read at a time, handing out the
+/// whole frames each read completes; the bytes of a frame cut by the read
+/// wait for the next.
+struct FrameReader {
+    buf: Vec<u8>,
+    /// Bytes in `buf`, and how many of them were handed out as whole frames.
+    have: usize,
+    whole: usize,
+}
+
+impl FrameReader {
+    fn new(bytes: usize) -> FrameReader {
+        FrameReader {
+            buf: vec![0u8; bytes],
+            have: 0,
+            whole: 0,
+        }
+    }
+
+    /// The whole frames the next read completes (perhaps none); `None` at
+    /// the end of the stream.
+    async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Option<&[u8]>> {
+        self.buf.copy_within(self.whole..self.have, 0);
+        let pending = self.have - self.whole;
+        let n = r.read(&mut self.buf[pending..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.have = pending + n;
+        self.whole = self.have / FRAME * FRAME;
+        Ok(Some(&self.buf[..self.whole]))
+    }
+}
+
 /// Sends what a sink returns on to the client, whole frames only: the two
 /// sinks' streams merge into one, so a frame cut between two reads must not
 /// have the other sink's frames spliced into it.
@@ -75,20 +109,11 @@ async fn whole_frames_back(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: tokio::sync::mpsc::Sender<Vec<u8>>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending = 0usize;
-    loop {
-        let n = match from.read(&mut buf[pending..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let have = pending + n;
-        let whole = have / FRAME * FRAME;
-        if whole > 0 && to.send(buf[..whole].to_vec()).await.is_err() {
+    let mut frames = FrameReader::new(64 * 1024);
+    while let Ok(Some(whole)) = frames.next(&mut from).await {
+        if !whole.is_empty() && to.send(whole.to_vec()).await.is_err() {
             return;
         }
-        buf.copy_within(whole..have, 0);
-        pending = have - whole;
     }
 }
 
@@ -118,23 +143,17 @@ async fn relay(client: TcpStream, a: TcpStream, b: TcpStream, work: Duration) {
             }
         }
     });
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending = 0usize;
+    let mut frames = FrameReader::new(64 * 1024);
     let mut turn = false;
-    loop {
-        let n = match cr.read(&mut buf[pending..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let have = pending + n;
-        let whole = have / FRAME * FRAME;
+    while let Ok(Some(batch)) = frames.next(&mut cr).await {
+        let whole = batch.len();
         if whole > 0 {
             if !work.is_zero() {
                 busy(work * (whole / FRAME) as u32);
             }
             // Split the whole frames in two batches, one per sink.
             let half = (whole / FRAME).div_ceil(2) * FRAME;
-            let (first, second) = buf[..whole].split_at(half);
+            let (first, second) = batch.split_at(half);
             let (x, y) = if turn {
                 (&mut bw, &mut aw)
             } else {
@@ -145,8 +164,6 @@ async fn relay(client: TcpStream, a: TcpStream, b: TcpStream, work: Duration) {
                 break;
             }
         }
-        buf.copy_within(whole..have, 0);
-        pending = have - whole;
     }
     back_a.abort();
     back_b.abort();
@@ -339,18 +356,14 @@ pub async fn relay_open_loop(
     let total = ((warmup + duration).as_secs_f64() * rate) as u64;
     let reader = tokio::spawn(async move {
         let mut h = metrics::histogram();
-        let mut buf = vec![0u8; 256 * 1024];
-        let (mut pending, mut got) = (0usize, 0u64);
+        let mut frames = FrameReader::new(256 * 1024);
+        let mut got = 0u64;
         while got < total {
-            let n = match r.read(&mut buf[pending..]).await {
-                Ok(0) => return Err(std::io::Error::other("the relay closed")),
-                Ok(n) => n,
-                Err(e) => return Err(e),
+            let Some(batch) = frames.next(&mut r).await? else {
+                return Err(std::io::Error::other("the relay closed"));
             };
             let now = Instant::now();
-            let have = pending + n;
-            let whole = have / FRAME * FRAME;
-            for f in buf[..whole].chunks_exact(FRAME) {
+            for f in batch.chunks_exact(FRAME) {
                 let i = u64::from_le_bytes(f[..8].try_into().expect("8 bytes"));
                 let due = schedule.due(i);
                 if due >= record_from {
@@ -358,8 +371,6 @@ pub async fn relay_open_loop(
                 }
                 got += 1;
             }
-            buf.copy_within(whole..have, 0);
-            pending = have - whole;
         }
         Ok(h)
     });
@@ -455,3 +466,28 @@ pub const ROUND_TRIPS_DEFAULT: u32 = 20_000;
 pub const FRAMES_DEFAULT: u64 = 5_000_000;
 /// How long a baseline may take before it is abandoned.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame cut between two reads comes out whole with the second, never
+    /// in pieces: the relay's way back relies on it to merge two sinks.
+    #[tokio::test]
+    async fn a_frame_cut_between_reads_is_handed_out_whole_with_the_read_that_completes_it() {
+        let (mut tx, mut rx) = tokio::io::duplex(1024);
+        let frames: Vec<u8> = (0..3 * FRAME as u8).collect();
+        let mut reader = FrameReader::new(256);
+        tx.write_all(&frames[..FRAME + 5]).await.unwrap();
+        let first = reader.next(&mut rx).await.unwrap().unwrap().to_vec();
+        assert_eq!(first, frames[..FRAME]);
+        tx.write_all(&frames[FRAME + 5..FRAME + 9]).await.unwrap();
+        let none = reader.next(&mut rx).await.unwrap().unwrap().to_vec();
+        assert!(none.is_empty(), "no frame is whole yet");
+        tx.write_all(&frames[FRAME + 9..]).await.unwrap();
+        let rest = reader.next(&mut rx).await.unwrap().unwrap().to_vec();
+        assert_eq!(rest, frames[FRAME..]);
+        drop(tx);
+        assert!(reader.next(&mut rx).await.unwrap().is_none(), "the end");
+    }
+}
