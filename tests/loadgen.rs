@@ -125,6 +125,17 @@ fn an_open_loop_run_keeps_to_its_schedule_and_records_every_tasks_submit_lag() {
 /// frame due after the warm-up is recorded, from when it was due.
 #[test]
 fn an_open_loop_with_baselines_also_measures_the_relay_at_the_runs_rate() {
+    relay_at_the_runs_rate_records_every_frame_due_after_the_warmup("100us");
+}
+
+/// The same without the pacer (`--pace 0s`): the relay is paced at the load
+/// generator's ticker, as the run is.
+#[test]
+fn an_open_loop_without_a_pacer_measures_the_relay_at_its_rate_too() {
+    relay_at_the_runs_rate_records_every_frame_due_after_the_warmup("0s");
+}
+
+fn relay_at_the_runs_rate_records_every_frame_due_after_the_warmup(pace: &str) {
     let run = loadgen(&[
         "--rate",
         "2000",
@@ -132,6 +143,8 @@ fn an_open_loop_with_baselines_also_measures_the_relay_at_the_runs_rate() {
         "1s",
         "--warmup",
         "500ms",
+        "--pace",
+        pace,
         "--baseline",
         "--quiet",
     ]);

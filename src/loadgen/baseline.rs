@@ -334,9 +334,11 @@ pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
 /// not recorded; the relay and its sinks under the real-time policy if
 /// `realtime` (the caller's thread is under whatever it entered), the relay
 /// busy for `work` per frame (a stand-in for a master that costs that much
-/// CPU per task; zero for the bare relay). What any master would add to a task's latency at this rate
-/// on this machine is at least what this shows: the same four processes on
-/// the same cores, doing nothing but moving the bytes.
+/// CPU per task; zero for the bare relay). What any master would add to a
+/// task's latency at this rate on this machine is at least what this shows:
+/// the same four processes on the same cores, doing nothing but moving the
+/// bytes. A zero `pace` paces at the load generator's ticker, as its loop
+/// then does.
 pub async fn relay_open_loop(
     rate: f64,
     warmup: Duration,
@@ -374,7 +376,11 @@ pub async fn relay_open_loop(
         }
         Ok(h)
     });
-    let pacer = super::Pacer::start(pace)?;
+    let pacer = super::Pacer::start(if pace.is_zero() {
+        super::RATE_TICK
+    } else {
+        pace
+    })?;
     let send_and_collect = async move {
         let mut out = Vec::with_capacity(64 * 1024);
         let mut sent = 0u64;

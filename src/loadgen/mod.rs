@@ -166,6 +166,10 @@ const RESULTS_PER_TURN_MAX: usize = 4096;
 /// virtual machine), so not finer.
 pub const PACE_DEFAULT: Duration = Duration::from_micros(100);
 
+/// The load loop's ticker, on which the rate, the drain deadline and chaos
+/// are checked; an open loop without a pacer (`--pace 0s`) is paced by it.
+const RATE_TICK: Duration = Duration::from_millis(1);
+
 /// How long before the end of the warm-up the master's histograms are
 /// read, to be subtracted from its final ones: early enough that the read
 /// (a round trip) falls in the warm-up, which is not recorded.
@@ -667,8 +671,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     let mut last_result = started;
     let mut chaos_events = 0u32;
     let mut next_chaos = opts.chaos.map(|(_, every)| started + every);
-    let rate_tick = Duration::from_millis(1);
-    let mut ticker = tokio::time::interval(rate_tick);
+    let mut ticker = tokio::time::interval(RATE_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut drain_until: Option<Instant> = None;
     let pacer =
