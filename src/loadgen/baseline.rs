@@ -177,12 +177,14 @@ struct Peer {
     addr: std::net::SocketAddr,
 }
 
-async fn spawn_peer(args: &[Option<String>]) -> std::io::Result<Peer> {
+/// Starts `loadgen peer ARGS`, under the real-time policy if `realtime`.
+async fn spawn_peer(args: &[String], realtime: bool) -> std::io::Result<Peer> {
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .arg("peer")
-        .args(args.iter().flatten())
+        .args(args)
+        .args(realtime.then_some("--realtime"))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -257,16 +259,17 @@ pub async fn serve_peer(
 /// The relay and its two sinks, each a process; returns them (alive) and a
 /// connection to the relay.
 async fn relay_setup(realtime: bool, work: Duration) -> std::io::Result<(Vec<Peer>, TcpStream)> {
-    let policy = realtime.then(|| "--realtime".to_string());
-    let a = spawn_peer(&[Some("echo".into()), policy.clone()]).await?;
-    let b = spawn_peer(&[Some("echo".into()), policy.clone()]).await?;
-    let r = spawn_peer(&[
-        Some("relay".into()),
-        Some(a.addr.to_string()),
-        Some(b.addr.to_string()),
-        policy,
-        Some(format!("--work={}ns", work.as_nanos())),
-    ])
+    let a = spawn_peer(&["echo".into()], realtime).await?;
+    let b = spawn_peer(&["echo".into()], realtime).await?;
+    let r = spawn_peer(
+        &[
+            "relay".into(),
+            a.addr.to_string(),
+            b.addr.to_string(),
+            format!("--work={}ns", work.as_nanos()),
+        ],
+        realtime,
+    )
     .await?;
     let s = connect(r.addr).await?;
     Ok((vec![a, b, r], s))
@@ -311,7 +314,7 @@ async fn stream(s: TcpStream, frames: u64) -> std::io::Result<f64> {
 /// sequential round trips for each latency, `frames` frames for the
 /// throughput.
 pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
-    let echo_peer = spawn_peer(&[Some("echo".into())]).await?;
+    let echo_peer = spawn_peer(&["echo".into()], false).await?;
     let ping_pong = round_trips(connect(echo_peer.addr).await?, round_trips_n).await?;
     drop(echo_peer);
     let (peers, s) = relay_setup(false, Duration::ZERO).await?;
