@@ -1017,3 +1017,131 @@ fn realtime_refused_by_the_kernel_stops_the_node_with_the_reason() {
         "{said}"
     );
 }
+
+/// A second master whose scan covers cluster `c`'s workers (its own port is
+/// the top of their range, which no worker takes before the others).
+fn second_master(c: &Cluster, logs: &std::path::Path) -> Proc {
+    let port = (c.first_port + support::BLOCK - 1).to_string();
+    let range = c.worker_range();
+    let mut m = Proc::spawn(
+        "master-2",
+        &[
+            "master",
+            "--quiet",
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--port",
+            &port,
+            "--scan",
+            &range,
+            "--scan-interval",
+            "200ms",
+            "--heartbeat",
+            "200ms",
+            "--worker-timeout",
+            "1s",
+        ],
+    );
+    m.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("master listening on ")
+    });
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_serving_a_live_master_refuses_another_masters_scan() {
+    let (mut c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let id = client
+        .submit(task("sleep", "1500", 128, 0, 0))
+        .await
+        .unwrap();
+    c.wait_busy(&client, "w1").await;
+    let logs = tempfile::tempdir().unwrap();
+    let _other = second_master(&c, logs.path());
+    let other_log = || std::fs::read_to_string(logs.path().join("master.log")).unwrap_or_default();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !other_log().contains("the worker refused this master") {
+        assert!(
+            std::time::Instant::now() < end,
+            "the second master never heard the refusal:\n{}",
+            other_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = collect(&mut client, 1, Duration::from_secs(10))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(
+        (r.status, r.worker.as_str(), r.errors.len()),
+        (TaskStatus::Ok, "w1", 0),
+        "the task ran once, on w1, for its own master: {r:?}"
+    );
+    assert!(other_log().contains("this worker serves master"));
+    let wlog = c.worker_log("w1");
+    assert!(wlog.contains("refused a master"), "{wlog}");
+    assert!(!wlog.contains("replaces the current one"), "{wlog}");
+    assert!(c.worker("w1").child.try_wait().unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_worker_with_a_live_workers_id_is_refused() {
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let first = client.status(false).await.unwrap().workers[0].addr.clone();
+    c.add_worker("w1", 2, &[]);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !c
+        .master_log()
+        .contains("refused a second worker with a registered node id")
+    {
+        assert!(std::time::Instant::now() < end, "{}", c.master_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = client.status(false).await.unwrap();
+    assert_eq!(s.workers.len(), 1);
+    assert_eq!(s.workers[0].addr, first, "the registered w1 was not replaced");
+    assert!(!c.master_log().contains("replacing its old session"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_past_a_scans_handshake_deadline_is_found_again_once_resumed() {
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_timeout: "30s",
+            ..Opts::default()
+        },
+    )
+    .await;
+    c.worker("w1").signal(libc::SIGSTOP);
+    c.wait_status(&client, Duration::from_secs(5), "w1 removed", |s| {
+        s.workers.is_empty()
+    })
+    .await;
+    // Scans meanwhile reach its listener and time out in the handshake (2 s).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !c.master_log().contains("handshake did not finish") {
+        assert!(std::time::Instant::now() < end, "{}", c.master_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.worker("w1").signal(libc::SIGCONT);
+    c.wait_status(&client, Duration::from_secs(15), "w1 found again", |s| {
+        s.workers.len() == 1
+    })
+    .await;
+}

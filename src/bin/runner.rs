@@ -197,7 +197,9 @@ struct WorkerArgs {
     /// Listen on the first free port of this range.
     #[arg(long, default_value = "5000-5100")]
     port_range: PortRange,
-    /// Dial this master (HOST:PORT) instead of waiting to be found.
+    /// Dial this master (HOST:PORT) rather than wait to be found. The worker
+    /// still listens on its port range, but while its master is live it
+    /// refuses any other master that finds it there.
     #[arg(long)]
     master: Option<String>,
     /// Tasks run at once (default: the number of cores).

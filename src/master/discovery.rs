@@ -11,14 +11,20 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use super::serve::worker_session;
+use super::serve::{worker_session, Registration};
 use super::Shared;
 use crate::metrics::Metric;
 use crate::net::{self, ConnectError};
+use crate::proto::handshake::HandshakeError;
 use crate::proto::{FromWorker, Role, ToWorker};
 
 /// How long a listener that failed the handshake is left alone.
 const NOT_A_WORKER_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a worker that refused this master (it serves another), or a
+/// listener that did not finish the handshake in time, is left alone: a
+/// stopped worker, for one, answers again once resumed, and must be found
+/// well within its master-timeout.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 /// Most probes in flight at once.
 const PROBES_IN_FLIGHT_MAX: usize = 256;
 
@@ -112,16 +118,28 @@ async fn probe(shared: Arc<Shared>, addr: SocketAddr) -> usize {
             let (r, w) = net::split(conn);
             let s = shared.clone();
             shared.tracker.spawn(async move {
-                worker_session(s.clone(), r, w, peer, addr).await;
-                s.registry().probing.remove(&addr);
+                let went = worker_session(s.clone(), r, w, peer, addr).await;
+                let mut reg = s.registry();
+                if went == Registration::Refused {
+                    reg.not_workers.insert(addr, Instant::now() + REFUSED_BACKOFF);
+                }
+                reg.probing.remove(&addr);
             });
             1
         }
         Err(ConnectError::Handshake { source, .. }) => {
-            tracing::info!(%addr, "skipping listener: not a runner worker we can use ({source})");
+            let backoff = match source {
+                HandshakeError::Timeout(_) => {
+                    tracing::info!(%addr, "skipping listener for {REFUSED_BACKOFF:?}: {source} (a stopped worker, or not a runner worker)");
+                    REFUSED_BACKOFF
+                }
+                _ => {
+                    tracing::info!(%addr, "skipping listener for {NOT_A_WORKER_BACKOFF:?}: not a runner worker we can use ({source})");
+                    NOT_A_WORKER_BACKOFF
+                }
+            };
             let mut reg = shared.registry();
-            reg.not_workers
-                .insert(addr, Instant::now() + NOT_A_WORKER_BACKOFF);
+            reg.not_workers.insert(addr, Instant::now() + backoff);
             reg.probing.remove(&addr);
             0
         }

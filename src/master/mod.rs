@@ -77,7 +77,9 @@ pub struct MasterConfig {
     pub secret: Option<Secret>,
     /// Wire used when the master dials workers.
     pub wire: Wire,
-    /// The master's node id.
+    /// The master's node id; empty (the default) names it after its
+    /// process and address, `master-PID@ADDR`, so that a worker can tell two
+    /// masters apart (it refuses a second one while its own is live).
     pub node: String,
     /// Serve Prometheus `/metrics` on this address.
     pub metrics: Option<SocketAddr>,
@@ -106,7 +108,7 @@ impl Default for MasterConfig {
             handshake_timeout: Duration::from_millis(crate::limits::HANDSHAKE_TIMEOUT_MS),
             secret: None,
             wire: Wire::Bincode,
-            node: "master".into(),
+            node: String::new(),
             metrics: None,
             journal: None,
         }
@@ -509,9 +511,14 @@ impl Master {
                 queue.push(record.spec.priority, record);
             }
         }
+        let node = if cfg.node.is_empty() {
+            format!("master-{}@{local_addr}", std::process::id())
+        } else {
+            cfg.node.clone()
+        };
         let identity = Identity {
             role: Role::Master,
-            node: Text::from(cfg.node.clone()),
+            node: Text::from(node),
             secret: cfg.secret.clone(),
         };
         let shared = Arc::new(Shared {

@@ -146,7 +146,9 @@ async fn session(
             let s = shared.clone();
             // Worker sessions belong to the main tracker: shutdown waits for
             // them to hand back their attempts.
-            shared.tracker.spawn(worker_session(s, r, w, peer, addr));
+            shared.tracker.spawn(async move {
+                worker_session(s, r, w, peer, addr).await;
+            });
         }
         _ => {
             let (r, w) = net::split(conn);
@@ -503,6 +505,22 @@ pub(crate) fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
     }
 }
 
+/// A worker registered within this many of the master's heartbeats is live:
+/// a second worker with its node id is refused rather than taking its place
+/// (two processes started with one `--id` would otherwise replace each other
+/// at every scan, each time re-queuing what the other held).
+const LIVE_WORKER_HEARTBEATS: u32 = 3;
+
+/// How a worker session went, for the scan that found the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// It registered and has since ended.
+    Served,
+    /// It never registered: the worker refused this master (it serves
+    /// another), the master refused it, or it said nothing in time.
+    Refused,
+}
+
 /// Runs a worker's session: registration, dispatch, results, heartbeats,
 /// and on departure hands every attempt it held back to the queue.
 pub(crate) async fn worker_session(
@@ -511,10 +529,14 @@ pub(crate) async fn worker_session(
     mut write: Writer<ToWorker, FromWorker>,
     peer: Peer,
     addr: SocketAddr,
-) {
+) -> Registration {
     let node = peer.node.clone();
     let reg = match tokio::time::timeout(shared.cfg.handshake_timeout, read.next()).await {
         Ok(Some(Ok(FromWorker::Register(r)))) => r,
+        Ok(Some(Ok(FromWorker::Error(e)))) => {
+            tracing::info!(%addr, worker = %node, "the worker refused this master: {} ({})", e.message, e.code.name());
+            return Registration::Refused;
+        }
         other => {
             let why = match other {
                 Err(_) => "no register in time".to_string(),
@@ -526,7 +548,7 @@ pub(crate) async fn worker_session(
             let _ = write
                 .send(ToWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why)))
                 .await;
-            return;
+            return Registration::Refused;
         }
     };
     if node.is_empty() {
@@ -536,7 +558,23 @@ pub(crate) async fn worker_session(
                 "a worker needs a node id",
             )))
             .await;
-        return;
+        return Registration::Refused;
+    }
+    let live_for = shared.cfg.heartbeat * LIVE_WORKER_HEARTBEATS;
+    let taken = shared.registry().workers.get(&node).and_then(|w| {
+        let now_ms = shared.millis(Instant::now());
+        let silent = now_ms.saturating_sub(w.stats.last_heard_ms.load(Ordering::Relaxed));
+        (u128::from(silent) < live_for.as_millis()).then_some((w.addr, silent))
+    });
+    if let Some((other, silent)) = taken {
+        tracing::warn!(worker = %node, %addr, registered = %other, "refused a second worker with a registered node id");
+        let why = format!(
+            "a worker named {node} is already registered from {other} and was heard from {silent} ms ago: give each worker its own --id"
+        );
+        let _ = write
+            .send(ToWorker::Error(ErrorMsg::new(ErrorCode::DUPLICATE_NODE, why)))
+            .await;
+        return Registration::Refused;
     }
     let listen = reg.listen.parse::<SocketAddr>().ok().map(|mut l| {
         if l.ip().is_unspecified() {
@@ -732,6 +770,7 @@ pub(crate) async fn worker_session(
             r.workers.remove(&node);
         }
     }
+    Registration::Served
 }
 
 /// Fills the worker's credit from the queue, in one `run` frame.

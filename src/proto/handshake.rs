@@ -186,21 +186,50 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// The error to send the peer, when we are the one refusing.
-    pub fn to_error_msg(&self) -> Option<ErrorMsg> {
-        let code = match self {
-            HandshakeError::VersionMismatch { .. } => ErrorCode::VERSION_MISMATCH,
-            HandshakeError::PeerHasNoSecret
-            | HandshakeError::NoSecret
-            | HandshakeError::BadProof => ErrorCode::AUTH_FAILED,
-            HandshakeError::WrongRole { .. } => ErrorCode::WRONG_ROLE,
-            HandshakeError::Unexpected(_) => ErrorCode::UNEXPECTED,
-            HandshakeError::Timeout(_) => ErrorCode::HANDSHAKE_TIMEOUT,
+    /// The error to send the peer, when we (a node of role `us`) are the
+    /// one refusing. Written for the peer that reads it: our own
+    /// [`Display`](std::fmt::Display) text says "this node" of us, which the
+    /// peer would print as if it were about itself.
+    pub fn to_error_msg(&self, us: Role) -> Option<ErrorMsg> {
+        let (code, message) = match self {
+            HandshakeError::VersionMismatch {
+                peer_min,
+                peer_max,
+                min,
+                max,
+            } => (
+                ErrorCode::VERSION_MISMATCH,
+                format!(
+                    "no common protocol version: you speak {peer_min}..={peer_max}, this {us} speaks {min}..={max}"
+                ),
+            ),
+            HandshakeError::PeerHasNoSecret => (
+                ErrorCode::AUTH_FAILED,
+                format!(
+                    "authentication required: this {us} has the cluster's shared secret and you offered none (set --secret-file or RUNNER_SECRET)"
+                ),
+            ),
+            HandshakeError::NoSecret => (
+                ErrorCode::AUTH_FAILED,
+                format!(
+                    "this {us} has no shared secret, and you offered to authenticate: give both sides the same secret, or neither"
+                ),
+            ),
+            HandshakeError::BadProof => (
+                ErrorCode::AUTH_FAILED,
+                format!("your proof did not verify: you do not hold the secret this {us} holds"),
+            ),
+            HandshakeError::WrongRole { got, expected } => (
+                ErrorCode::WRONG_ROLE,
+                format!("this node is a {us}: it takes connections from {expected}, not from a {got}"),
+            ),
+            HandshakeError::Unexpected(_) => (ErrorCode::UNEXPECTED, self.to_string()),
+            HandshakeError::Timeout(_) => (ErrorCode::HANDSHAKE_TIMEOUT, self.to_string()),
             HandshakeError::Proto(ProtoError::Io(_)) => return None,
-            HandshakeError::Proto(e) => e.code(),
+            HandshakeError::Proto(e) => (e.code(), self.to_string()),
             HandshakeError::Refused(_) | HandshakeError::Closed => return None,
         };
-        Some(ErrorMsg::new(code, self.to_string()))
+        Some(ErrorMsg::new(code, message))
     }
 }
 
@@ -456,7 +485,7 @@ where
             Ok(peer)
         }
         Err(e) => {
-            if let Some(msg) = e.to_error_msg() {
+            if let Some(msg) = e.to_error_msg(hs.me.role) {
                 // Best effort, bounded: the peer may be the reason we failed.
                 let _ = tokio::time::timeout(
                     Duration::from_millis(limits::ERROR_SEND_TIMEOUT_MS),

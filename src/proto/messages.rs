@@ -104,6 +104,9 @@ error_codes! {
     /// The master cannot write its journal (a full disk): it acknowledges
     /// nothing until it can again.
     JOURNAL_FAILED = 14, "journal_failed";
+    /// The worker serves another master, heard from within its last few
+    /// heartbeats: a scan by a second master may not take it over.
+    OTHER_MASTER = 15, "other_master";
 }
 
 /// Checks a message body against the limits of `crate::limits`; run by the

@@ -237,9 +237,10 @@ impl Worker {
         };
         tracing::info!(worker = %cfg.id, %addr, slots = cfg.slots, "worker listening; waiting for a master");
         let (conn_tx, mut conn_rx) =
-            mpsc::channel::<(net::Conn<FromWorker, ToWorker>, Peer, SocketAddr)>(4);
+            mpsc::channel::<(net::Conn<FromWorker, ToWorker>, Peer, SocketAddr, Origin)>(4);
         let (end_tx, mut end_rx) = mpsc::channel::<(u64, SessionEnd)>(4);
-        let mut session: Option<(u64, CancellationToken, CancellationToken)> = None;
+        let mut session: Option<Current> = None;
+        let epoch = Instant::now();
         let mut runs = Some(Runs::new(cfg.slots));
         let mut session_seq = 0u64;
         let mut watch = MasterWatch::new(cfg.master_timeout, Instant::now());
@@ -268,7 +269,7 @@ impl Worker {
                         .await
                         {
                             Ok((conn, peer)) => {
-                                let _ = conn_tx.send((conn, peer, master)).await;
+                                let _ = conn_tx.send((conn, peer, master, Origin::Dialed)).await;
                             }
                             Err(e) => {
                                 tracing::debug!("dialing the master failed: {e}");
@@ -288,20 +289,30 @@ impl Worker {
                         let (identity, conn_tx, timeout) = (identity.clone(), conn_tx.clone(), cfg.handshake_timeout);
                         tokio::spawn(async move {
                             match net::accept::<FromWorker, ToWorker>(stream, identity, WORKER_ACCEPTS, timeout).await {
-                                Ok((conn, peer)) => { let _ = conn_tx.send((conn, peer, peer_addr)).await; }
+                                Ok((conn, peer)) => { let _ = conn_tx.send((conn, peer, peer_addr, Origin::Accepted)).await; }
                                 Err(e) => tracing::info!(%peer_addr, "refused a connection: {e}"),
                             }
                         });
                     }
                 }
-                Some((conn, peer, peer_addr)) = conn_rx.recv() => {
-                    dialing = false;
-                    if let Some((old, kick, _)) = session.take() {
-                        tracing::info!("a new master connection replaces the current one");
-                        kick.cancel();
+                Some((conn, peer, peer_addr, origin)) = conn_rx.recv() => {
+                    if origin == Origin::Dialed {
+                        dialing = false;
+                    }
+                    if let Some(why) = session.as_ref().and_then(|c| c.refuses(&peer, origin, cfg.heartbeat)) {
+                        tracing::info!(master = %peer.node, %peer_addr, "refused a master: {why}");
+                        tokio::spawn(async move {
+                            let (_, mut w): (Reader<FromWorker, ToWorker>, _) = net::split(conn);
+                            let _ = w.send(FromWorker::Error(ErrorMsg::new(ErrorCode::OTHER_MASTER, why))).await;
+                        });
+                        continue;
+                    }
+                    if let Some(old) = session.take() {
+                        tracing::info!(old = %old.master, new = %peer.node, "a new master connection replaces the current one");
+                        old.kick.cancel();
                         // Take back what it was running before starting the next.
                         while let Some((sid, end)) = end_rx.recv().await {
-                            if sid == old {
+                            if sid == old.id {
                                 runs = Some(end.runs);
                                 break;
                             }
@@ -312,19 +323,20 @@ impl Worker {
                     tracing::info!(master = %peer.node, %peer_addr, "connected to master");
                     watch.heard(Instant::now());
                     let (r, w) = net::split(conn);
-                    let s = Session::new(cfg.clone(), self.handlers.clone(), self.tasks_on.clone(), addr, runs.take().unwrap_or_else(|| Runs::new(cfg.slots)));
+                    let heard = Arc::new(Heard::new(epoch));
+                    let s = Session::new(cfg.clone(), self.handlers.clone(), self.tasks_on.clone(), addr, runs.take().unwrap_or_else(|| Runs::new(cfg.slots)), heard.clone());
                     let (end_tx, id) = (end_tx.clone(), session_seq);
                     let (k, d) = (kick.clone(), drain.clone());
                     tokio::spawn(async move {
                         let end = s.run(r, w, k, d).await;
                         let _ = end_tx.send((id, end)).await;
                     });
-                    session = Some((session_seq, kick, drain));
+                    session = Some(Current { id: session_seq, kick, drain, master: peer.node.clone(), heard });
                 }
                 Some((id, end)) = end_rx.recv() => {
                     watch.heard(end.last_heard);
                     tracing::warn!("master session ended: {}", end.reason);
-                    if session.as_ref().is_some_and(|(s, _, _)| *s == id) {
+                    if session.as_ref().is_some_and(|c| c.id == id) {
                         session = None;
                         let waiting = end.runs.running.len() + end.runs.done.len();
                         if waiting > 0 {
@@ -342,11 +354,11 @@ impl Worker {
                     }
                 }
                 _ = stop.cancelled() => {
-                    if let Some((id, _, drain)) = session.take() {
+                    if let Some(current) = session.take() {
                         tracing::info!("shutting down: handing running tasks back to the master");
-                        drain.cancel();
+                        current.drain.cancel();
                         while let Some((sid, end)) = end_rx.recv().await {
-                            if sid == id {
+                            if sid == current.id {
                                 tracing::info!("{}", end.reason);
                                 break;
                             }
@@ -357,6 +369,80 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// How a master connection came: the worker dialed it (`--master`), or a
+/// master's scan found the worker's listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Dialed,
+    Accepted,
+}
+
+/// A master heard from within this many of the worker's heartbeats is live:
+/// another master's scan may not take the worker from it. The master pings
+/// every one of its heartbeats and the worker pings a master silent for one
+/// of its own, so a live master is heard at least that often.
+const LIVE_MASTER_HEARTBEATS: u32 = 3;
+
+/// When the current session last heard from its master, shared with the
+/// worker's accept loop (nanoseconds since the worker's epoch).
+struct Heard {
+    epoch: Instant,
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Heard {
+    fn new(epoch: Instant) -> Heard {
+        let h = Heard {
+            epoch,
+            nanos: std::sync::atomic::AtomicU64::new(0),
+        };
+        h.set(Instant::now());
+        h
+    }
+
+    fn set(&self, now: Instant) {
+        let n = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.nanos.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn silent_for(&self, now: Instant) -> Duration {
+        let at = self.epoch
+            + Duration::from_nanos(self.nanos.load(std::sync::atomic::Ordering::Relaxed));
+        now.saturating_duration_since(at)
+    }
+}
+
+/// The master session in progress.
+struct Current {
+    id: u64,
+    kick: CancellationToken,
+    drain: CancellationToken,
+    master: Text,
+    heard: Arc<Heard>,
+}
+
+impl Current {
+    /// Why a new master connection may not replace this session, if it may
+    /// not: a scan by another master while this one is live (two clusters
+    /// whose port ranges overlap would otherwise take each other's workers
+    /// at every scan, and results would go to the master that did not ask).
+    /// A connection the worker dialed itself, the same master again, or a
+    /// master that has gone silent (frozen, cut off) replaces the session.
+    fn refuses(&self, peer: &Peer, origin: Origin, heartbeat: Duration) -> Option<String> {
+        if origin == Origin::Dialed || peer.node == self.master {
+            return None;
+        }
+        let silent = self.heard.silent_for(Instant::now());
+        (silent < heartbeat * LIVE_MASTER_HEARTBEATS).then(|| {
+            format!(
+                "this worker serves master {} (heard from {} ms ago)",
+                self.master,
+                silent.as_millis()
+            )
+        })
     }
 }
 
@@ -399,6 +485,8 @@ struct Session {
     tasks_on: Option<Handle>,
     listen: SocketAddr,
     runs: Runs,
+    /// When its master was last heard from, for the accept loop.
+    heard: Arc<Heard>,
 }
 
 fn result(
@@ -424,6 +512,7 @@ impl Session {
         tasks_on: Option<Handle>,
         listen: SocketAddr,
         runs: Runs,
+        heard: Arc<Heard>,
     ) -> Self {
         Session {
             cfg,
@@ -431,6 +520,7 @@ impl Session {
             tasks_on,
             listen,
             runs,
+            heard,
         }
     }
 
@@ -589,7 +679,9 @@ impl Session {
                         }
                         Some(Ok(m)) => m,
                     };
-                    watch.heard(Instant::now());
+                    let now = Instant::now();
+                    watch.heard(now);
+                    self.heard.set(now);
                     match msg {
                         ToWorker::Run(run) => {
                             for a in run.tasks {
