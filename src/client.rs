@@ -66,7 +66,12 @@ pub enum ClientError {
 }
 
 enum Cmd {
-    Submit(Vec<NewTask>, oneshot::Sender<Result<Accepted, ErrorMsg>>),
+    /// Tasks, whether detached, and who waits for the acceptance.
+    Submit(
+        Vec<NewTask>,
+        bool,
+        oneshot::Sender<Result<Accepted, ErrorMsg>>,
+    ),
     Status(bool, oneshot::Sender<StatusReport>),
     Fetch(Vec<u64>),
     Close,
@@ -176,11 +181,29 @@ impl Client {
     /// Submits a batch; returns the ids the master gave its tasks, in order.
     /// Batches larger than the protocol's limit are split.
     pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Range<u64>, ClientError> {
+        self.submit_batch_as(tasks, false).await
+    }
+
+    /// Submits a batch whose results this client will not take: the master
+    /// keeps them (in memory, or with a journal until acknowledged) for a
+    /// [`Client::fetch`] by this or any other client, later.
+    pub async fn submit_batch_detached(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> Result<Range<u64>, ClientError> {
+        self.submit_batch_as(tasks, true).await
+    }
+
+    async fn submit_batch_as(
+        &self,
+        tasks: Vec<NewTask>,
+        detached: bool,
+    ) -> Result<Range<u64>, ClientError> {
         let mut range: Option<Range<u64>> = None;
         let mut tasks = tasks;
         while !tasks.is_empty() {
             let rest = tasks.split_off(tasks.len().min(crate::limits::BATCH_TASKS_MAX));
-            let acc = self.send_batch(tasks)?.await?;
+            let acc = self.send_batch_as(tasks, detached)?.await?;
             let r = acc.first_id..acc.first_id + acc.count as u64;
             range = Some(match range {
                 // The master hands out ids per batch; split batches may not
@@ -201,6 +224,14 @@ impl Client {
         &self,
         tasks: Vec<NewTask>,
     ) -> Result<impl std::future::Future<Output = Result<Accepted, ClientError>>, ClientError> {
+        self.send_batch_as(tasks, false)
+    }
+
+    fn send_batch_as(
+        &self,
+        tasks: Vec<NewTask>,
+        detached: bool,
+    ) -> Result<impl std::future::Future<Output = Result<Accepted, ClientError>>, ClientError> {
         if tasks.len() > crate::limits::BATCH_TASKS_MAX {
             return Err(ClientError::Closed(format!(
                 "a batch of {} tasks is above the limit of {}",
@@ -210,7 +241,7 @@ impl Client {
         }
         let (tx, rx) = oneshot::channel();
         self.cmds
-            .send(Cmd::Submit(tasks, tx))
+            .send(Cmd::Submit(tasks, detached, tx))
             .map_err(|_| ClientError::Closed(self.closed_reason()))?;
         let closed = self.closed.clone();
         Ok(async move {
@@ -297,9 +328,20 @@ impl Client {
             .map_err(|_| ClientError::Closed(self.closed_reason()))
     }
 
-    /// Says goodbye and closes.
+    /// Says goodbye and closes, in the background: see [`Client::shutdown`]
+    /// for a caller about to exit.
     pub fn close(&self) {
         let _ = self.cmds.send(Cmd::Close);
+    }
+
+    /// Closes, and waits (at most [`SHUTDOWN_TIMEOUT`]) until the last
+    /// acknowledgements and the goodbye are written. A process that exits
+    /// right after [`Client::close`] ends its runtime before they go out,
+    /// and the master then keeps results this client did receive.
+    pub async fn shutdown(&self) {
+        self.close();
+        let mut closed = self.closed.clone();
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, closed.wait_for(Option::is_some)).await;
     }
 }
 
@@ -323,7 +365,8 @@ struct Driver {
     results: mpsc::UnboundedSender<(Instant, Vec<TaskResult>)>,
     /// With `reconnect`: ids accepted or fetched whose result has not come.
     outstanding: HashSet<u64>,
-    acks: VecDeque<oneshot::Sender<Result<Accepted, ErrorMsg>>>,
+    /// Who waits for each submit's acceptance, and whether it was detached.
+    acks: VecDeque<(oneshot::Sender<Result<Accepted, ErrorMsg>>, bool)>,
     statuses: VecDeque<oneshot::Sender<StatusReport>>,
 }
 
@@ -351,7 +394,7 @@ impl Driver {
             };
             // Whatever was waiting for an answer will not get one on this
             // connection: say so now rather than hang.
-            for tx in self.acks.drain(..) {
+            for (tx, _) in self.acks.drain(..) {
                 let _ = tx.send(Err(ErrorMsg::new(
                     ErrorCode::UNEXPECTED,
                     format!("connection lost before the master acknowledged the batch ({why}); it may or may not have been accepted"),
@@ -435,9 +478,10 @@ impl Driver {
                         let _ = conn.send(FromClient::Goodbye(Goodbye { reason: Text::from_static("client done") })).await;
                         return End::ByClient("closed by the client".to_string());
                     }
-                    Some(Cmd::Submit(tasks, tx)) => {
-                        self.acks.push_back(tx);
-                        if let Err(e) = conn.send(FromClient::Submit(Submit { tasks })).await {
+                    Some(Cmd::Submit(tasks, detached, tx)) => {
+                        self.acks.push_back((tx, detached));
+                        let msg = if detached { FromClient::SubmitDetached(SubmitDetached { tasks }) } else { FromClient::Submit(Submit { tasks }) };
+                        if let Err(e) = conn.send(msg).await {
                             return End::Lost(format!("write failed: {e}"));
                         }
                     }
@@ -461,10 +505,11 @@ impl Driver {
                     Some(Err(e)) => return End::Lost(format!("bad input from the master: {e}")),
                     Some(Ok(msg)) => match msg {
                         ToClient::Accepted(a) => {
-                            if tracking {
-                                self.outstanding.extend(a.first_id..a.first_id + a.count as u64);
-                            }
-                            if let Some(tx) = self.acks.pop_front() {
+                            if let Some((tx, detached)) = self.acks.pop_front() {
+                                // A detached batch's results never come here.
+                                if tracking && !detached {
+                                    self.outstanding.extend(a.first_id..a.first_id + a.count as u64);
+                                }
                                 let _ = tx.send(Ok(a));
                             }
                         }
@@ -495,7 +540,7 @@ impl Driver {
                             let _ = conn.send(FromClient::Pong(Pong { seq: p.seq })).await;
                         }
                         ToClient::Error(e) if matches!(e.code, ErrorCode::INVALID | ErrorCode::SHUTTING_DOWN | ErrorCode::JOURNAL_FAILED | ErrorCode::BUSY) && !self.acks.is_empty() => {
-                            if let Some(tx) = self.acks.pop_front() {
+                            if let Some((tx, _)) = self.acks.pop_front() {
                                 let _ = tx.send(Err(e));
                             }
                         }
@@ -534,6 +579,9 @@ async fn send_acks(
 /// master keeps that result a little longer (a fetch sends it again, and the
 /// client drops the copy).
 const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// Longest [`Client::shutdown`] waits for the connection to close.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Pause between dials while reconnecting.
 const REDIAL_INTERVAL: Duration = Duration::from_millis(200);

@@ -247,3 +247,91 @@ async fn clients_find_a_local_master_without_its_port() {
         out.1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_detached_submit_leaves_its_results_for_a_later_fetch_even_without_a_journal() {
+    let (c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let master = c.addr.to_string();
+    // Instant tasks: they finish while the detached client is still
+    // connected, and their results must not go to it.
+    let (ok, out, err) = run(&[
+        "submit", "--master", &master, "--detach", "--json", "--count", "3", "--", "echo", "later",
+    ]);
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let first = v["first_id"].as_u64().unwrap();
+    let range = format!("{first}..={}", first + 2);
+    let (ok, out, err) = run(&["results", "--master", &master, &range]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out.matches("ok on w1 (1 attempt): later").count(),
+        3,
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_a_client_received_are_acknowledged_before_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j");
+    let journal_arg = format!("--journal={}", journal.display());
+    let (c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &[&journal_arg],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let master = c.addr.to_string();
+    let (ok, out, err) = run(&[
+        "submit", "--master", &master, "--json", "--count", "3", "--", "echo", "once",
+    ]);
+    assert!(ok, "{out}{err}");
+    let ids: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    // Acknowledged, so forgotten: a fetch finds nothing to hand out again.
+    let mut args = vec!["results", "--master", &master, "--reconnect", "1s"];
+    args.extend(ids.iter().map(String::as_str));
+    let (ok, out, _) = run(&args);
+    assert!(!ok);
+    assert_eq!(out.matches("UNKNOWN").count(), 3, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_below_a_millisecond_rounds_up_rather_than_meaning_none() {
+    let (c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let master = c.addr.to_string();
+    let (ok, out, _) = run(&[
+        "submit",
+        "--master",
+        &master,
+        "--timeout",
+        "900us",
+        "--retries",
+        "0",
+        "--",
+        "sleep",
+        "3000",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("timed out after 1 ms"), "{out}");
+}

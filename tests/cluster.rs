@@ -1113,7 +1113,10 @@ async fn a_second_worker_with_a_live_workers_id_is_refused() {
     }
     let s = client.status(false).await.unwrap();
     assert_eq!(s.workers.len(), 1);
-    assert_eq!(s.workers[0].addr, first, "the registered w1 was not replaced");
+    assert_eq!(
+        s.workers[0].addr, first,
+        "the registered w1 was not replaced"
+    );
     assert!(!c.master_log().contains("replacing its old session"));
 }
 

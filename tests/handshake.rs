@@ -139,7 +139,14 @@ fn a_peer_without_a_secret_is_refused_by_one_that_has_one() {
     );
     let err = a.unwrap_err();
     assert!(matches!(err, HandshakeError::PeerHasNoSecret));
-    assert_eq!(err.to_error_msg().unwrap().code, ErrorCode::AUTH_FAILED);
+    let msg = err.to_error_msg(Role::Master).unwrap();
+    assert_eq!(msg.code, ErrorCode::AUTH_FAILED);
+    assert!(
+        msg.message
+            .contains("this master has the cluster's shared secret and you offered none"),
+        "worded for the client that reads it: {}",
+        msg.message
+    );
 
     let (_, a) = play(
         hs(Role::Client, Side::Initiator, Some(SECRET), ONLY_MASTER),
@@ -227,7 +234,7 @@ fn disjoint_versions_are_refused_naming_both_ranges() {
     hello.min_version = 2;
     hello.max_version = 3;
     let err = acc.receive(Common::Hello(hello)).unwrap_err();
-    let msg = err.to_error_msg().unwrap();
+    let msg = err.to_error_msg(Role::Master).unwrap();
     assert_eq!(msg.code, ErrorCode::VERSION_MISMATCH);
     assert!(
         msg.message.contains("2..=3") && msg.message.contains("1..=1"),
@@ -249,7 +256,13 @@ fn a_worker_accepts_only_a_master() {
             ..
         }
     ));
-    assert_eq!(err.to_error_msg().unwrap().code, ErrorCode::WRONG_ROLE);
+    let msg = err.to_error_msg(Role::Worker).unwrap();
+    assert_eq!(msg.code, ErrorCode::WRONG_ROLE);
+    assert!(
+        msg.message.contains("this node is a worker") && msg.message.contains("not from a client"),
+        "tells a client it reached a worker: {}",
+        msg.message
+    );
 }
 
 #[test]

@@ -235,7 +235,8 @@ struct SubmitArgs {
     /// Retries after a failed attempt (0-100).
     #[arg(long, default_value_t = runner::proto::RETRIES_DEFAULT)]
     retries: u8,
-    /// Kill an attempt after this long (e.g. 500ms, 3s, 1m); none by default.
+    /// Kill an attempt after this long (e.g. 500ms, 3s, 1m; whole
+    /// milliseconds, rounded up); none by default.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
     /// Submit this many copies.
@@ -272,7 +273,7 @@ struct ResultsArgs {
     /// If the master goes away, keep dialing it this long.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     reconnect: Duration,
-    /// Task ids, or ranges like 10-20.
+    /// Task ids, or ranges like 10-20 (or 10..=20, as `submit` prints them).
     #[arg(required = true, value_name = "ID")]
     ids: Vec<String>,
 }
@@ -662,7 +663,9 @@ fn task_from_args(a: &SubmitArgs) -> Result<NewTask, String> {
     let timeout_ms = match a.timeout {
         None => 0,
         Some(d) if d.is_zero() => return Err("--timeout must be more than 0".into()),
-        Some(d) => u32::try_from(d.as_millis())
+        // The wire counts whole milliseconds: round up, so that 900us is
+        // 1 ms, not 0 (which would mean no timeout at all).
+        Some(d) => u32::try_from(d.as_nanos().div_ceil(1_000_000))
             .ok()
             .filter(|ms| *ms <= runner::limits::TASK_TIMEOUT_MS_MAX)
             .ok_or_else(|| format!("--timeout {d:?} is longer than the limit of 24h"))?,
@@ -760,10 +763,13 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
     }
     let reconnect = (!a.detach).then_some(a.reconnect);
     let client = connect(&a.common, &a.master, reconnect).await?;
-    let ids = client
-        .submit_batch(vec![task; a.count as usize])
-        .await
-        .map_err(|e| e.to_string())?;
+    let tasks = vec![task; a.count as usize];
+    let ids = if a.detach {
+        client.submit_batch_detached(tasks).await
+    } else {
+        client.submit_batch(tasks).await
+    }
+    .map_err(|e| e.to_string())?;
     if a.detach {
         if a.json {
             say(format_args!(
@@ -781,7 +787,7 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
                 ids.end.saturating_sub(1)
             ));
         }
-        client.close();
+        client.shutdown().await;
         return Ok(ExitCode::SUCCESS);
     }
     if !a.json {
@@ -812,7 +818,7 @@ async fn print_results(mut client: Client, count: usize, json: bool) -> Result<E
         }
         print_result(&r, json);
     }
-    client.close();
+    client.shutdown().await;
     Ok(if failed > 0 {
         ExitCode::FAILURE
     } else {
@@ -820,12 +826,17 @@ async fn print_results(mut client: Client, count: usize, json: bool) -> Result<E
     })
 }
 
-/// Ids from the command line: `7`, `10-20`.
+/// Ids from the command line: `7`, `10-20`, or `10..=20` as `submit`
+/// prints a batch's ids.
 fn parse_ids(args: &[String]) -> Result<Vec<u64>, String> {
     let mut ids = Vec::new();
     for a in args {
-        let bad = || format!("bad task id {a:?}: expected a number like 7 or a range like 10-20");
-        match a.split_once('-') {
+        let bad = || {
+            format!(
+                "bad task id {a:?}: expected a number like 7 or a range like 10-20 (or 10..=20)"
+            )
+        };
+        match a.split_once("..=").or_else(|| a.split_once('-')) {
             Some((lo, hi)) => {
                 let (lo, hi): (u64, u64) = (
                     lo.trim().parse().map_err(|_| bad())?,
@@ -860,7 +871,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode, String> {
         .status(a.histograms)
         .await
         .map_err(|e| e.to_string())?;
-    client.close();
+    client.shutdown().await;
     if a.json {
         let v = serde_json::to_string(&s).map_err(|e| e.to_string())?;
         say(format_args!("{v}"));

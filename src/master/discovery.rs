@@ -121,7 +121,8 @@ async fn probe(shared: Arc<Shared>, addr: SocketAddr) -> usize {
                 let went = worker_session(s.clone(), r, w, peer, addr).await;
                 let mut reg = s.registry();
                 if went == Registration::Refused {
-                    reg.not_workers.insert(addr, Instant::now() + REFUSED_BACKOFF);
+                    reg.not_workers
+                        .insert(addr, Instant::now() + REFUSED_BACKOFF);
                 }
                 reg.probing.remove(&addr);
             });

@@ -241,7 +241,8 @@ pub(crate) struct Shared {
     /// Ids below this were restored from the journal: a worker may report a
     /// result for them from before the restart.
     pub restored_below: u64,
-    /// The route of restored tasks, whose clients have yet to attach.
+    /// The route of tasks no client waits on (restored from the journal,
+    /// or submitted detached): their results are kept for a fetch.
     pub detached: Route,
 }
 
@@ -484,7 +485,7 @@ impl Master {
             let (tx, _) = mpsc::unbounded_channel();
             Arc::new(ClientRoute {
                 tx,
-                name: Text::from_static("(restored; no client attached)"),
+                name: Text::from_static("(no client attached)"),
                 queued_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 too_slow: CancellationToken::new(),
             })

@@ -202,6 +202,7 @@ async fn client_session(
         };
         match msg {
             FromClient::Submit(s) => submit(&shared, &route, s, &say),
+            FromClient::SubmitDetached(s) => submit(&shared, &shared.detached, s.into(), &say),
             FromClient::Status(req) => {
                 say(ToClient::Status(status_report(&shared, req.histograms)))
             }
@@ -238,6 +239,9 @@ async fn client_session(
     tracing::info!(%addr, client = %peer.node, "client disconnected");
 }
 
+/// Accepts a batch (answered through `say`) whose results go to `route`:
+/// the submitting client's, or for a detached submit the route of no
+/// client, which keeps them for a fetch.
 fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient)) {
     if shared.shutdown.is_cancelled() {
         say(ToClient::Error(ErrorMsg::new(
@@ -572,7 +576,10 @@ pub(crate) async fn worker_session(
             "a worker named {node} is already registered from {other} and was heard from {silent} ms ago: give each worker its own --id"
         );
         let _ = write
-            .send(ToWorker::Error(ErrorMsg::new(ErrorCode::DUPLICATE_NODE, why)))
+            .send(ToWorker::Error(ErrorMsg::new(
+                ErrorCode::DUPLICATE_NODE,
+                why,
+            )))
             .await;
         return Registration::Refused;
     }

@@ -338,6 +338,32 @@ impl Validate for Submit {
     }
 }
 
+/// A [`Submit`] whose results the sending connection will not take: the
+/// master keeps them for a later [`Fetch`] (`runner submit --detach`). Same
+/// layout and rules as [`Submit`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitDetached {
+    /// The tasks, in order; they get consecutive ids.
+    pub tasks: Vec<NewTask>,
+}
+
+impl Validate for SubmitDetached {
+    fn validate(&self) -> Result<(), ProtoError> {
+        check_len(
+            "submit_detached.tasks",
+            self.tasks.len(),
+            limits::BATCH_TASKS_MAX,
+        )?;
+        self.tasks.iter().try_for_each(Validate::validate)
+    }
+}
+
+impl From<SubmitDetached> for Submit {
+    fn from(s: SubmitDetached) -> Submit {
+        Submit { tasks: s.tasks }
+    }
+}
+
 impl Submit {
     /// The admission rules for the whole batch ([`NewTask::check_admission`]
     /// for each task, and at least one task); the error names the first task
@@ -827,6 +853,9 @@ direction! {
         Fetch(Fetch) = 0x12, "fetch";
         /// Results received; the master may forget them.
         Ack(Ack) = 0x13, "ack";
+        /// Tasks to run whose results this connection will not take: the
+        /// master keeps them for a later `fetch` (`runner submit --detach`).
+        SubmitDetached(SubmitDetached) = 0x14, "submit_detached";
     }
 }
 

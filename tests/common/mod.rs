@@ -77,6 +77,12 @@ pub fn from_client() -> Vec<(&'static str, FromClient)> {
         }),
     ));
     v.push(("ack", FromClient::Ack(Ack { ids: vec![7, 8, 9] })));
+    v.push((
+        "submit_detached",
+        FromClient::SubmitDetached(SubmitDetached {
+            tasks: vec![new_task("noop", Payload::from("later"))],
+        }),
+    ));
     v
 }
 
