@@ -200,9 +200,7 @@ impl Client {
         detached: bool,
     ) -> Result<Range<u64>, ClientError> {
         let mut range: Option<Range<u64>> = None;
-        let mut tasks = tasks;
-        while !tasks.is_empty() {
-            let rest = tasks.split_off(tasks.len().min(crate::limits::BATCH_TASKS_MAX));
+        for tasks in crate::proto::batches(tasks) {
             let acc = self.send_batch_as(tasks, detached)?.await?;
             let r = acc.first_id..acc.first_id + acc.count as u64;
             range = Some(match range {
@@ -212,7 +210,6 @@ impl Client {
                 Some(prev) => prev,
                 None => r,
             });
-            tasks = rest;
         }
         Ok(range.unwrap_or(0..0))
     }

@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod instant;
 pub mod journal;
 pub mod limits;
 pub mod loadgen;

@@ -45,6 +45,16 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 15_000;
 /// master's memory without bound.
 pub const CLIENT_OUTBOX_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Past [`CLIENT_OUTBOX_BYTES_MAX`] a client is disconnected only once its
+/// connection has taken no bytes for this long: one that reads, but more
+/// slowly than large results come (it may be busy writing a large batch), is
+/// not cut off for that.
+pub const CLIENT_STALL_MS: u64 = 2_000;
+
+/// Most result bytes waiting for a client that still reads: past this it is
+/// disconnected however recently it read.
+pub const CLIENT_OUTBOX_BYTES_HARD_MAX: usize = 16 * CLIENT_OUTBOX_BYTES_MAX;
+
 /// Smallest shared secret accepted, in bytes (128 bits).
 pub const SECRET_BYTES_MIN: usize = 16;
 

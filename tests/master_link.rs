@@ -58,6 +58,34 @@ fn credit_is_slots_plus_prefetch_less_what_is_out() {
 }
 
 #[test]
+fn byte_credit_bounds_the_payload_a_worker_holds_and_comes_back_with_results() {
+    use runner::master::link::IN_FLIGHT_BYTES_MAX;
+    let t0 = Instant::now();
+    let mut l = link(2, 256, t0);
+    let big = |id: u64| {
+        let spec = NewTask {
+            kind: Text::from_static("echo"),
+            payload: Payload::from(vec![b'x'; IN_FLIGHT_BYTES_MAX / 2]),
+            priority: 1,
+            retries: 0,
+            timeout_ms: 0,
+        };
+        TaskRecord::new(id, spec, "client", t0)
+    };
+    assert_eq!(l.byte_credit(), IN_FLIGHT_BYTES_MAX);
+    l.assign(big(1), t0);
+    assert!(l.byte_credit() > 0);
+    l.assign(big(2), t0);
+    assert_eq!(l.byte_credit(), 0, "two halves of the budget use it up");
+    assert!(l.credit() > 0, "the count alone would allow more");
+    l.finish(done(1, 1, AttemptStatus::Ok), t0);
+    assert!(
+        l.byte_credit() >= IN_FLIGHT_BYTES_MAX / 2,
+        "a result gives it back"
+    );
+}
+
+#[test]
 fn an_ok_result_finishes_the_task_once() {
     let t0 = Instant::now();
     let mut l = link(1, 0, t0);

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use runner::loadgen::{self, baseline, report, Chaos, LoadOptions};
 use runner::net::parse_duration;
 use runner::proto::Wire;
@@ -26,7 +27,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   loadgen --tasks 200000 --chaos kill --chaos-every 2s
 ///   loadgen baseline
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Sub>,
@@ -130,14 +136,20 @@ struct RunArgs {
     /// Stop submitting after this long.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Task kind: noop, echo, sleep, spin, exec..., or mixed (in turn a
-    /// no-op, an echo, a 2 ms sleep, a 100 µs spin, a task failing its first
-    /// attempt, and one failing both of its attempts).
+    /// Task kind: noop, echo, sleep, spin, fail, flaky, stall, exec, or
+    /// mixed (in turn a no-op, an echo, a 2 ms sleep, a 100 µs spin, a task
+    /// failing its first attempt, and one failing both of its attempts).
+    /// With --master, also any kind that master's workers run.
     #[arg(long, default_value = "noop")]
     kind: String,
-    /// The kind's argument (sleep MS, spin US, exec PROGRAM).
+    /// The kind's argument: sleep MS, spin US, exec PROGRAM [ARGS], fail
+    /// REASON, flaky N (attempts that fail first), stall (any); echo's is
+    /// its payload.
     #[arg(long)]
     arg: Option<String>,
+    /// Each attempt's timeout (none by default; `stall` tasks need one).
+    #[arg(long, value_parser = parse_duration)]
+    task_timeout: Option<Duration>,
     /// Payload bytes for kinds without an argument.
     #[arg(long, default_value_t = 16)]
     payload_bytes: usize,
@@ -205,7 +217,15 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let (None, Err(e)) = (&cli.command, check(&cli.run, &matches)) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
     // One thread: the client's connection task and the load loop hand each
     // other results without cross-thread wake-ups, and the cluster keeps the
     // other core.
@@ -242,7 +262,147 @@ fn main() -> ExitCode {
     }
 }
 
+/// Kinds the workers the load generator starts can run (`mixed` is the load
+/// generator's own blend of them).
+const KINDS: &[&str] = &[
+    "noop", "echo", "sleep", "spin", "fail", "flaky", "stall", "exec", "mixed",
+];
+
+/// Least time between chaos strikes: a new worker takes about this long to
+/// start and register.
+const CHAOS_EVERY_MIN: Duration = Duration::from_millis(100);
+
+/// Refuses, before any load, options that cannot work together or would be
+/// ignored: a run that does something other than what was asked for looks
+/// like a result.
+fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
+    let given = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    if let Some(dir) = &a.report {
+        report::prepare_dir(dir)?;
+    }
+    if a.fake_workers > 0 {
+        let ignored: Vec<String> = [
+            "tasks",
+            "rate",
+            "concurrency",
+            "chaos",
+            "kind",
+            "arg",
+            "baseline",
+            "warmup",
+            "submit_only",
+        ]
+        .iter()
+        .filter(|id| given(id))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+        if !ignored.is_empty() {
+            return Err(format!(
+                "--fake-workers holds a pool of idle workers for --duration and runs no tasks: {} would be ignored",
+                ignored.join(", ")
+            ));
+        }
+        return Ok(());
+    }
+    if a.tasks == Some(0) {
+        return Err("--tasks must be at least 1".into());
+    }
+    if a.duration.is_some_and(|d| d.is_zero()) {
+        return Err("--duration must be more than 0".into());
+    }
+    if a.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    if a.rate.is_some() && given("concurrency") {
+        return Err(
+            "--concurrency sets a closed loop's tasks in flight; an open loop (--rate) has none fixed: give one of them".into(),
+        );
+    }
+    if a.rate.is_none() && given("pace") {
+        return Err("--pace paces an open loop: give --rate too".into());
+    }
+    if let (Some(w), Some(d)) = (given("warmup").then_some(a.warmup), a.duration) {
+        if w >= d {
+            return Err(format!(
+                "--warmup {w:?} is not shorter than --duration {d:?}: nothing would be recorded"
+            ));
+        }
+    }
+    match a.chaos {
+        None if given("chaos_every") => {
+            return Err("--chaos-every needs --chaos kill|stop|mixed".into())
+        }
+        Some(_) if a.chaos_every < CHAOS_EVERY_MIN => {
+            return Err(format!(
+                "--chaos-every must be at least {CHAOS_EVERY_MIN:?} (a new worker takes about that long to start)"
+            ))
+        }
+        Some(_) if a.spawn_workers == 0 => {
+            return Err("--chaos breaks the workers the load generator starts; --spawn-workers 0 starts none".into())
+        }
+        _ => {}
+    }
+    if a.master.is_none() && a.spawn_workers == 0 && !a.submit_only {
+        return Err(
+            "--spawn-workers 0 starts no worker, so no task would run: it suits --submit-only (filling a master's queue)".into(),
+        );
+    }
+    if a.payload_bytes > runner::limits::PAYLOAD_BYTES_MAX {
+        return Err(format!(
+            "--payload-bytes {} is above the protocol's limit of {} bytes",
+            a.payload_bytes,
+            runner::limits::PAYLOAD_BYTES_MAX
+        ));
+    }
+    let kind = a.kind.as_str();
+    if a.master.is_none() && !KINDS.contains(&kind) {
+        return Err(format!(
+            "unknown --kind {kind:?}: the workers the load generator starts run {}",
+            KINDS.join(", ")
+        ));
+    }
+    if a.fail_fraction > 0.0 && kind == "mixed" {
+        return Err(
+            "--kind mixed has failing tasks of its own; --fail-fraction would be ignored".into(),
+        );
+    }
+    match (kind, a.arg.as_deref()) {
+        ("noop" | "mixed", Some(_)) => {
+            return Err(format!(
+                "--kind {kind} takes no --arg (--payload-bytes sets the payload's size)"
+            ))
+        }
+        ("sleep" | "spin", Some(x)) if x.trim().parse::<u64>().is_err() => {
+            return Err(format!(
+                "--kind {kind} --arg {x:?}: expected a whole number of {}",
+                if kind == "sleep" { "milliseconds" } else { "microseconds" }
+            ))
+        }
+        ("flaky", Some(x)) if x.trim().parse::<u32>().is_err() => {
+            return Err(format!(
+                "--kind flaky --arg {x:?}: expected how many attempts fail first"
+            ))
+        }
+        ("stall", _) if a.task_timeout.is_none() => {
+            return Err("--kind stall never ends by itself: give --task-timeout, and each attempt is killed at it".into())
+        }
+        _ => {}
+    }
+    if let Some(t) = a.task_timeout {
+        if t.is_zero() || t.as_millis() > u128::from(runner::limits::TASK_TIMEOUT_MS_MAX) {
+            return Err(format!(
+                "--task-timeout must be from 1ms to {} ms",
+                runner::limits::TASK_TIMEOUT_MS_MAX
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
+    if b.round_trips == 0 || b.frames == 0 {
+        return Err("--round-trips and --frames must be at least 1".into());
+    }
     let r = tokio::time::timeout(baseline::TIMEOUT, baseline::run(b.round_trips, b.frames))
         .await
         .map_err(|_| "the baseline took too long".to_string())?
@@ -281,6 +441,7 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
             }
         }),
         payload_bytes: a.payload_bytes,
+        task_timeout: a.task_timeout,
         fail_fraction: a.fail_fraction,
         batch: a.batch,
         wire: match a.wire {
@@ -306,7 +467,7 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
     }
 }
 
-async fn run_pool(a: RunArgs) -> Result<ExitCode, String> {
+async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,
@@ -333,13 +494,31 @@ async fn run_pool(a: RunArgs) -> Result<ExitCode, String> {
         Some(m) => println!("master resident memory       {m:.0} MiB"),
         None => println!("master resident memory       (unknown: not our process)"),
     }
+    if let Some(dir) = &a.report {
+        let summary = serde_json::json!({
+            "command": command,
+            "machine": report::machine(),
+            "fake_workers": a.fake_workers,
+            "registered": r.registered,
+            "setup_s": r.setup.as_secs_f64(),
+            "window_s": r.window.as_secs_f64(),
+            "master_cpu_percent_of_a_core": r.master_cpu_percent,
+            "master_rss_mib": r.master_rss_mib,
+        });
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n",
+        )
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        println!("report written to {}", dir.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = report::command_line(&std::env::args().collect::<Vec<_>>());
     if a.fake_workers > 0 {
-        return run_pool(a).await;
+        return run_pool(a, &command).await;
     }
     if a.tasks.is_none() && a.duration.is_none() {
         return Err("give --tasks N or --duration D (see --help)".into());
@@ -487,6 +666,20 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         )
         .map_err(|e| format!("{}: {e}", dir.display()))?;
         println!("report written to {}", dir.display());
+    }
+    if o.interrupted {
+        eprintln!("loadgen: interrupted");
+        return Ok(ExitCode::from(130));
+    }
+    // Failures the run did not ask for (a kind the workers refuse, a bad
+    // argument, a program that fails) make it a failed run, not a result.
+    let meant_to_fail = a.fail_fraction > 0.0 || matches!(a.kind.as_str(), "fail" | "mixed");
+    if o.failed > 0 && !meant_to_fail {
+        eprintln!(
+            "loadgen: FAILED: {} of {} tasks failed, and none was meant to (the reasons are above)",
+            o.failed, o.accepted
+        );
+        return Ok(ExitCode::FAILURE);
     }
     if o.failed_without_reason > 0 {
         eprintln!(

@@ -467,6 +467,8 @@ fn init_logging(
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = (!log.quiet).then(|| {
         fmt::layer()
+            // Colours for a terminal only, not for a file or a pipe.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(filter())
     });
@@ -496,10 +498,19 @@ fn init_logging(
 }
 
 /// Prints a line on stdout at once: the demo and tests read these.
+/// Prints a line of output. Output that cannot be written ends the
+/// program: quietly, as a pipe's reader that stopped reading (`| head`)
+/// expects; with an error and exit status 1 otherwise (a full disk), so a
+/// script never takes missing results for none.
 fn say(line: std::fmt::Arguments) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("runner: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 async fn shutdown_signal() {
@@ -584,6 +595,12 @@ async fn worker(
     check_exposure(a.bind, &secret, a.insecure)?;
     let id =
         a.id.unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    if id.trim().is_empty() || id.len() > runner::limits::TEXT_BYTES_MAX {
+        return Err(format!(
+            "--id {id:?}: a worker's id must not be empty (nor above {} bytes)",
+            runner::limits::TEXT_BYTES_MAX
+        ));
+    }
     let _guard = init_logging(&a.log, &id)?;
     log_realtime(a.realtime.realtime);
     let master = match &a.master {

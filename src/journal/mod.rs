@@ -242,7 +242,12 @@ impl Journal {
             let mut data = Vec::new();
             file.read_to_end(&mut data).map_err(io(&path, "read"))?;
             let data = Bytes::from(data);
-            let r = replay::replay(&data)?;
+            let r = replay::replay(&data).map_err(|e| match e {
+                JournalError::NotAJournal(why) => {
+                    JournalError::NotAJournal(format!("{}: {why}", path.display()))
+                }
+                e => e,
+            })?;
             if let Some((at, why)) = &r.torn {
                 tracing::warn!(
                     journal = %path.display(),

@@ -331,7 +331,8 @@ pub async fn run(round_trips_n: u32, frames: u64) -> std::io::Result<Baseline> {
 }
 
 /// The relay under an open loop, as the cluster is measured: frames due at
-/// `rate` per second for `warmup` and then `duration`, each sent when the
+/// `rate` per second for `duration`, of which the first `warmup` is not
+/// recorded (as the load generator's run counts them), each sent when the
 /// load generator's pacer (every `pace`) finds it due, its latency counted
 /// from when it was due (coordinated-omission correction), the warm-up's
 /// not recorded; the relay and its sinks under the real-time policy if
@@ -358,7 +359,7 @@ pub async fn relay_open_loop(
         nanos_per_task: 1e9 / rate,
     };
     let record_from = started + warmup;
-    let total = ((warmup + duration).as_secs_f64() * rate) as u64;
+    let total = (duration.as_secs_f64() * rate) as u64;
     let reader = tokio::spawn(async move {
         let mut h = metrics::histogram();
         let mut frames = FrameReader::new(256 * 1024);
@@ -402,7 +403,7 @@ pub async fn relay_open_loop(
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
     };
-    let end = record_from + duration + RELAY_DRAIN_TIMEOUT;
+    let end = started + duration + RELAY_DRAIN_TIMEOUT;
     let h = tokio::time::timeout_at(end.into(), send_and_collect)
         .await
         .map_err(|_| {

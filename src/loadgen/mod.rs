@@ -51,6 +51,8 @@ pub struct LoadOptions {
     pub arg: Option<String>,
     /// Payload size for kinds without an argument.
     pub payload_bytes: usize,
+    /// Each attempt's timeout (none if `None`).
+    pub task_timeout: Option<Duration>,
     /// Fraction of tasks that fail on purpose (kind `fail`, no retries).
     pub fail_fraction: f64,
     /// Most tasks per submit frame.
@@ -142,6 +144,17 @@ pub struct Outcome {
     pub master_at_warmup: Option<StatusReport>,
     /// Workers killed or stopped by chaos.
     pub chaos_events: u32,
+    /// What chaos did, in order: when (since the start), what, and to which
+    /// worker.
+    pub chaos_log: Vec<(Duration, &'static str, String)>,
+    /// The first distinct reasons failed results gave (up to
+    /// [`FAILURE_REASONS_MAX`]), each with how many gave it.
+    pub failure_reasons: Vec<(String, u64)>,
+    /// Open loop: `(sent, due)` when the load generator sent fewer of the
+    /// tasks due by the end than it should have (it could not keep up).
+    pub behind: Option<(u64, u64)>,
+    /// The run was cut short by SIGINT or SIGTERM.
+    pub interrupted: bool,
     /// Failed results that do not say why (no attempt errors, or an empty
     /// reason): a failure must always carry its reason.
     pub failed_without_reason: u64,
@@ -152,6 +165,33 @@ impl Outcome {
     pub fn throughput(&self) -> f64 {
         (self.ok + self.failed + self.cancelled) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// Most tasks one turn of the loop submits.
+const SUBMIT_PER_TURN_MAX: u64 = 65_536;
+
+/// An open loop this far behind its schedule at the deadline (in time's
+/// worth of tasks at the rate) does not send the rest: it reports that it
+/// fell behind instead (the rate asked for is more than it can send).
+const BEHIND_LIMIT: Duration = Duration::from_millis(100);
+
+/// Distinct failure reasons the summary lists.
+pub const FAILURE_REASONS_MAX: usize = 5;
+
+/// After SIGINT or SIGTERM, how long the run waits for results of what it
+/// had sent before it reports.
+const INTERRUPT_DRAIN: Duration = Duration::from_secs(2);
+
+/// Bytes a task takes in a `submit` frame besides its kind and payload (ids,
+/// lengths, priority, retries, timeout; generous).
+const TASK_FRAME_OVERHEAD: usize = 64;
+
+/// The most tasks of `task_bytes` (kind and payload) one `submit` frame
+/// holds within a batch's byte budget ([`crate::proto::BATCH_BYTES_MAX`]),
+/// at most `batch`.
+fn batch_within_frame(batch: usize, task_bytes: usize) -> usize {
+    let fit = crate::proto::BATCH_BYTES_MAX / (task_bytes + TASK_FRAME_OVERHEAD);
+    batch.min(fit).max(1)
 }
 
 /// Most results taken in one turn of the loop before it submits what has
@@ -306,7 +346,8 @@ const INTERVALS_PREALLOCATED_MAX: u64 = 120;
 /// The spawned cluster, killed when dropped.
 struct Spawned {
     master: Child,
-    workers: Vec<Child>,
+    /// Running workers and their ids.
+    workers: Vec<(Child, String)>,
     runner: PathBuf,
     master_addr: SocketAddr,
     slots: u32,
@@ -314,7 +355,7 @@ struct Spawned {
     next_worker: u32,
     stopped: Vec<Child>,
     /// Stopped by [`Chaos::Mixed`], resumed at the instant given.
-    paused: Vec<(Child, Instant)>,
+    paused: Vec<((Child, String), Instant)>,
     /// Workers started with the run.
     initial: usize,
     allow_exec: bool,
@@ -356,7 +397,9 @@ impl Spawned {
             )));
         }
         let prefetch = opts.prefetch.to_string();
-        let mut master = Command::new(&runner)
+        let mut master = Command::new(&runner);
+        die_with_parent(&mut master);
+        let mut master = master
             .args([
                 "master",
                 "--quiet",
@@ -401,8 +444,8 @@ impl Spawned {
         Ok(s)
     }
 
-    /// Starts one more worker process.
-    async fn add_worker(&mut self, wait: Wait) -> Result<(), LoadError> {
+    /// Starts one more worker process; returns its id.
+    async fn add_worker(&mut self, wait: Wait) -> Result<String, LoadError> {
         let id = format!("lg-w{}", self.next_worker);
         self.next_worker += 1;
         let master = self.master_addr.to_string();
@@ -426,7 +469,9 @@ impl Spawned {
         if self.realtime {
             args.push("--realtime".into());
         }
-        let mut w = Command::new(&self.runner)
+        let mut w = Command::new(&self.runner);
+        die_with_parent(&mut w);
+        let mut w = w
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -439,6 +484,7 @@ impl Spawned {
             }
             Wait::No => {
                 let out = w.stdout.take();
+                let id = id.clone();
                 tokio::spawn(async move {
                     let Some(out) = out else { return };
                     let mut lines = BufReader::new(out).lines();
@@ -452,8 +498,8 @@ impl Spawned {
                 });
             }
         }
-        self.workers.push(w);
-        Ok(())
+        self.workers.push((w, id.clone()));
+        Ok(id)
     }
 
     /// Resumes the workers [`Chaos::Mixed`] stopped whose pause is over.
@@ -463,19 +509,21 @@ impl Spawned {
             .into_iter()
             .partition(|(_, until)| *until <= now);
         self.paused = paused;
-        for (w, _) in due {
+        for ((w, id), _) in due {
             if let Some(pid) = w.id() {
                 // SAFETY: kill(2) on our own child.
                 unsafe {
                     libc::kill(pid as i32, libc::SIGCONT);
                 }
             }
-            self.workers.push(w);
+            self.workers.push((w, id));
         }
     }
 
-    /// Kills (or stops) a random running worker and starts a new one.
-    async fn chaos(&mut self, what: Chaos) -> Result<(), LoadError> {
+    /// Kills (or stops) a random running worker and starts a new one;
+    /// returns what it did (`killed`, `stopped`, `added`), and to which
+    /// worker, if anything.
+    async fn chaos(&mut self, what: Chaos) -> Result<Option<(&'static str, String)>, LoadError> {
         use rand::Rng;
         self.resume_due();
         let mut rng = rand::thread_rng();
@@ -483,12 +531,13 @@ impl Spawned {
             let grow = self.workers.len() + self.paused.len() < self.initial * MIXED_POOL_GROWTH;
             match rng.gen_range(0..3) {
                 0 if !self.workers.is_empty() => {
-                    let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
+                    let (w, id) = self.workers.remove(rng.gen_range(0..self.workers.len()));
                     drop(w); // kill -9 on drop
-                    return self.add_worker(Wait::No).await;
+                    self.add_worker(Wait::No).await?;
+                    return Ok(Some(("killed", id)));
                 }
                 1 if self.workers.len() > 1 => {
-                    let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
+                    let (w, id) = self.workers.remove(rng.gen_range(0..self.workers.len()));
                     if let Some(pid) = w.id() {
                         // SAFETY: kill(2) on our own child.
                         unsafe {
@@ -496,17 +545,20 @@ impl Spawned {
                         }
                     }
                     let pause = Duration::from_millis(rng.gen_range(500..3000));
-                    self.paused.push((w, Instant::now() + pause));
-                    return Ok(());
+                    self.paused.push(((w, id.clone()), Instant::now() + pause));
+                    return Ok(Some(("stopped", id)));
                 }
-                _ if grow => return self.add_worker(Wait::No).await,
-                _ => return Ok(()),
+                _ if grow => {
+                    let id = self.add_worker(Wait::No).await?;
+                    return Ok(Some(("added", id)));
+                }
+                _ => return Ok(None),
             }
         }
         if self.workers.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let w = self.workers.remove(rng.gen_range(0..self.workers.len()));
+        let (w, id) = self.workers.remove(rng.gen_range(0..self.workers.len()));
         if let Some(pid) = w.id() {
             let sig = match what {
                 Chaos::Kill | Chaos::Mixed => libc::SIGKILL,
@@ -519,18 +571,41 @@ impl Spawned {
         }
         // A stopped worker stays stopped until the end of the run, when its
         // handle (kill on drop) goes; a killed one is reaped now.
-        match what {
-            Chaos::Stop => self.stopped.push(w),
-            Chaos::Kill | Chaos::Mixed => drop(w),
-        }
-        self.add_worker(Wait::No).await
+        let done = match what {
+            Chaos::Stop => {
+                self.stopped.push(w);
+                "stopped"
+            }
+            Chaos::Kill | Chaos::Mixed => {
+                drop(w);
+                "killed"
+            }
+        };
+        self.add_worker(Wait::No).await?;
+        Ok(Some((done, id)))
+    }
+}
+
+/// Has the child killed when the load generator dies, even by `kill -9`
+/// (`PR_SET_PDEATHSIG`): a cluster left behind would hold its ports and be
+/// found by other masters' scans. The load generator runs on one thread, the
+/// one that spawns, so the signal comes when the process goes.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl(2) is async-signal-safe, as a pre_exec hook needs.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.master.start_kill();
-        for w in &mut self.workers {
+        for (w, _) in &mut self.workers {
             let _ = w.start_kill();
         }
     }
@@ -541,7 +616,7 @@ fn task_for(i: u64, opts: &LoadOptions, kind: &Text, payload: &Payload) -> NewTa
         && ((i as f64 * opts.fail_fraction).floor()
             != ((i + 1) as f64 * opts.fail_fraction).floor());
     if opts.kind == "mixed" {
-        return mixed_task(i, payload);
+        return mixed_task(i, payload, timeout_ms(opts));
     }
     if failing {
         return NewTask {
@@ -549,7 +624,7 @@ fn task_for(i: u64, opts: &LoadOptions, kind: &Text, payload: &Payload) -> NewTa
             payload: Payload::from("failing on purpose (loadgen --fail-fraction)"),
             priority: 128,
             retries: 0,
-            timeout_ms: 0,
+            timeout_ms: timeout_ms(opts),
         };
     }
     NewTask {
@@ -557,15 +632,22 @@ fn task_for(i: u64, opts: &LoadOptions, kind: &Text, payload: &Payload) -> NewTa
         payload: payload.clone(),
         priority: 128,
         retries: 3,
-        timeout_ms: 0,
+        timeout_ms: timeout_ms(opts),
     }
+}
+
+/// The tasks' `timeout_ms` (0: none).
+fn timeout_ms(opts: &LoadOptions) -> u32 {
+    opts.task_timeout.map_or(0, |t| {
+        u32::try_from(t.as_millis().max(1)).unwrap_or(u32::MAX)
+    })
 }
 
 /// Task `i` of the `mixed` kind: in turn a no-op, an echo, a 2 ms sleep, a
 /// 100 µs spin, a task that fails its first attempt, and one that fails
 /// both of its attempts (so failures, retries and their reasons are part of
 /// the load).
-fn mixed_task(i: u64, payload: &Payload) -> NewTask {
+fn mixed_task(i: u64, payload: &Payload, timeout_ms: u32) -> NewTask {
     let (kind, payload, retries): (&'static str, Payload, u8) = match i % 6 {
         0 => ("noop", payload.clone(), 3),
         1 => ("echo", payload.clone(), 3),
@@ -583,7 +665,7 @@ fn mixed_task(i: u64, payload: &Payload) -> NewTask {
         payload,
         priority: 128,
         retries,
-        timeout_ms: 0,
+        timeout_ms,
     }
 }
 
@@ -644,7 +726,15 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     };
     // Made once: a text per task would be an allocation and a copy per task.
     let kind = Text::from(opts.kind.clone());
-    let total = opts.tasks.unwrap_or(u64::MAX);
+    let batch = batch_within_frame(opts.batch, kind.len() + payload.len());
+    if batch < opts.batch {
+        eprintln!(
+            "loadgen: at most {batch} tasks of {} payload bytes fit in a frame: --batch {} lowered to {batch}",
+            payload.len(),
+            opts.batch
+        );
+    }
+    let mut total = opts.tasks.unwrap_or(u64::MAX);
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let bar = opts.progress.then(|| progress_bar(opts.tasks));
 
@@ -687,7 +777,20 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     });
     let mut snapshot_at =
         (opts.warmup >= 2 * WARMUP_SNAPSHOT_LEAD).then(|| record_from - WARMUP_SNAPSHOT_LEAD);
-    let mut master_at_warmup = None;
+    // A master of its own starts empty; another's histograms hold whatever
+    // it did before this run, which its figures must leave out.
+    let mut master_at_warmup = match (opts.master, snapshot_at) {
+        (Some(_), None) => client.status(true).await.ok(),
+        _ => None,
+    };
+    let mut chaos_log = Vec::new();
+    let mut reasons: Vec<(String, u64)> = Vec::new();
+    let mut accepted_tasks = 0u64;
+    let mut submission_ended: Option<Instant> = None;
+    let mut behind = None;
+    let mut interrupted = false;
+    let mut interrupt = Interrupt::new()
+        .map_err(|e| LoadError::Setup(format!("cannot watch for SIGINT and SIGTERM: {e}")))?;
 
     loop {
         let now = Instant::now();
@@ -695,29 +798,59 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
             snapshot_at = None;
             master_at_warmup = client.status(true).await.ok();
         }
-        let more = submitted < total && deadline.is_none_or(|d| now < d);
+        let past_deadline = deadline.is_some_and(|d| now >= d);
+        // An open loop sends every task due before its deadline, those that
+        // came due just before it too (the loop may wake a little after);
+        // unless it is so far behind that they are no longer the run asked
+        // for: then it says so.
+        let due_now = schedule.map(|sc| {
+            let at = deadline.map_or(now, |d| now.min(d));
+            sc.count_due(at).min(total)
+        });
+        if let (Some(due), Some(rate), true) = (due_now, opts.rate, past_deadline) {
+            let late = due.saturating_sub(submitted);
+            if late as f64 > rate * BEHIND_LIMIT.as_secs_f64() && behind.is_none() && !interrupted {
+                behind = Some((submitted, due));
+                total = submitted;
+            }
+        }
+        let more = match due_now {
+            Some(due) => submitted < due.min(total) || (!past_deadline && submitted < total),
+            None => submitted < total && !past_deadline,
+        };
+        if !more && submission_ended.is_none() {
+            submission_ended = Some(deadline.map_or(now, |d| d.min(now)));
+        }
         // Submit what the loop allows.
         if more {
-            let want = match schedule {
-                Some(schedule) => schedule.count_due(now).min(total).saturating_sub(submitted),
+            let want = match due_now {
+                Some(due) => due.saturating_sub(submitted),
                 None => {
                     // Refill in batches, not one frame per finished task:
                     // wait until a batch's worth (or a quarter of the
-                    // window) is free, or the pipe is empty.
+                    // window) is free, or the pipe is empty. Submitting
+                    // only, a task leaves the window once accepted.
+                    let finished = if opts.submit_only {
+                        accepted_tasks
+                    } else {
+                        done
+                    };
                     let free = (opts.concurrency as u64)
-                        .saturating_sub(submitted - done)
+                        .saturating_sub(submitted - finished)
                         .min(total - submitted);
-                    let threshold = (opts.batch as u64).min((opts.concurrency as u64 / 4).max(1));
-                    if free >= threshold || submitted == done || free == total - submitted {
+                    let threshold = (batch as u64).min((opts.concurrency as u64 / 4).max(1));
+                    if free >= threshold || submitted == finished || free == total - submitted {
                         free
                     } else {
                         0
                     }
                 }
             };
-            let mut left = want;
+            // A turn sends at most this much, so that a load generator that
+            // cannot keep up still reads its results and sees the deadline.
+            let mut left = want.min(SUBMIT_PER_TURN_MAX);
             while left > 0 {
-                let n = left.min(opts.batch as u64) as usize;
+                let n = left.min(batch as u64) as usize;
                 let tasks: Vec<NewTask> = (submitted..submitted + n as u64)
                     .map(|i| task_for(i, &opts, &kind, &payload))
                     .collect();
@@ -759,11 +892,16 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                 break;
             }
         }
-        if let (Some(at), Some((what, every))) = (next_chaos, opts.chaos) {
+        // Chaos strikes while the load goes on, not during the drain.
+        if let (Some(at), Some((what, every)), true) = (next_chaos, opts.chaos, more) {
             if now >= at {
                 if let Some(s) = spawned.as_mut() {
-                    chaos_events += 1;
-                    s.chaos(what).await?;
+                    if let Some((did, worker)) = s.chaos(what).await? {
+                        if did != "added" {
+                            chaos_events += 1;
+                        }
+                        chaos_log.push((now.duration_since(started), did, worker));
+                    }
                 }
                 next_chaos = Some(at + every);
             }
@@ -774,7 +912,9 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                 None => break,
                 Some(r) => {
                     let (_, starts) = acks.pop_front().expect("front exists");
-                    batches.push_back(Batch::new(r?, starts));
+                    let b = Batch::new(r?, starts);
+                    accepted_tasks += b.got.len() as u64;
+                    batches.push_back(b);
                 }
             }
         }
@@ -795,7 +935,9 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                 // Make sure the batch holding this id is known.
                 while batch_of(&batches, r.id).is_none() && !acks.is_empty() {
                     let (fut, starts) = acks.pop_front().expect("non-empty");
-                    batches.push_back(Batch::new(fut.await?, starts));
+                    let b = Batch::new(fut.await?, starts);
+                    accepted_tasks += b.got.len() as u64;
+                    batches.push_back(b);
                 }
                 match batch_of(&batches, r.id) {
                     None => unexpected += 1,
@@ -820,6 +962,9 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                                     failed += 1;
                                     if r.errors.is_empty() || r.errors.iter().any(|e| e.reason.is_empty()) {
                                         failed_without_reason += 1;
+                                    }
+                                    if let Some(last) = r.errors.last() {
+                                        count_reason(&mut reasons, last.reason.as_str());
                                     }
                                 }
                                 TaskStatus::Cancelled | TaskStatus::Unknown => cancelled += 1,
@@ -851,9 +996,27 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
             r = async { pacer.as_ref().expect("guarded").tick().await }, if pacer.is_some() => {
                 r.map_err(|e| LoadError::Setup(format!("the open loop's pacer failed: {e}")))?;
             }
+            // SIGINT or SIGTERM: stop submitting, wait a little for what was
+            // sent, and report; a second one ends the run at once (the
+            // cluster goes with the load generator).
+            _ = interrupt.next() => {
+                if interrupted {
+                    return Err(LoadError::Setup("interrupted twice; stopped without a summary".into()));
+                }
+                interrupted = true;
+                eprintln!("loadgen: interrupted; waiting up to {INTERRUPT_DRAIN:?} for the results of the {submitted} tasks sent (again to stop at once)");
+                total = submitted;
+                let until = Instant::now() + INTERRUPT_DRAIN;
+                drain_until = Some(drain_until.map_or(until, |d| d.min(until)));
+            }
         }
     }
-    let elapsed = last_result.duration_since(started);
+    // From the start to the last result, and at least to the end of
+    // submission: an open loop of a few tasks is not over when its last
+    // result comes in.
+    let elapsed = last_result
+        .max(submission_ended.unwrap_or(last_result))
+        .duration_since(started);
     if !interval.is_empty() {
         intervals.push((interval_start.duration_since(started), interval));
     }
@@ -884,8 +1047,45 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         master,
         master_at_warmup,
         chaos_events,
+        chaos_log,
+        failure_reasons: reasons,
+        behind,
+        interrupted,
         failed_without_reason,
     })
+}
+
+/// Counts a failure's reason among the first [`FAILURE_REASONS_MAX`]
+/// distinct ones (numbers in it, such as ids, are kept: reasons are few).
+fn count_reason(reasons: &mut Vec<(String, u64)>, reason: &str) {
+    if let Some((_, n)) = reasons.iter_mut().find(|(r, _)| r == reason) {
+        *n += 1;
+    } else if reasons.len() < FAILURE_REASONS_MAX {
+        reasons.push((reason.to_string(), 1));
+    }
+}
+
+/// SIGINT and SIGTERM, as one stream.
+struct Interrupt {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn new() -> std::io::Result<Interrupt> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupt {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// Holds `n` fake workers on a master (its own, unless `opts.master` is

@@ -112,6 +112,7 @@ pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
     }
     json!({
         "command": command,
+        "working_directory": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
         "machine": machine(),
         "elapsed_s": o.elapsed.as_secs_f64(),
         "throughput_per_s": o.throughput(),
@@ -123,6 +124,14 @@ pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
         "duplicated": o.duplicated,
         "unexpected": o.unexpected,
         "chaos_events": o.chaos_events,
+        "chaos": o.chaos_log.iter().map(|(at, what, worker)| json!({
+            "at_s": at.as_secs_f64(), "what": what, "worker": worker,
+        })).collect::<Vec<_>>(),
+        "failure_reasons": o.failure_reasons.iter().map(|(reason, count)| json!({
+            "reason": reason, "count": count,
+        })).collect::<Vec<_>>(),
+        "behind": o.behind.map(|(sent, due)| json!({"sent": sent, "due": due})),
+        "interrupted": o.interrupted,
         "failed_without_reason": o.failed_without_reason,
         "workers_at_end": o.master.as_ref().map_or(0, |s| s.workers.len()),
         "latency": latency,
@@ -152,8 +161,30 @@ pub fn print_summary(o: &Outcome) {
         "lost / duplicated / unexpected",
         format!("{} / {} / {}", o.lost, o.duplicated, o.unexpected)
     );
-    if o.chaos_events > 0 {
-        println!("{:<28} {:>14}", "workers killed or stopped", o.chaos_events);
+    if !o.chaos_log.is_empty() {
+        let n = |what: &str| o.chaos_log.iter().filter(|(_, w, _)| *w == what).count();
+        println!(
+            "{:<28} {:>14}",
+            "chaos: killed/stopped/added",
+            format!("{} / {} / {}", n("killed"), n("stopped"), n("added"))
+        );
+        for (at, what, worker) in &o.chaos_log {
+            println!("  {:>8.3} s  {what} {worker}", at.as_secs_f64());
+        }
+    }
+    if !o.failure_reasons.is_empty() {
+        println!("failures, by their last attempt's reason:");
+        for (reason, count) in &o.failure_reasons {
+            println!("  {count:>9}  {reason}");
+        }
+    }
+    if let Some((sent, due)) = o.behind {
+        println!(
+            "BEHIND: the load generator sent {sent} of the {due} tasks due by the end: it could not keep up with --rate (latency counts from when each was due, so it includes that lag)"
+        );
+    }
+    if o.interrupted {
+        println!("INTERRUPTED: the figures cover what ran before the interruption");
     }
     println!();
     println!(
@@ -183,6 +214,55 @@ pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> Result<(), Stri
     export::write_hgrm(h, std::io::BufWriter::new(f)).map_err(io)
 }
 
+/// Files a run writes into its report directory that are not histograms.
+const REPORT_FILES: &[&str] = &["summary.json", "summary.csv", "latency.svg"];
+
+/// Makes `dir` ready for a run's report before the run (so a path that
+/// cannot take one fails at once, not after the load): creates it, and
+/// removes what an earlier run's report left there (its histograms, logs,
+/// summaries), so that nothing stale sits beside the new figures. Other
+/// files are left alone.
+pub fn prepare_dir(dir: &Path) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("--report {}: {e}", dir.display());
+    fs::create_dir_all(dir).map_err(io)?;
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let ours = REPORT_FILES.contains(&name)
+            || ((name.ends_with(".hgrm") || name.ends_with(".hlog"))
+                && ["client_", "master_", "baseline_"]
+                    .iter()
+                    .any(|p| name.starts_with(p)));
+        if ours && path.is_file() {
+            fs::remove_file(&path).map_err(io)?;
+        }
+    }
+    // Writable: a report that fails only at the end wastes the run.
+    let probe = dir.join(".loadgen-write-check");
+    fs::write(&probe, b"").map_err(io)?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+/// Shell-quotes `args` as one command line that runs the same again.
+pub fn command_line(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Writes every report file into `dir`.
 pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", dir.display());
@@ -199,12 +279,24 @@ pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
         write_hgrm(dir, name, h)?;
     }
     let base = SystemTime::now() - o.elapsed;
+    // Each interval lasts until the next begins; the last until the run's
+    // end (an interval closes at the first result a second or more after it
+    // began, so lengths are about a second, not exactly).
+    let ends = o
+        .intervals
+        .iter()
+        .skip(1)
+        .map(|(start, _)| *start)
+        .chain(std::iter::once(o.elapsed));
     let intervals: Vec<export::Interval> = o
         .intervals
         .iter()
-        .map(|(start, h)| export::Interval {
+        .zip(ends)
+        .map(|((start, h), end)| export::Interval {
             start: *start,
-            length: std::time::Duration::from_secs(1),
+            length: end
+                .saturating_sub(*start)
+                .max(std::time::Duration::from_millis(1)),
             histogram: h,
         })
         .collect();

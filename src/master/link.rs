@@ -71,6 +71,20 @@ impl std::fmt::Display for Departure {
     }
 }
 
+/// Most payload bytes a worker holds in attempts at once (beyond a first
+/// attempt, which it may always be given). With no cap, tasks of a megabyte
+/// filled the connection both ways (runs to the worker, echoed results back),
+/// master and worker each blocked writing while the other was not reading,
+/// and the cluster stopped; and prefetch would have held a worker's whole
+/// share of a large queue in memory twice. Kept below what loopback's socket
+/// buffers hold, so a write of runs always completes.
+pub const IN_FLIGHT_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// What an attempt of `record` counts against [`IN_FLIGHT_BYTES_MAX`].
+fn task_bytes<R>(record: &TaskRecord<R>) -> usize {
+    record.spec.payload.len() + record.spec.kind.len()
+}
+
 struct InFlight<R> {
     record: TaskRecord<R>,
     sent_at: Instant,
@@ -134,6 +148,8 @@ pub struct WorkerLink<R> {
     /// profile and the ids are the master's own counter, not chosen by a
     /// peer.
     in_flight: FxHashMap<u64, InFlight<R>>,
+    /// Payload and kind bytes of the attempts it holds.
+    in_flight_bytes: usize,
     last_heard: Instant,
     /// When data from the worker last reached the master's kernel, frame or
     /// not: see [`WorkerLink::transport`].
@@ -173,6 +189,7 @@ impl<R> WorkerLink<R> {
             timing,
             retry,
             in_flight: FxHashMap::default(),
+            in_flight_bytes: 0,
             last_heard: now,
             last_arrival: now,
             segments_in: None,
@@ -205,6 +222,14 @@ impl<R> WorkerLink<R> {
         }
         let cap = (self.slots + self.prefetch) as usize;
         cap - self.in_flight.len().min(cap)
+    }
+
+    /// How many more payload bytes it may be given now:
+    /// [`IN_FLIGHT_BYTES_MAX`] less what it holds. The caller stops once this
+    /// is used up, after the attempt that used it up, so a worker holding
+    /// nothing may always be given one attempt, however large.
+    pub fn byte_credit(&self) -> usize {
+        IN_FLIGHT_BYTES_MAX.saturating_sub(self.in_flight_bytes)
     }
 
     /// How long since anything was heard from it.
@@ -267,6 +292,7 @@ impl<R> WorkerLink<R> {
         let deadline = (record.spec.timeout_ms > 0).then(|| {
             now + Duration::from_millis(record.spec.timeout_ms as u64) + self.timing.timeout_grace
         });
+        self.in_flight_bytes += task_bytes(&record);
         self.in_flight.insert(
             record.id,
             InFlight {
@@ -289,6 +315,7 @@ impl<R> WorkerLink<R> {
             }
             _ => return Outcome::Stale { result: r },
         };
+        self.in_flight_bytes -= task_bytes(&f.record);
         let ran = now.saturating_duration_since(f.sent_at);
         let record = f.record;
         let accepted_at = record.accepted_at.instant();
@@ -424,6 +451,7 @@ impl<R> WorkerLink<R> {
         let mut outcomes = Vec::new();
         for id in expired {
             if let Some(f) = self.in_flight.remove(&id) {
+                self.in_flight_bytes -= task_bytes(&f.record);
                 let record = f.record;
                 cancels.push(Cancel {
                     task_id: id,
@@ -462,6 +490,7 @@ impl<R> WorkerLink<R> {
     pub fn depart(&mut self, why: &Departure, now: Instant) -> Vec<Outcome<R>> {
         let reason = Text::from(format!("worker {} lost: {why}", self.node));
         let held: Vec<InFlight<R>> = self.in_flight.drain().map(|(_, f)| f).collect();
+        self.in_flight_bytes = 0;
         held.into_iter()
             .map(|f| match why {
                 Departure::Shutdown | Departure::Goodbye(_) => Outcome::Requeue {

@@ -142,6 +142,9 @@ pub(crate) struct ClientRoute {
     pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// Cancelled when the client stops reading (its queue passed the limit).
     pub too_slow: CancellationToken,
+    /// When the client's writer last got bytes out (or had nothing to
+    /// write): how a slow reader is told from one that stopped.
+    pub wrote: Arc<crate::instant::AtomicInstant>,
 }
 
 /// What a result weighs in a client's queue: its bytes plus a fixed overhead.
@@ -358,12 +361,23 @@ impl Shared {
     /// read.
     pub(crate) fn send_results(&self, results: Vec<TaskResult>, reply: &Route) {
         let weight = results.iter().map(result_weight).sum();
-        let queued = reply.queued_bytes.fetch_add(weight, Ordering::Relaxed) + weight;
-        if queued > crate::limits::CLIENT_OUTBOX_BYTES_MAX {
+        let before = reply.queued_bytes.fetch_add(weight, Ordering::Relaxed);
+        let queued = before + weight;
+        let now = Instant::now();
+        if before == 0 {
+            // Nothing was waiting: the writer is not behind.
+            reply.wrote.set(now);
+        }
+        let stalled =
+            reply.wrote.elapsed_at(now) >= Duration::from_millis(crate::limits::CLIENT_STALL_MS);
+        if queued > crate::limits::CLIENT_OUTBOX_BYTES_MAX
+            && (stalled || queued > crate::limits::CLIENT_OUTBOX_BYTES_HARD_MAX)
+        {
             if !reply.too_slow.is_cancelled() {
                 tracing::warn!(
                     client = %reply.name,
                     queued_bytes = queued,
+                    took_nothing_for_ms = reply.wrote.elapsed_at(now).as_millis() as u64,
                     "client is not reading its results; disconnecting it"
                 );
                 reply.too_slow.cancel();
@@ -488,6 +502,7 @@ impl Master {
                 name: Text::from_static("(no client attached)"),
                 queued_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 too_slow: CancellationToken::new(),
+                wrote: Arc::new(crate::instant::AtomicInstant::new(Instant::now())),
             })
         };
         let next_id = match &restored {

@@ -168,17 +168,22 @@ async fn client_session(
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let too_slow = tokio_util::sync::CancellationToken::new();
+    let wrote = Arc::new(crate::instant::AtomicInstant::new(Instant::now()));
     let route: Route = Arc::new(ClientRoute {
         tx: tx.clone(),
         name: peer.node.clone(),
         queued_bytes: queued_bytes.clone(),
         too_slow: too_slow.clone(),
+        wrote: wrote.clone(),
     });
     let writer = tokio::spawn(client_writer(
         write,
         rx,
         shared.clients_close.clone(),
-        queued_bytes,
+        Outbox {
+            queued_bytes,
+            wrote,
+        },
         too_slow.clone(),
         shared.journal.clone(),
     ));
@@ -344,11 +349,18 @@ fn ack(shared: &Shared, a: Ack) {
 /// one `results` frame: many per frame when busy, no wait when idle. With a
 /// journal, nothing is written before the records behind it are stored: an
 /// `accepted` or a result the client sees survives a crash of the master.
+/// A client writer's accounting, shared with [`Shared::send_results`]: bytes
+/// queued, and when the writer last got bytes out.
+struct Outbox {
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    wrote: Arc<crate::instant::AtomicInstant>,
+}
+
 async fn client_writer(
     mut write: Writer<ToClient, FromClient>,
     mut rx: mpsc::UnboundedReceiver<ClientOut>,
     close: tokio_util::sync::CancellationToken,
-    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    outbox: Outbox,
     too_slow: tokio_util::sync::CancellationToken,
     journal: Option<crate::journal::Journal>,
 ) {
@@ -416,7 +428,7 @@ async fn client_writer(
         for item in items.drain(..) {
             match item {
                 ClientOut::Results(r, weight) => {
-                    queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+                    outbox.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
                     if results.is_empty() {
                         results = r;
                     } else {
@@ -424,7 +436,7 @@ async fn client_writer(
                     }
                 }
                 ClientOut::Msg(m) => {
-                    if !flush_results(&mut write, &mut results).await
+                    if !flush_results(&mut write, &mut results, &outbox.wrote).await
                         || write.feed(m).await.is_err()
                     {
                         return;
@@ -432,9 +444,12 @@ async fn client_writer(
                 }
             }
         }
-        if !flush_results(&mut write, &mut results).await || write.flush().await.is_err() {
+        if !flush_results(&mut write, &mut results, &outbox.wrote).await
+            || write.flush().await.is_err()
+        {
             return;
         }
+        outbox.wrote.set(Instant::now());
     }
     let _ = write
         .send(ToClient::Goodbye(Goodbye {
@@ -446,11 +461,11 @@ async fn client_writer(
 async fn flush_results(
     write: &mut Writer<ToClient, FromClient>,
     results: &mut Vec<TaskResult>,
+    wrote: &crate::instant::AtomicInstant,
 ) -> bool {
-    // Within the protocol's limit per frame.
-    while !results.is_empty() {
-        let rest = results.split_off(results.len().min(crate::limits::BATCH_TASKS_MAX));
-        let batch = std::mem::replace(results, rest);
+    // Within the protocol's limits per frame; each frame taken by the
+    // connection is progress (a large result set takes a while).
+    for batch in crate::proto::batches(std::mem::take(results)) {
         if write
             .feed(ToClient::Results(Results { results: batch }))
             .await
@@ -458,6 +473,7 @@ async fn flush_results(
         {
             return false;
         }
+        wrote.set(Instant::now());
     }
     true
 }
@@ -800,7 +816,8 @@ async fn dispatch(
         // The master runs on one thread: this lock is never contended; it is
         // taken once per frame, not per task.
         let mut hists = shared.hists();
-        while tasks.len() < credit {
+        let mut bytes_left = link.byte_credit();
+        while tasks.len() < credit && bytes_left > 0 {
             let Some((_, mut record)) = shared.queue.pop() else {
                 break;
             };
@@ -824,7 +841,9 @@ async fn dispatch(
                 ),
                 None => {}
             }
-            tasks.push(link.assign(record, now));
+            let a = link.assign(record, now);
+            bytes_left = bytes_left.saturating_sub(a.payload.len() + a.kind.len());
+            tasks.push(a);
         }
     }
     if tasks.is_empty() {
@@ -840,7 +859,10 @@ async fn dispatch(
     stats
         .in_flight
         .store(link.in_flight() as u32, Ordering::Relaxed);
-    write.send(ToWorker::Run(Run { tasks })).await
+    for tasks in crate::proto::batches(tasks) {
+        write.feed(ToWorker::Run(Run { tasks })).await?;
+    }
+    write.flush().await
 }
 
 /// Acts on how an attempt ended (at `now`); a finished task's result joins
@@ -871,8 +893,9 @@ fn act(
                     .collect();
                 tracing::warn!(
                     task = result.id,
-                    "task failed after {} attempts: {}",
+                    "task failed after {} attempt{}: {}",
                     result.attempts,
+                    if result.attempts == 1 { "" } else { "s" },
                     reasons.join("; ")
                 );
             }
@@ -957,7 +980,8 @@ mod tests {
         let mut results: Vec<TaskResult> = (1..=total as u64)
             .map(super::super::results::unknown)
             .collect();
-        assert!(flush_results(&mut write, &mut results).await);
+        let wrote = crate::instant::AtomicInstant::new(Instant::now());
+        assert!(flush_results(&mut write, &mut results, &wrote).await);
         write.flush().await.unwrap();
         assert!(results.is_empty());
 

@@ -95,19 +95,37 @@ pub fn write_hlog<W: Write>(
     intervals: &[Interval<'_>],
 ) -> io::Result<()> {
     let mut serializer = V2DeflateSerializer::new();
-    let mut log = IntervalLogWriterBuilder::new()
-        .add_comment("runner loadgen: latency in microseconds")
-        .with_start_time(base)
-        .with_base_time(base)
-        .with_max_value_divisor(US_PER_MS)
-        .begin_log_with(&mut w, &mut serializer)?;
-    let tag = Tag::new(tag);
-    for i in intervals {
-        log.write_histogram(i.histogram, i.start, i.length, tag)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut buf = Vec::new();
+    {
+        let mut log = IntervalLogWriterBuilder::new()
+            .add_comment("[Histogram log format version 1.3]")
+            .add_comment("runner loadgen: latency in microseconds")
+            .with_start_time(base)
+            .with_base_time(base)
+            .with_max_value_divisor(US_PER_MS)
+            .begin_log_with(&mut buf, &mut serializer)?;
+        let tag = Tag::new(tag);
+        for i in intervals {
+            log.write_histogram(i.histogram, i.start, i.length, tag)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
     }
-    Ok(())
+    // The column legend HdrHistogram's own writer puts after the header
+    // comments (readers skip it); the crate's writer has none.
+    let header_end = buf
+        .split_inclusive(|b| *b == b'\n')
+        .take_while(|l| l.starts_with(b"#"))
+        .map(<[u8]>::len)
+        .sum::<usize>();
+    w.write_all(&buf[..header_end])?;
+    w.write_all(HLOG_LEGEND.as_bytes())?;
+    w.write_all(&buf[header_end..])?;
+    w.flush()
 }
+
+/// The interval log's column legend, as HdrHistogram writes it.
+const HLOG_LEGEND: &str =
+    "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n";
 
 /// Plots the percentile curves of `series` (name, histogram in
 /// microseconds): latency in milliseconds against the percentile on

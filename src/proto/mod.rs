@@ -120,3 +120,113 @@ pub(crate) fn decode_record_body<T: serde::de::DeserializeOwned>(
     let _scope = types::FrameScope::enter(body);
     bincode_wire::decode_record(body)
 }
+
+/// Most bytes of payloads and texts one batch message (`submit`, `run`,
+/// `done`, `results`) is filled with before the next item starts another
+/// frame: an eighth of the frame limit, which leaves room for the encoding
+/// (JSON escapes a byte in up to six) while small tasks still fill a batch
+/// by count ([`crate::limits::BATCH_TASKS_MAX`]) long before.
+pub const BATCH_BYTES_MAX: usize = crate::limits::FRAME_BYTES_MAX / 8;
+
+/// What an item adds to a batch message besides its payloads and texts
+/// (ids, numbers, lengths; generous).
+const BATCH_ITEM_OVERHEAD: usize = 32;
+
+/// The bytes an item of a batch message carries, for [`batches`].
+pub trait BatchWeight {
+    /// Payload and text bytes, plus a fixed overhead.
+    fn batch_weight(&self) -> usize;
+}
+
+impl BatchWeight for NewTask {
+    fn batch_weight(&self) -> usize {
+        self.kind.len() + self.payload.len() + BATCH_ITEM_OVERHEAD
+    }
+}
+
+impl BatchWeight for Assignment {
+    fn batch_weight(&self) -> usize {
+        self.kind.len() + self.payload.len() + BATCH_ITEM_OVERHEAD
+    }
+}
+
+impl BatchWeight for AttemptResult {
+    fn batch_weight(&self) -> usize {
+        self.output.len() + self.error.len() + BATCH_ITEM_OVERHEAD
+    }
+}
+
+impl BatchWeight for TaskResult {
+    fn batch_weight(&self) -> usize {
+        let errors: usize = self
+            .errors
+            .iter()
+            .map(|e| e.worker.len() + e.reason.len() + BATCH_ITEM_OVERHEAD)
+            .sum();
+        self.output.len() + self.worker.len() + errors + BATCH_ITEM_OVERHEAD
+    }
+}
+
+/// Splits `items`, in order, into batches that each fit one message: at most
+/// [`crate::limits::BATCH_TASKS_MAX`] items and [`BATCH_BYTES_MAX`] bytes
+/// (an item heavier than that alone is a batch of its own; the protocol's
+/// payload limit keeps it within a frame). Small items stay one batch, with
+/// no copy.
+pub fn batches<T: BatchWeight>(mut items: Vec<T>) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    while !items.is_empty() {
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < items.len() && n < crate::limits::BATCH_TASKS_MAX {
+            let w = items[n].batch_weight();
+            if n > 0 && bytes + w > BATCH_BYTES_MAX {
+                break;
+            }
+            bytes += w;
+            n += 1;
+        }
+        let rest = items.split_off(n);
+        out.push(std::mem::replace(&mut items, rest));
+    }
+    out
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn task(payload_bytes: usize) -> NewTask {
+        NewTask {
+            kind: Text::from_static("echo"),
+            payload: Payload::from(vec![b'x'; payload_bytes]),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        }
+    }
+
+    #[test]
+    fn large_payloads_are_spread_over_batches_within_the_byte_budget() {
+        let b = batches((0..20).map(|_| task(1_000_000)).collect());
+        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 20);
+        assert!(b.len() > 1);
+        for batch in &b {
+            let bytes: usize = batch.iter().map(BatchWeight::batch_weight).sum();
+            assert!(batch.len() == 1 || bytes <= BATCH_BYTES_MAX, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn small_tasks_are_cut_by_count_only() {
+        let b = batches((0..40_000).map(|_| task(16)).collect());
+        let lens: Vec<usize> = b.iter().map(Vec::len).collect();
+        let max = crate::limits::BATCH_TASKS_MAX;
+        assert_eq!(lens, vec![max, max, 40_000 - 2 * max]);
+    }
+
+    #[test]
+    fn an_item_above_the_budget_goes_alone() {
+        let b = batches(vec![task(16), task(BATCH_BYTES_MAX + 1), task(16)]);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
+    }
+}

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::instant::AtomicInstant;
 use crate::net::{self, PortRange, Reader, Writer};
 use crate::proto::handshake::{Identity, Peer, Secret};
 use crate::proto::*;
@@ -240,22 +241,25 @@ impl Worker {
             mpsc::channel::<(net::Conn<FromWorker, ToWorker>, Peer, SocketAddr, Origin)>(4);
         let (end_tx, mut end_rx) = mpsc::channel::<(u64, SessionEnd)>(4);
         let mut session: Option<Current> = None;
-        let epoch = Instant::now();
         let mut runs = Some(Runs::new(cfg.slots));
         let mut session_seq = 0u64;
         let mut watch = MasterWatch::new(cfg.master_timeout, Instant::now());
         let mut dialing = false;
+        // Whether the current streak of failed dials has been logged: the
+        // first failure says why at warn, the rest (every redial) at debug.
+        let dial_failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (dial_tx, mut dial_rx) = mpsc::channel::<()>(1);
         let mut watchdog = tokio::time::interval(Duration::from_millis(100));
         loop {
             if session.is_none() && !dialing {
                 if let Some(master) = cfg.master {
                     dialing = true;
-                    let (cfg, identity, conn_tx, dial_tx) = (
+                    let (cfg, identity, conn_tx, dial_tx, failing) = (
                         cfg.clone(),
                         identity.clone(),
                         conn_tx.clone(),
                         dial_tx.clone(),
+                        dial_failing.clone(),
                     );
                     tokio::spawn(async move {
                         match net::connect::<FromWorker, ToWorker>(
@@ -269,10 +273,15 @@ impl Worker {
                         .await
                         {
                             Ok((conn, peer)) => {
+                                failing.store(false, std::sync::atomic::Ordering::Relaxed);
                                 let _ = conn_tx.send((conn, peer, master, Origin::Dialed)).await;
                             }
                             Err(e) => {
-                                tracing::debug!("dialing the master failed: {e}");
+                                if failing.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                    tracing::debug!("dialing the master failed: {e}");
+                                } else {
+                                    tracing::warn!(%master, "cannot reach the master: {e}; dialing again every {} ms", cfg.redial_interval.as_millis());
+                                }
                                 tokio::time::sleep(cfg.redial_interval).await;
                                 // Only a failed dial says so; a connection
                                 // ends the dialing when it is taken in, so
@@ -323,7 +332,7 @@ impl Worker {
                     tracing::info!(master = %peer.node, %peer_addr, "connected to master");
                     watch.heard(Instant::now());
                     let (r, w) = net::split(conn);
-                    let heard = Arc::new(Heard::new(epoch));
+                    let heard = Arc::new(AtomicInstant::new(Instant::now()));
                     let s = Session::new(cfg.clone(), self.handlers.clone(), self.tasks_on.clone(), addr, runs.take().unwrap_or_else(|| Runs::new(cfg.slots)), heard.clone());
                     let (end_tx, id) = (end_tx.clone(), session_seq);
                     let (k, d) = (kick.clone(), drain.clone());
@@ -386,42 +395,14 @@ enum Origin {
 /// of its own, so a live master is heard at least that often.
 const LIVE_MASTER_HEARTBEATS: u32 = 3;
 
-/// When the current session last heard from its master, shared with the
-/// worker's accept loop (nanoseconds since the worker's epoch).
-struct Heard {
-    epoch: Instant,
-    nanos: std::sync::atomic::AtomicU64,
-}
-
-impl Heard {
-    fn new(epoch: Instant) -> Heard {
-        let h = Heard {
-            epoch,
-            nanos: std::sync::atomic::AtomicU64::new(0),
-        };
-        h.set(Instant::now());
-        h
-    }
-
-    fn set(&self, now: Instant) {
-        let n = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        self.nanos.store(n, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn silent_for(&self, now: Instant) -> Duration {
-        let at = self.epoch
-            + Duration::from_nanos(self.nanos.load(std::sync::atomic::Ordering::Relaxed));
-        now.saturating_duration_since(at)
-    }
-}
-
 /// The master session in progress.
 struct Current {
     id: u64,
     kick: CancellationToken,
     drain: CancellationToken,
     master: Text,
-    heard: Arc<Heard>,
+    /// When the session last heard from its master.
+    heard: Arc<AtomicInstant>,
 }
 
 impl Current {
@@ -435,7 +416,7 @@ impl Current {
         if origin == Origin::Dialed || peer.node == self.master {
             return None;
         }
-        let silent = self.heard.silent_for(Instant::now());
+        let silent = self.heard.elapsed_at(Instant::now());
         (silent < heartbeat * LIVE_MASTER_HEARTBEATS).then(|| {
             format!(
                 "this worker serves master {} (heard from {} ms ago)",
@@ -486,7 +467,7 @@ struct Session {
     listen: SocketAddr,
     runs: Runs,
     /// When its master was last heard from, for the accept loop.
-    heard: Arc<Heard>,
+    heard: Arc<AtomicInstant>,
 }
 
 fn result(
@@ -512,7 +493,7 @@ impl Session {
         tasks_on: Option<Handle>,
         listen: SocketAddr,
         runs: Runs,
-        heard: Arc<Heard>,
+        heard: Arc<AtomicInstant>,
     ) -> Self {
         Session {
             cfg,
@@ -631,7 +612,10 @@ impl Session {
         }
         let n = self.runs.done.len().min(crate::limits::BATCH_TASKS_MAX);
         let results: Vec<AttemptResult> = self.runs.done.drain(..n).collect();
-        write.send(FromWorker::Done(Done { results })).await
+        for results in crate::proto::batches(results) {
+            write.feed(FromWorker::Done(Done { results })).await?;
+        }
+        write.flush().await
     }
 
     async fn run(
@@ -695,8 +679,8 @@ impl Session {
                             }
                         }
                         ToWorker::Ping(p) => {
-                            if write.send(FromWorker::Pong(Pong { seq: p.seq })).await.is_err() {
-                                break "write to master failed".into();
+                            if let Err(e) = write.send(FromWorker::Pong(Pong { seq: p.seq })).await {
+                                break format!("write to master failed: {e}");
                             }
                         }
                         ToWorker::Pong(_) => {}
@@ -723,8 +707,8 @@ impl Session {
                     // which halves the traffic of a large idle pool.
                     if watch.silent_for(Instant::now()) >= self.cfg.heartbeat {
                         ping_seq += 1;
-                        if write.send(FromWorker::Ping(Ping { seq: ping_seq })).await.is_err() {
-                            break "write to master failed".into();
+                        if let Err(e) = write.send(FromWorker::Ping(Ping { seq: ping_seq })).await {
+                            break format!("write to master failed: {e}");
                         }
                     }
                 }

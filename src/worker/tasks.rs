@@ -290,6 +290,34 @@ async fn exec(input: TaskInput) -> TaskOutput {
     let sep = if tail.is_empty() { "" } else { ": " };
     Err(match status.code() {
         Some(code) => format!("{program} exited with status {code}{sep}{tail}"),
-        None => format!("{program} was killed by a signal{sep}{tail}"),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            let sig = status.signal().unwrap_or(0);
+            format!(
+                "{program} was killed by signal {sig} ({}){sep}{tail}",
+                signal_name(sig)
+            )
+        }
     })
+}
+
+/// A signal's usual name, for failure reasons people read.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "signal",
+    }
 }
