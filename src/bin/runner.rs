@@ -737,7 +737,7 @@ fn print_result(r: &TaskResult, json: bool) {
                 match status {
                     TaskStatus::Failed => "FAILED",
                     TaskStatus::Unknown =>
-                        "UNKNOWN (never accepted, or its result was already collected)",
+                        "UNKNOWN (the master has no record of it: never accepted, its result already collected, or the master restarted without a journal)",
                     _ => "CANCELLED",
                 },
                 r.attempts,

@@ -352,6 +352,33 @@ impl Shared {
         delivered
     }
 
+    /// Whether `reply`'s client may keep its connection: it is disconnected
+    /// (and false returned) once more than
+    /// [`crate::limits::CLIENT_OUTBOX_BYTES_MAX`] of results wait for it and
+    /// its writer has got nothing out for [`crate::limits::CLIENT_STALL_MS`],
+    /// or past the hard limit however recently it read.
+    pub(crate) fn check_outbox(&self, reply: &Route, now: Instant) -> bool {
+        if reply.too_slow.is_cancelled() {
+            return false;
+        }
+        let queued = reply.queued_bytes.load(Ordering::Relaxed);
+        let stalled_for = reply.wrote.elapsed_at(now);
+        let stalled = stalled_for >= Duration::from_millis(crate::limits::CLIENT_STALL_MS);
+        if queued > crate::limits::CLIENT_OUTBOX_BYTES_MAX
+            && (stalled || queued > crate::limits::CLIENT_OUTBOX_BYTES_HARD_MAX)
+        {
+            tracing::warn!(
+                client = %reply.name,
+                queued_bytes = queued,
+                took_nothing_for_ms = stalled_for.as_millis() as u64,
+                "client is not reading its results; disconnecting it"
+            );
+            reply.too_slow.cancel();
+            return false;
+        }
+        true
+    }
+
     /// Queues a result for a client: see [`Shared::send_results`].
     pub(crate) fn send_result(&self, result: TaskResult, reply: &Route) {
         self.send_results(vec![result], reply)
@@ -361,27 +388,8 @@ impl Shared {
     /// read.
     pub(crate) fn send_results(&self, results: Vec<TaskResult>, reply: &Route) {
         let weight = results.iter().map(result_weight).sum();
-        let before = reply.queued_bytes.fetch_add(weight, Ordering::Relaxed);
-        let queued = before + weight;
-        let now = Instant::now();
-        if before == 0 {
-            // Nothing was waiting: the writer is not behind.
-            reply.wrote.set(now);
-        }
-        let stalled =
-            reply.wrote.elapsed_at(now) >= Duration::from_millis(crate::limits::CLIENT_STALL_MS);
-        if queued > crate::limits::CLIENT_OUTBOX_BYTES_MAX
-            && (stalled || queued > crate::limits::CLIENT_OUTBOX_BYTES_HARD_MAX)
-        {
-            if !reply.too_slow.is_cancelled() {
-                tracing::warn!(
-                    client = %reply.name,
-                    queued_bytes = queued,
-                    took_nothing_for_ms = reply.wrote.elapsed_at(now).as_millis() as u64,
-                    "client is not reading its results; disconnecting it"
-                );
-                reply.too_slow.cancel();
-            }
+        reply.queued_bytes.fetch_add(weight, Ordering::Relaxed);
+        if !self.check_outbox(reply, Instant::now()) {
             return;
         }
         let n = results.len();

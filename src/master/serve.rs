@@ -190,11 +190,20 @@ async fn client_session(
     let say = |m: ToClient| {
         let _ = tx.send(ClientOut::Msg(m));
     };
+    // Tells a client that stopped reading from one that reads slowly, even
+    // when no more results come to trigger the check in `send_results`.
+    let mut stall_check =
+        tokio::time::interval(Duration::from_millis(crate::limits::CLIENT_STALL_MS / 4));
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             m = read.next() => m,
             _ = shared.clients_close.cancelled() => break,
             _ = too_slow.cancelled() => break,
+            _ = stall_check.tick() => {
+                shared.check_outbox(&route, Instant::now());
+                continue;
+            }
         };
         let msg = match msg {
             None => break,
@@ -425,10 +434,15 @@ async fn client_writer(
                 return;
             }
         }
+        // Writing starts now: a stall counts from here, not from the last
+        // write, which may be long ago for a client that was idle.
+        outbox.wrote.set(Instant::now());
+        // What was taken stays counted as queued until it is written.
+        let mut taken_weight = 0;
         for item in items.drain(..) {
             match item {
                 ClientOut::Results(r, weight) => {
-                    outbox.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+                    taken_weight += weight;
                     if results.is_empty() {
                         results = r;
                     } else {
@@ -450,6 +464,9 @@ async fn client_writer(
             return;
         }
         outbox.wrote.set(Instant::now());
+        outbox
+            .queued_bytes
+            .fetch_sub(taken_weight, Ordering::Relaxed);
     }
     let _ = write
         .send(ToClient::Goodbye(Goodbye {
