@@ -49,7 +49,7 @@ pub const CLIENT_OUTBOX_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// connection has taken no bytes for this long: one that reads, but more
 /// slowly than large results come (it may be busy writing a large batch), is
 /// not cut off for that.
-pub const CLIENT_STALL_MS: u64 = 2_000;
+pub const CLIENT_STALL_MS: u64 = 5_000;
 
 /// Most result bytes waiting for a client that still reads: past this it is
 /// disconnected however recently it read.

@@ -79,9 +79,10 @@ fn byte_credit_bounds_the_payload_a_worker_holds_and_comes_back_with_results() {
     assert_eq!(l.byte_credit(), 0, "two halves of the budget use it up");
     assert!(l.credit() > 0, "the count alone would allow more");
     l.finish(done(1, 1, AttemptStatus::Ok), t0);
-    assert!(
-        l.byte_credit() >= IN_FLIGHT_BYTES_MAX / 2,
-        "a result gives it back"
+    assert_eq!(
+        l.byte_credit(),
+        IN_FLIGHT_BYTES_MAX / 2 - "echo".len(),
+        "a result gives its bytes back"
     );
 }
 
