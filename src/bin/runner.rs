@@ -533,6 +533,26 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Longest a node spends stopping after SIGINT or SIGTERM before it exits
+/// regardless: a peer that stopped reading must not keep it alive.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Ends the process if stopping takes longer than [`STOP_GRACE`] after the
+/// first SIGINT or SIGTERM, or at a second one, as a user pressing Ctrl-C
+/// twice expects.
+fn exit_if_stopping_hangs(node: String) {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => eprintln!("runner: {node}: a second signal; stopping at once"),
+            _ = tokio::time::sleep(STOP_GRACE) => {
+                eprintln!("runner: {node}: still stopping after {STOP_GRACE:?}; stopping at once");
+            }
+        }
+        std::process::exit(1);
+    });
+}
+
 /// Says in the node's log that `--realtime` took (`main` has already
 /// stopped the node if it did not).
 fn log_realtime(on: bool) {
@@ -579,6 +599,7 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
     }
     let m = Master::start(cfg).await.map_err(|e| e.to_string())?;
     say(format_args!("master listening on {}", m.local_addr()));
+    exit_if_stopping_hangs("master".into());
     shutdown_signal().await;
     say(format_args!("master shutting down"));
     m.shutdown().await;
@@ -630,6 +651,7 @@ async fn worker(
     }
     let w = builder.build().start().await.map_err(|e| e.to_string())?;
     say(format_args!("worker {id} listening on {}", w.local_addr()));
+    exit_if_stopping_hangs(format!("worker {id}"));
     let exit = w.run_until(shutdown_signal()).await;
     match exit {
         WorkerExit::MasterTimeout(d) => say(format_args!(
