@@ -849,11 +849,12 @@ async fn fault_01_a_worker_whose_reaper_died_says_so_and_its_tasks_still_die_wit
         .unwrap();
     // SAFETY: kill(2) on a process this test started (indirectly).
     unsafe { libc::kill(reaper, libc::SIGKILL) };
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !c.worker_log("w1").contains("the task reaper died") {
-        assert!(std::time::Instant::now() < end, "{}", c.worker_log("w1"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_for_text(
+        || c.worker_log("w1"),
+        "the task reaper died",
+        Duration::from_secs(10),
+    )
+    .await;
     let pids = exec_writing_pids(&client, 1, |f| format!("echo $$ > {f}; exec sleep 60")).await;
     c.worker("w1").signal(libc::SIGKILL);
     c.worker("w1").wait_exit(Duration::from_secs(5));
@@ -1021,27 +1022,15 @@ fn realtime_refused_by_the_kernel_stops_the_node_with_the_reason() {
 /// A second master whose scan covers cluster `c`'s workers (its own port is
 /// the top of their range, which no worker takes before the others).
 fn second_master(c: &Cluster, logs: &std::path::Path) -> Proc {
-    let port = (c.first_port + support::BLOCK - 1).to_string();
-    let range = c.worker_range();
-    let mut m = Proc::spawn(
-        "master-2",
-        &[
-            "master",
-            "--quiet",
-            "--log-dir",
-            logs.to_str().unwrap(),
-            "--port",
-            &port,
-            "--scan",
-            &range,
-            "--scan-interval",
-            "200ms",
-            "--heartbeat",
-            "200ms",
-            "--worker-timeout",
-            "1s",
-        ],
+    let args = support::master_args_on(
+        c.first_port + support::BLOCK - 1,
+        &c.worker_range(),
+        logs.to_str().unwrap(),
+        c.wire,
+        &[],
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut m = Proc::spawn("master-2", &args);
     m.wait_line(Duration::from_secs(10), |l| {
         l.starts_with("master listening on ")
     });
@@ -1066,15 +1055,12 @@ async fn a_worker_serving_a_live_master_refuses_another_masters_scan() {
     let logs = tempfile::tempdir().unwrap();
     let _other = second_master(&c, logs.path());
     let other_log = || std::fs::read_to_string(logs.path().join("master.log")).unwrap_or_default();
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !other_log().contains("the worker refused this master") {
-        assert!(
-            std::time::Instant::now() < end,
-            "the second master never heard the refusal:\n{}",
-            other_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_text(
+        other_log,
+        "the worker refused this master",
+        Duration::from_secs(10),
+    )
+    .await;
     let r = collect(&mut client, 1, Duration::from_secs(10))
         .await
         .remove(&id)
@@ -1103,14 +1089,12 @@ async fn a_second_worker_with_a_live_workers_id_is_refused() {
     .await;
     let first = client.status(false).await.unwrap().workers[0].addr.clone();
     c.add_worker("w1", 2, &[]);
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !c
-        .master_log()
-        .contains("refused a second worker with a registered node id")
-    {
-        assert!(std::time::Instant::now() < end, "{}", c.master_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_text(
+        || c.master_log(),
+        "refused a second worker with a registered node id",
+        Duration::from_secs(10),
+    )
+    .await;
     let s = client.status(false).await.unwrap();
     assert_eq!(s.workers.len(), 1);
     assert_eq!(
@@ -1137,11 +1121,12 @@ async fn a_worker_stopped_past_a_scans_handshake_deadline_is_found_again_once_re
     })
     .await;
     // Scans meanwhile reach its listener and time out in the handshake (2 s).
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !c.master_log().contains("handshake did not finish") {
-        assert!(std::time::Instant::now() < end, "{}", c.master_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_text(
+        || c.master_log(),
+        "handshake did not finish",
+        Duration::from_secs(10),
+    )
+    .await;
     c.worker("w1").signal(libc::SIGCONT);
     c.wait_status(&client, Duration::from_secs(15), "w1 found again", |s| {
         s.workers.len() == 1

@@ -358,8 +358,20 @@ impl Cluster {
 }
 
 fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Vec<String> {
-    let port = first_port.to_string();
     let scan = format!("{}-{}", first_port + 1, first_port + BLOCK - 1);
+    master_args_on(first_port, &scan, log_dir, wire, extra)
+}
+
+/// A test master's command line: listening on `port`, scanning `scan`,
+/// with the short heartbeat and timeouts of every cluster here.
+pub fn master_args_on(
+    port: u16,
+    scan: &str,
+    log_dir: &str,
+    wire: Wire,
+    extra: &[&str],
+) -> Vec<String> {
+    let port = port.to_string();
     let mut args: Vec<String> = [
         "master",
         "--quiet",
@@ -368,7 +380,7 @@ fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Ve
         "--port",
         &port,
         "--scan",
-        &scan,
+        scan,
         "--scan-interval",
         "200ms",
         "--heartbeat",
@@ -383,6 +395,19 @@ fn master_args(first_port: u16, log_dir: &str, wire: Wire, extra: &[&str]) -> Ve
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+/// Waits (at most `deadline`) until `read()` (a log, say) contains `needle`.
+pub async fn wait_for_text(read: impl Fn() -> String, needle: &str, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    while !read().contains(needle) {
+        assert!(
+            Instant::now() < end,
+            "no {needle:?} within {deadline:?} in:\n{}",
+            read()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Whether process `pid` is dead: gone, or a zombie waiting to be reaped.
