@@ -531,7 +531,8 @@ fn gone(pid: i32) -> bool {
 }
 
 /// Starts an open loop long enough to be cut short; returns it once its
-/// cluster (master and 2 workers) is up (the caller waits for it).
+/// cluster (master and 2 workers) is up (the caller waits for it). The load
+/// generator watches for signals before it starts its cluster.
 #[allow(clippy::zombie_processes)]
 fn long_open_loop() -> (std::process::Child, Vec<i32>) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -544,9 +545,6 @@ fn long_open_loop() -> (std::process::Child, Vec<i32>) {
     loop {
         let kids = children_of(child.id());
         if kids.len() >= 3 {
-            // Give the load a moment to start after the workers.
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            let kids = children_of(child.id());
             return (child, kids);
         }
         if std::time::Instant::now() > end {

@@ -81,7 +81,7 @@ fn byte_credit_bounds_the_payload_a_worker_holds_and_comes_back_with_results() {
     l.finish(done(1, 1, AttemptStatus::Ok), t0);
     assert_eq!(
         l.byte_credit(),
-        IN_FLIGHT_BYTES_MAX / 2 - "echo".len(),
+        IN_FLIGHT_BYTES_MAX - big(3).spec.batch_weight(),
         "a result gives its bytes back"
     );
 }

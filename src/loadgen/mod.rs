@@ -707,6 +707,10 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
             "--chaos breaks the workers the load generator starts; it cannot with --master".into(),
         ));
     }
+    // Before the cluster starts: a signal from then on is the run's to
+    // handle (its cluster goes down with it), not the default's.
+    let mut interrupt = Interrupt::new()
+        .map_err(|e| LoadError::Setup(format!("cannot watch for SIGINT and SIGTERM: {e}")))?;
     let mut spawned = match opts.master {
         Some(_) => None,
         None => Some(Spawned::start(&opts).await?),
@@ -789,8 +793,6 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     let mut submission_ended: Option<Instant> = None;
     let mut behind = None;
     let mut interrupted = false;
-    let mut interrupt = Interrupt::new()
-        .map_err(|e| LoadError::Setup(format!("cannot watch for SIGINT and SIGTERM: {e}")))?;
 
     loop {
         let now = Instant::now();

@@ -80,9 +80,10 @@ impl std::fmt::Display for Departure {
 /// buffers hold, so a write of runs always completes.
 pub const IN_FLIGHT_BYTES_MAX: usize = 2 * 1024 * 1024;
 
-/// What an attempt of `record` counts against [`IN_FLIGHT_BYTES_MAX`].
+/// What an attempt of `record` counts against [`IN_FLIGHT_BYTES_MAX`]: its
+/// weight in a `run` frame.
 fn task_bytes<R>(record: &TaskRecord<R>) -> usize {
-    record.spec.payload.len() + record.spec.kind.len()
+    crate::proto::BatchWeight::batch_weight(&record.spec)
 }
 
 struct InFlight<R> {

@@ -142,18 +142,9 @@ pub(crate) struct ClientRoute {
     pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// Cancelled when the client stops reading (its queue passed the limit).
     pub too_slow: CancellationToken,
-    /// When the client's writer last got bytes out (or had nothing to
-    /// write): how a slow reader is told from one that stopped.
+    /// When the client's writer last began writing or got a frame out: how a
+    /// slow reader is told from one that stopped.
     pub wrote: Arc<crate::instant::AtomicInstant>,
-}
-
-/// What a result weighs in a client's queue: its bytes plus a fixed overhead.
-pub(crate) fn result_weight(r: &TaskResult) -> usize {
-    64 + r.output.len()
-        + r.errors
-            .iter()
-            .map(|e| 32 + e.reason.len() + e.worker.len())
-            .sum::<usize>()
 }
 
 pub(crate) type Route = Arc<ClientRoute>;
@@ -357,16 +348,18 @@ impl Shared {
     /// [`crate::limits::CLIENT_OUTBOX_BYTES_MAX`] of results wait for it and
     /// its writer has got nothing out for [`crate::limits::CLIENT_STALL_MS`],
     /// or past the hard limit however recently it read.
-    pub(crate) fn check_outbox(&self, reply: &Route, now: Instant) -> bool {
+    pub(crate) fn check_outbox(&self, reply: &Route) -> bool {
         if reply.too_slow.is_cancelled() {
             return false;
         }
         let queued = reply.queued_bytes.load(Ordering::Relaxed);
-        let stalled_for = reply.wrote.elapsed_at(now);
+        if queued <= crate::limits::CLIENT_OUTBOX_BYTES_MAX {
+            // The usual case, on the result path: no clock read.
+            return true;
+        }
+        let stalled_for = reply.wrote.elapsed_at(Instant::now());
         let stalled = stalled_for >= Duration::from_millis(crate::limits::CLIENT_STALL_MS);
-        if queued > crate::limits::CLIENT_OUTBOX_BYTES_MAX
-            && (stalled || queued > crate::limits::CLIENT_OUTBOX_BYTES_HARD_MAX)
-        {
+        if stalled || queued > crate::limits::CLIENT_OUTBOX_BYTES_HARD_MAX {
             tracing::warn!(
                 client = %reply.name,
                 queued_bytes = queued,
@@ -387,9 +380,14 @@ impl Shared {
     /// Queues results for a client, disconnecting a client that does not
     /// read.
     pub(crate) fn send_results(&self, results: Vec<TaskResult>, reply: &Route) {
-        let weight = results.iter().map(result_weight).sum();
+        // What the results weigh in the client's queue: their bytes, as
+        // they weigh in a frame.
+        let weight = results
+            .iter()
+            .map(crate::proto::BatchWeight::batch_weight)
+            .sum();
         reply.queued_bytes.fetch_add(weight, Ordering::Relaxed);
-        if !self.check_outbox(reply, Instant::now()) {
+        if !self.check_outbox(reply) {
             return;
         }
         let n = results.len();

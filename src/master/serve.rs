@@ -201,7 +201,7 @@ async fn client_session(
             _ = shared.clients_close.cancelled() => break,
             _ = too_slow.cancelled() => break,
             _ = stall_check.tick() => {
-                shared.check_outbox(&route, Instant::now());
+                shared.check_outbox(&route);
                 continue;
             }
         };
@@ -354,17 +354,17 @@ fn ack(shared: &Shared, a: Ack) {
     }
 }
 
-/// Writes a client's messages in order, folding consecutive results into
-/// one `results` frame: many per frame when busy, no wait when idle. With a
-/// journal, nothing is written before the records behind it are stored: an
-/// `accepted` or a result the client sees survives a crash of the master.
 /// A client writer's accounting, shared with [`Shared::send_results`]: bytes
-/// queued, and when the writer last got bytes out.
+/// queued and not yet written, and when the writer last got bytes out.
 struct Outbox {
     queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     wrote: Arc<crate::instant::AtomicInstant>,
 }
 
+/// Writes a client's messages in order, folding consecutive results into
+/// one `results` frame: many per frame when busy, no wait when idle. With a
+/// journal, nothing is written before the records behind it are stored: an
+/// `accepted` or a result the client sees survives a crash of the master.
 async fn client_writer(
     mut write: Writer<ToClient, FromClient>,
     mut rx: mpsc::UnboundedReceiver<ClientOut>,
@@ -859,7 +859,7 @@ async fn dispatch(
                 None => {}
             }
             let a = link.assign(record, now);
-            bytes_left = bytes_left.saturating_sub(a.payload.len() + a.kind.len());
+            bytes_left = bytes_left.saturating_sub(crate::proto::BatchWeight::batch_weight(&a));
             tasks.push(a);
         }
     }
