@@ -688,20 +688,12 @@ async fn fault_09_a_client_that_never_reads_is_disconnected_and_others_are_still
         }
         s
     });
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if c.master_log()
-            .contains("client is not reading its results; disconnecting it")
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "the master never gave up on the client:\n{}",
-            c.master_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_text(
+        || c.master_log(),
+        "client is not reading its results; disconnecting it",
+        Duration::from_secs(30),
+    )
+    .await;
     let id = client
         .submit(task("echo", "still served", 128, 0, 0))
         .await
