@@ -74,6 +74,8 @@ enum Cmd {
     ),
     Status(bool, oneshot::Sender<StatusReport>),
     Fetch(Vec<u64>),
+    /// Ids (at most a message's worth), the reason, who waits for the report.
+    Cancel(Vec<u64>, Text, oneshot::Sender<CancelReport>),
     Close,
 }
 
@@ -119,6 +121,8 @@ impl Client {
             outstanding: HashSet::new(),
             acks: VecDeque::new(),
             statuses: VecDeque::new(),
+            cancels: Default::default(),
+            next_cancel: 1,
         };
         tokio::spawn(d.run(conn, closed_tx));
         Ok(Client {
@@ -325,6 +329,35 @@ impl Client {
             .map_err(|_| ClientError::Closed(self.closed_reason()))
     }
 
+    /// Cancels tasks by id, with `reason` for their results: queued ones
+    /// never run, running ones are stopped on their workers. Returns once
+    /// every cancelled task's `cancelled` result is final; the report sorts
+    /// the ids into cancelled, already finished and unknown.
+    pub async fn cancel(&self, ids: Vec<u64>, reason: &str) -> Result<CancelReport, ClientError> {
+        let mut waiting = Vec::new();
+        for chunk in ids.chunks(crate::limits::BATCH_TASKS_MAX) {
+            let (tx, rx) = oneshot::channel();
+            self.cmds
+                .send(Cmd::Cancel(
+                    chunk.to_vec(),
+                    Text::from(reason.to_string()),
+                    tx,
+                ))
+                .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+            waiting.push(rx);
+        }
+        let mut all = CancelReport::default();
+        for rx in waiting {
+            let r = rx
+                .await
+                .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+            all.cancelled.extend(r.cancelled);
+            all.finished.extend(r.finished);
+            all.unknown.extend(r.unknown);
+        }
+        Ok(all)
+    }
+
     /// Says goodbye and closes, in the background: see [`Client::shutdown`]
     /// for a caller about to exit.
     pub fn close(&self) {
@@ -365,6 +398,9 @@ struct Driver {
     /// Who waits for each submit's acceptance, and whether it was detached.
     acks: VecDeque<(oneshot::Sender<Result<Accepted, ErrorMsg>>, bool)>,
     statuses: VecDeque<oneshot::Sender<StatusReport>>,
+    /// Who waits for each cancel's report, by request number.
+    cancels: std::collections::HashMap<u64, oneshot::Sender<CancelReport>>,
+    next_cancel: u64,
 }
 
 /// How a connection ended.
@@ -398,6 +434,9 @@ impl Driver {
                 )));
             }
             self.statuses.clear();
+            // A cancel lost with the connection may or may not have been
+            // made: its caller hears that the connection closed.
+            self.cancels.clear();
             let Some(limit) = self.opts.reconnect else {
                 let _ = closed.send(Some(why));
                 return;
@@ -488,6 +527,14 @@ impl Driver {
                             return End::Lost(format!("write failed: {e}"));
                         }
                     }
+                    Some(Cmd::Cancel(ids, reason, tx)) => {
+                        let request = self.next_cancel;
+                        self.next_cancel += 1;
+                        self.cancels.insert(request, tx);
+                        if let Err(e) = conn.send(FromClient::CancelTasks(CancelTasks { request, ids, reason })).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        }
+                    }
                     Some(Cmd::Fetch(ids)) => {
                         if tracking {
                             self.outstanding.extend(ids.iter().copied());
@@ -531,6 +578,11 @@ impl Driver {
                         ToClient::Status(s) => {
                             if let Some(tx) = self.statuses.pop_front() {
                                 let _ = tx.send(s);
+                            }
+                        }
+                        ToClient::CancelReport(r) => {
+                            if let Some(tx) = self.cancels.remove(&r.request) {
+                                let _ = tx.send(r);
                             }
                         }
                         ToClient::Ping(p) => {

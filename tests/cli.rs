@@ -181,7 +181,9 @@ fn a_short_secret_is_refused_with_advice() {
 fn help_teaches_each_subcommand() {
     let (ok, out, _) = run(&["--help"]);
     assert!(ok);
-    for sub in ["demo", "master", "worker", "submit", "status"] {
+    for sub in [
+        "demo", "master", "worker", "submit", "results", "status", "cancel",
+    ] {
         assert!(out.contains(sub), "{out}");
     }
     let (_, out, _) = run(&["master", "--help"]);
@@ -334,4 +336,47 @@ async fn a_timeout_below_a_millisecond_rounds_up_rather_than_meaning_none() {
     ]);
     assert!(!ok, "{out}");
     assert!(out.contains("timed out after 1 ms"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_prints_what_it_did_and_exits_non_zero_for_unknown_ids() {
+    // No worker: the tasks stay queued until cancelled.
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            ..Opts::default()
+        },
+    );
+    let master = c.addr.to_string();
+    let (ok, out, err) = run(&[
+        "submit", "--master", &master, "--detach", "--json", "--count", "3", "--", "noop",
+    ]);
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let first = v["first_id"].as_u64().unwrap();
+    let two = format!("{first}-{}", first + 1);
+    let (ok, out, err) = run(&["cancel", "--master", &master, "--reason", "typo", &two]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), format!("cancelled (2): {two}"));
+
+    let (ok, out, err) = run(&["results", "--master", &master, &two]);
+    assert!(!ok, "cancelled tasks did not succeed: {out}{err}");
+    assert_eq!(out.matches("CANCELLED before it ran").count(), 2, "{out}");
+    assert!(
+        out.contains(": typo"),
+        "the reason reaches the results: {out}"
+    );
+
+    let never = (first + 1_000_000).to_string();
+    let (ok, out, err) = run(&["cancel", "--master", &master, &first.to_string(), &never]);
+    assert!(!ok, "an unknown id is an error: {out}{err}");
+    assert!(
+        out.contains("already finished, left as they were (1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("unknown to this master (1): {never}")),
+        "{out}"
+    );
 }

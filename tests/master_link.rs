@@ -410,3 +410,27 @@ fn a_worker_that_hands_back_an_attempt_gets_no_more_and_its_goodbye_charges_noth
     let outs = l.depart(&Departure::Goodbye("stopping".into()), t0);
     assert!(matches!(&outs[..], [Outcome::Requeue { record, .. }] if record.errors.is_empty()));
 }
+
+#[test]
+fn cancelled_tasks_attempts_are_taken_back_and_their_late_results_are_stale() {
+    let t0 = Instant::now();
+    let mut l = link(3, 0, t0);
+    for id in 1..=3 {
+        l.assign(record(id, 0, 0, t0), t0);
+    }
+    assert_eq!(l.credit(), 0);
+    let taken = l.cancel(|id| id == 2);
+    assert_eq!(taken.len(), 1);
+    let (cancel, record) = &taken[0];
+    assert_eq!((cancel.task_id, cancel.attempt), (2, 1));
+    assert_eq!(record.id, 2);
+    assert_eq!(l.credit(), 1, "its slot is free at once");
+    assert!(matches!(
+        l.finish(done(2, 1, AttemptStatus::Ok), t0),
+        Outcome::Stale { .. }
+    ));
+    assert!(matches!(
+        l.finish(done(1, 1, AttemptStatus::Ok), t0),
+        Outcome::Finished { .. }
+    ));
+}

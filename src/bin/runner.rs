@@ -50,6 +50,9 @@ enum Command {
     Results(ResultsArgs),
     /// Show the master's workers, queues and totals.
     Status(StatusArgs),
+    /// Cancel tasks by id: queued ones never run, running ones are stopped
+    /// (an exec task's processes killed); their results say cancelled.
+    Cancel(CancelArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -279,6 +282,24 @@ struct ResultsArgs {
 }
 
 #[derive(Args)]
+struct CancelArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The master (HOST:PORT); default: found on this machine.
+    #[arg(long)]
+    master: Option<String>,
+    /// Why, for the tasks' results (their submitter sees it).
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Task ids, or ranges like 10-20 (or 10..=20, as `submit` prints them).
+    #[arg(required = true, value_name = "ID")]
+    ids: Vec<String>,
+}
+
+#[derive(Args)]
 struct StatusArgs {
     #[command(flatten)]
     common: Common,
@@ -408,6 +429,7 @@ fn main() -> ExitCode {
             Command::Submit(a) => submit(a).await,
             Command::Results(a) => results(a).await,
             Command::Status(a) => status(a).await,
+            Command::Cancel(a) => cancel(a).await,
         }
     });
     match result {
@@ -753,29 +775,32 @@ fn print_result(r: &TaskResult, json: bool) {
             output
         )),
         status => {
-            say(format_args!(
-                "task {} {} after {} attempt{}",
-                r.id,
-                match status {
-                    TaskStatus::Failed => "FAILED",
-                    TaskStatus::Unknown =>
-                        "UNKNOWN (the master has no record of it: never accepted, its result already collected, or the master restarted without a journal)",
-                    _ => "CANCELLED",
-                },
-                r.attempts,
-                if r.attempts == 1 { "" } else { "s" }
-            ));
+            let what = match status {
+                TaskStatus::Failed => "FAILED",
+                TaskStatus::Unknown =>
+                    "UNKNOWN (the master has no record of it: never accepted, its result already collected, or the master restarted without a journal)",
+                _ => "CANCELLED",
+            };
+            match r.attempts {
+                0 if status == TaskStatus::Unknown => say(format_args!("task {} {what}", r.id)),
+                0 => say(format_args!("task {} {what} before it ran", r.id)),
+                n => say(format_args!(
+                    "task {} {what} after {n} attempt{}",
+                    r.id,
+                    if n == 1 { "" } else { "s" }
+                )),
+            }
             for e in &r.errors {
-                say(format_args!(
-                    "    attempt {}{}: {}",
-                    e.attempt,
-                    if e.worker.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" on {}", e.worker)
-                    },
-                    e.reason
-                ));
+                let on = if e.worker.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", e.worker)
+                };
+                if e.attempt == 0 {
+                    say(format_args!("    {}", e.reason));
+                } else {
+                    say(format_args!("    attempt {}{on}: {}", e.attempt, e.reason));
+                }
             }
         }
     }
@@ -904,6 +929,66 @@ async fn results(a: ResultsArgs) -> Result<ExitCode, String> {
     print_results(client, count, a.json).await
 }
 
+/// Exit status 1 if any id was unknown (a mistyped id, most likely); ids
+/// already finished are not an error: there was nothing left to stop.
+async fn cancel(a: CancelArgs) -> Result<ExitCode, String> {
+    let ids = parse_ids(&a.ids)?;
+    if a.reason.len() > runner::limits::TEXT_BYTES_MAX {
+        return Err(format!(
+            "--reason is {} bytes; at most {}",
+            a.reason.len(),
+            runner::limits::TEXT_BYTES_MAX
+        ));
+    }
+    let client = connect(&a.common, &a.master, None).await?;
+    let r = client
+        .cancel(ids, &a.reason)
+        .await
+        .map_err(|e| e.to_string())?;
+    client.shutdown().await;
+    if a.json {
+        let v = serde_json::json!({
+            "cancelled": r.cancelled,
+            "finished": r.finished,
+            "unknown": r.unknown,
+        });
+        say(format_args!("{v}"));
+    } else {
+        let line = |what: &str, ids: &[u64]| {
+            if !ids.is_empty() {
+                say(format_args!("{what} ({}): {}", ids.len(), id_ranges(ids)));
+            }
+        };
+        line("cancelled", &r.cancelled);
+        line("already finished, left as they were", &r.finished);
+        line("unknown to this master", &r.unknown);
+    }
+    Ok(if r.unknown.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Sorted ids as runs: `3 7-9 12`.
+fn id_ranges(ids: &[u64]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
+        i = j + 1;
+    }
+    out.join(" ")
+}
+
 async fn status(a: StatusArgs) -> Result<ExitCode, String> {
     let client = connect(&a.common, &a.master, None).await?;
     let s = client
@@ -944,7 +1029,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode, String> {
         say(format_args!("  priority {:>3}: {}", q.priority, q.depth));
     }
     say(format_args!(
-        "totals: submitted {}, completed {}, failed {}, retried {}, running {}",
+        "totals: submitted {}, completed {}, failed or cancelled {}, retried {}, running {}",
         s.submitted, s.completed, s.failed, s.retried, s.running
     ));
     if a.histograms {

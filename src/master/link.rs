@@ -482,6 +482,30 @@ impl<R> WorkerLink<R> {
         }
     }
 
+    /// Takes back the attempts of tasks that `cancelled` names (a client
+    /// cancelled them): the `cancel` to send the worker for each, and its
+    /// record, whose task the caller finishes. The worker sends no result
+    /// for a cancelled attempt, and one already on its way is stale.
+    pub fn cancel(&mut self, cancelled: impl Fn(u64) -> bool) -> Vec<(Cancel, TaskRecord<R>)> {
+        let ids: Vec<u64> = self
+            .in_flight
+            .keys()
+            .copied()
+            .filter(|id| cancelled(*id))
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.in_flight.remove(&id))
+            .map(|f| {
+                self.in_flight_bytes -= task_bytes(&f.record);
+                let c = Cancel {
+                    task_id: f.record.id,
+                    attempt: f.record.attempt,
+                };
+                (c, f.record)
+            })
+            .collect()
+    }
+
     /// The worker is gone. Every attempt it held fails with `why`, counted
     /// against its task's retries, and is queued again at once (or reported
     /// failed if out of retries); except when the worker left on purpose

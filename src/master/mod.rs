@@ -7,9 +7,11 @@
 //! credit allows and sends them in one `run` frame. A record lives in exactly
 //! one place (the queue, one worker's [`link::WorkerLink`], or a retry timer),
 //! and only the place holding it can finish it, so each task gets exactly one
-//! result. The registry (a mutex) is touched only when workers come and go,
+//! result; a client's cancel only names ids and wakes those places
+//! (`cancel.rs`). The registry (a mutex) is touched only when workers come and go,
 //! and for `status`.
 
+mod cancel;
 pub mod discovery;
 pub mod link;
 mod metrics_http;
@@ -182,6 +184,8 @@ pub(crate) struct WorkerEntry {
     pub session: u64,
     pub kick: CancellationToken,
     pub stats: Arc<LinkStats>,
+    /// Tells the session to look for attempts of cancelled tasks.
+    pub cancel: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -238,6 +242,15 @@ pub(crate) struct Shared {
     /// The route of tasks no client waits on (restored from the journal,
     /// or submitted detached): their results are kept for a fetch.
     pub detached: Route,
+    /// Ids below this are not this master's tasks (without a journal, those
+    /// of an earlier run): a cancel of one is answered `unknown`.
+    pub ids_from: u64,
+    /// Tasks a client cancelled that are not finished yet: see `cancel.rs`.
+    pub cancels: Mutex<cancel::Cancels>,
+    /// How many [`Shared::cancels`] holds, read without its lock.
+    pub cancels_pending: std::sync::atomic::AtomicUsize,
+    /// Wakes the retry timers to look for a cancel of their task.
+    pub cancel_wake: Notify,
 }
 
 /// Most results kept for clients that went away, without a journal (with
@@ -293,15 +306,24 @@ impl Shared {
     ) -> usize {
         let mut out = Outbox::default();
         let mut delivered = 0;
+        let mut reports = Vec::new();
         {
             let mut st = self.store();
-            for (result, reply) in finished {
+            for (mut result, reply) in finished {
                 let id = result.id;
                 if !st.done.insert(id) {
                     tracing::debug!(task = id, "second result for a finished task; dropped");
                     continue;
                 }
                 delivered += 1;
+                if self.cancelling() {
+                    let mut cancels = self.cancels();
+                    if let Some((reason, done)) = cancels.finished(id) {
+                        cancel::overrule(&mut result, reason);
+                        reports.extend(done);
+                        self.cancels_pending.store(cancels.len(), Ordering::Relaxed);
+                    }
+                }
                 if let Some(j) = &self.journal {
                     j.append(Entry::Finished(&result));
                 }
@@ -339,6 +361,11 @@ impl Shared {
         }
         for (route, results) in out.0 {
             self.send_results(results, &route);
+        }
+        // After the results, so a client that cancelled its own tasks has
+        // their results when it reads the report.
+        for (report, to) in reports {
+            cancel::send_report(report, &to);
         }
         delivered
     }
@@ -408,23 +435,45 @@ impl Shared {
     }
 
     /// Queues a record (again); during shutdown reports it cancelled instead.
-    pub(crate) fn enqueue(self: &Arc<Self>, mut record: Record, delay: Duration) {
+    pub(crate) fn enqueue(self: &Arc<Self>, record: Record, delay: Duration) {
         if self.shutdown.is_cancelled() {
             self.abandon(record, "master shut down before the task finished");
             return;
         }
         if delay.is_zero() {
+            // A client cancelled it while it was out on a worker that was
+            // lost, or waiting out its back-off.
+            let mut record = match self.cancelled(record) {
+                Ok((result, reply)) => {
+                    self.deliver(result, &reply);
+                    return;
+                }
+                Err(record) => record,
+            };
             record.set_queued_at(Instant::now());
             self.queue.push(record.spec.priority, record);
             self.work.notify_waiters();
             return;
         }
         let shared = self.clone();
+        let until = tokio::time::Instant::now() + delay;
         self.tracker.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => shared.enqueue(record, Duration::ZERO),
-                _ = shared.shutdown.cancelled() => shared.enqueue(record, Duration::ZERO),
+            loop {
+                let cancel = shared.cancel_wake.notified();
+                tokio::pin!(cancel);
+                // Listening before looking: a cancel noted after the look
+                // still wakes it.
+                cancel.as_mut().enable();
+                if shared.cancelling() && shared.cancels().contains(record.id) {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = cancel => {}
+                }
             }
+            shared.enqueue(record, Duration::ZERO)
         });
     }
 }
@@ -511,6 +560,7 @@ impl Master {
                 wrote: Arc::new(crate::instant::AtomicInstant::new(Instant::now())),
             })
         };
+        let journaled = journal.is_some();
         let next_id = match &restored {
             Some(r) if r.next_id > 1 => r.next_id,
             _ => fresh_first_id(),
@@ -563,6 +613,10 @@ impl Master {
             store: Mutex::new(store),
             restored_below: next_id,
             detached,
+            ids_from: if journaled { 1 } else { next_id },
+            cancels: Mutex::new(cancel::Cancels::default()),
+            cancels_pending: std::sync::atomic::AtomicUsize::new(0),
+            cancel_wake: Notify::new(),
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared

@@ -222,6 +222,7 @@ async fn client_session(
             }
             FromClient::Fetch(f) => fetch(&shared, &route, f),
             FromClient::Ack(a) => ack(&shared, a),
+            FromClient::CancelTasks(c) => super::cancel::cancel_tasks(&shared, &route, c),
             FromClient::Ping(p) => say(ToClient::Pong(Pong { seq: p.seq })),
             FromClient::Pong(_) => {}
             FromClient::Goodbye(g) => {
@@ -625,6 +626,7 @@ pub(crate) async fn worker_session(
     let session_id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let kick = shared.shutdown.child_token();
     let stats = Arc::new(LinkStats::default());
+    let cancel = Arc::new(tokio::sync::Notify::new());
     stats
         .last_heard_ms
         .store(shared.millis(Instant::now()), Ordering::Relaxed);
@@ -643,6 +645,7 @@ pub(crate) async fn worker_session(
                 session: session_id,
                 kick: kick.clone(),
                 stats: stats.clone(),
+                cancel: cancel.clone(),
             },
         );
         if let Some(l) = listen {
@@ -733,6 +736,35 @@ pub(crate) async fn worker_session(
                 }
             }
             _ = &mut notified, if link.credit() > 0 => {}
+            _ = cancel.notified() => {
+                let taken: Vec<(Cancel, TaskResult, Route)> = {
+                    let cancels = shared.cancels();
+                    link.cancel(|id| cancels.contains(id))
+                        .into_iter()
+                        .map(|(c, record)| {
+                            let why = cancels.reason(record.id).unwrap_or_default();
+                            let (result, reply) = record.cancelled(why);
+                            (c, result, reply)
+                        })
+                        .collect()
+                };
+                if taken.is_empty() {
+                    continue;
+                }
+                shared.totals.running.fetch_sub(taken.len() as u64, Ordering::Relaxed);
+                for (c, result, reply) in taken {
+                    tracing::info!(worker = %node, task = c.task_id, attempt = c.attempt, "task cancelled by a client; stopping its attempt");
+                    // A failed write ends the session below; the result
+                    // stands either way.
+                    let _ = write.feed(ToWorker::Cancel(c)).await;
+                    finished.push((result, reply));
+                }
+                shared.deliver_all(finished.drain(..));
+                stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
+                if let Err(e) = write.flush().await {
+                    break Departure::ConnectionClosed(format!("write failed: {e}"));
+                }
+            }
             _ = &mut wake => {
                 let now = Instant::now();
                 if link.wants_transport(now) {
@@ -829,13 +861,14 @@ async fn dispatch(
     }
     let now = Instant::now();
     let mut tasks = Vec::new();
+    let mut cancelled = Vec::new();
     {
         // The master runs on one thread: this lock is never contended; it is
         // taken once per frame, not per task.
         let mut hists = shared.hists();
         let mut bytes_left = link.byte_credit();
         while tasks.len() < credit && bytes_left > 0 {
-            let Some((_, mut record)) = shared.queue.pop() else {
+            let Some((_, record)) = shared.queue.pop() else {
                 break;
             };
             if record.id < shared.restored_below && shared.store().done.contains(record.id) {
@@ -843,6 +876,15 @@ async fn dispatch(
                 // the restart: nothing left to run.
                 continue;
             }
+            // Popped here while a cancel swept the queue (a runtime on
+            // more than one thread).
+            let mut record = match shared.cancelled(record) {
+                Ok(done) => {
+                    cancelled.push(done);
+                    continue;
+                }
+                Err(record) => record,
+            };
             hists.record(
                 Metric::QueueWait,
                 now.saturating_duration_since(record.queued_at()),
@@ -862,6 +904,9 @@ async fn dispatch(
             bytes_left = bytes_left.saturating_sub(crate::proto::BatchWeight::batch_weight(&a));
             tasks.push(a);
         }
+    }
+    if !cancelled.is_empty() {
+        shared.deliver_all(cancelled);
     }
     if tasks.is_empty() {
         return Ok(());

@@ -436,6 +436,54 @@ pub struct Accepted {
 }
 impl Validate for Accepted {}
 
+/// Stop tasks by id (`runner cancel`), wherever they are: a queued task is
+/// taken out of its queue, a running one is stopped on its worker (with a
+/// `cancel`), one waiting out a retry back-off is not retried. Each such
+/// task's final state is `cancelled`, and its result goes where its result
+/// would have gone (its submitter, attached clients, or kept for a fetch).
+/// Answered by a [`CancelReport`] with the same `request`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelTasks {
+    /// Chosen by the client and echoed in the report: reports come when
+    /// their tasks are finished, not in the order asked.
+    pub request: u64,
+    /// Task ids, from [`Accepted`].
+    pub ids: Vec<u64>,
+    /// Why, for the tasks' results (may be empty).
+    pub reason: Text,
+}
+
+impl Validate for CancelTasks {
+    fn validate(&self) -> Result<(), ProtoError> {
+        check_len("cancel_tasks.ids", self.ids.len(), limits::BATCH_TASKS_MAX)?;
+        check_text("cancel_tasks.reason", &self.reason)
+    }
+}
+
+/// The answer to a [`CancelTasks`]: every id it named, in one of three
+/// lists. Sent once each cancelled task's `cancelled` result is final
+/// (journaled, on a master with a journal).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelReport {
+    /// The request's `request`.
+    pub request: u64,
+    /// Stopped: their final state is `cancelled`.
+    pub cancelled: Vec<u64>,
+    /// Already finished (ok, failed or cancelled) before the request: left
+    /// as they were.
+    pub finished: Vec<u64>,
+    /// Not tasks of this master: never accepted, or from before a restart
+    /// without a journal.
+    pub unknown: Vec<u64>,
+}
+
+impl Validate for CancelReport {
+    fn validate(&self) -> Result<(), ProtoError> {
+        let n = self.cancelled.len() + self.finished.len() + self.unknown.len();
+        check_len("cancel_report ids", n, limits::BATCH_TASKS_MAX)
+    }
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -444,7 +492,8 @@ pub enum TaskStatus {
     Ok,
     /// Every allowed attempt failed; `errors` says why, one entry each.
     Failed,
-    /// The master stopped before the task finished (shutdown).
+    /// Stopped before it finished: a client cancelled it
+    /// ([`CancelTasks`]), or a master without a journal shut down.
     Cancelled,
     /// The master knows no task with this id: it was never accepted, or its
     /// result was already acknowledged by a client ([`Ack`]). Sent only in
@@ -856,6 +905,8 @@ direction! {
         /// Tasks to run whose results this connection will not take: the
         /// master keeps them for a later `fetch` (`runner submit --detach`).
         SubmitDetached(SubmitDetached) = 0x14, "submit_detached";
+        /// Stop tasks by id.
+        CancelTasks(CancelTasks) = 0x15, "cancel_tasks";
     }
 }
 
@@ -880,6 +931,8 @@ direction! {
         Results(Results) = 0x21, "results";
         /// The master's state.
         Status(StatusReport) = 0x22, "status_report";
+        /// What a `cancel_tasks` did.
+        CancelReport(CancelReport) = 0x23, "cancel_report";
     }
 }
 

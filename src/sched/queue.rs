@@ -103,6 +103,30 @@ impl<T> PriorityQueue<T> {
         None
     }
 
+    /// Takes out every item `keep` refuses and leaves the others in their
+    /// order: each level is popped through once and its kept items pushed
+    /// back behind, which with no concurrent push restores the level as it
+    /// was. No extra memory, O(items waiting): for rare requests (a client
+    /// cancelling tasks), not the dispatch path. Items pushed concurrently
+    /// stay, though perhaps ahead of some rotated ones.
+    pub fn sweep(&self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut out = Vec::new();
+        for p in 0..LEVELS {
+            for _ in 0..self.depth[p].load(Ordering::Relaxed) {
+                let Some(item) = self.levels[p].pop() else {
+                    break;
+                };
+                if keep(&item) {
+                    self.levels[p].push(item);
+                } else {
+                    self.depth[p].fetch_sub(1, Ordering::Relaxed);
+                    out.push(item);
+                }
+            }
+        }
+        out
+    }
+
     /// Items waiting at each non-empty priority, highest first. A snapshot:
     /// exact when no push or pop runs concurrently.
     pub fn depths(&self) -> Vec<(u8, usize)> {
@@ -145,6 +169,20 @@ mod tests {
             ["top", "high-a", "high-b", "low-a", "low-b", "bottom"]
         );
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_sweep_takes_out_the_refused_items_and_keeps_the_order_of_the_rest() {
+        let q = PriorityQueue::new();
+        for i in 0..6 {
+            q.push(if i % 2 == 0 { 9 } else { 3 }, i);
+        }
+        let taken = q.sweep(|i| *i != 2 && *i != 3);
+        assert_eq!(taken, [3, 2], "lowest level first, as swept");
+        assert_eq!(q.depths(), vec![(9, 2), (3, 2)]);
+        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, v)| v)).collect();
+        assert_eq!(order, [0, 4, 1, 5]);
+        assert!(q.is_empty(), "a level emptied by the sweep pops as empty");
     }
 
     #[test]

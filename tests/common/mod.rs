@@ -83,6 +83,14 @@ pub fn from_client() -> Vec<(&'static str, FromClient)> {
             tasks: vec![new_task("noop", Payload::from("later"))],
         }),
     ));
+    v.push((
+        "cancel_tasks",
+        FromClient::CancelTasks(CancelTasks {
+            request: 1,
+            ids: vec![1_000_000, 1_000_001],
+            reason: Text::from_static("wrong input"),
+        }),
+    ));
     v
 }
 
@@ -183,6 +191,15 @@ pub fn to_client() -> Vec<(&'static str, ToClient)> {
                 max_us: 2100,
                 hdr: Text::empty(),
             }],
+        }),
+    ));
+    v.push((
+        "cancel_report",
+        ToClient::CancelReport(CancelReport {
+            request: 1,
+            cancelled: vec![1_000_001],
+            finished: vec![1_000_000],
+            unknown: vec![],
         }),
     ));
     v

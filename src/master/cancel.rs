@@ -1,0 +1,314 @@
+//! Cancelling tasks by id (`cancel_tasks`, `runner cancel`).
+//!
+//! A record lives in exactly one place (the queue, one worker's link, or a
+//! retry timer) and only that place can finish it. So a cancel does not
+//! reach into those places: it writes the ids down here ([`Cancels`]), takes
+//! the queued ones out of the queue at once, and wakes the places that hold
+//! the others; each finishes its record as `cancelled` when it next looks.
+//! Whatever result a cancelled task gets first (a worker's result racing
+//! the cancel, retries running out) is turned into `cancelled` when it is
+//! delivered ([`super::Shared::deliver_all`]), so a task reported cancelled
+//! to the client that asked always ends `cancelled`. The report goes out
+//! once every task it names has its final result, which on a master with a
+//! journal is also the moment that result is stored.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::{ClientOut, Record, Route, Shared};
+use crate::proto::{
+    AttemptError, CancelReport, CancelTasks, Payload, TaskResult, TaskStatus, Text, ToClient,
+};
+
+/// Cancelled tasks that have no final result yet, and the requests waiting
+/// for them.
+#[derive(Default)]
+pub(crate) struct Cancels {
+    /// Task id to the requests that named it, oldest first.
+    tasks: FxHashMap<u64, Vec<u64>>,
+    requests: FxHashMap<u64, Pending>,
+    next_request: u64,
+}
+
+/// A request whose report waits for its tasks' results.
+struct Pending {
+    reason: Text,
+    remaining: usize,
+    report: CancelReport,
+    to: Route,
+}
+
+impl Cancels {
+    /// Whether `id` is being cancelled.
+    pub fn contains(&self, id: u64) -> bool {
+        self.tasks.contains_key(&id)
+    }
+
+    /// Unfinished tasks being cancelled.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Why `id` is being cancelled (the oldest request's reason).
+    pub fn reason(&self, id: u64) -> Option<Text> {
+        let first = self.tasks.get(&id)?.first()?;
+        self.requests.get(first).map(|p| p.reason.clone())
+    }
+
+    /// `id` has its final result: the reason it was cancelled for, if it
+    /// was, and the reports this completes, with where each goes.
+    pub fn finished(&mut self, id: u64) -> Option<(Text, Vec<(CancelReport, Route)>)> {
+        let waiting = self.tasks.remove(&id)?;
+        let mut reason = None;
+        let mut done = Vec::new();
+        for r in waiting {
+            let std::collections::hash_map::Entry::Occupied(mut p) = self.requests.entry(r) else {
+                continue;
+            };
+            reason.get_or_insert_with(|| p.get().reason.clone());
+            p.get_mut().remaining -= 1;
+            if p.get().remaining == 0 {
+                let p = p.remove();
+                done.push((p.report, p.to));
+            }
+        }
+        Some((reason.unwrap_or_default(), done))
+    }
+
+    /// Notes a request to cancel `ids` (unfinished tasks); `report` goes to
+    /// `to` once they all have their results.
+    fn request(&mut self, ids: &[u64], reason: Text, report: CancelReport, to: Route) {
+        let r = self.next_request;
+        self.next_request += 1;
+        for id in ids {
+            self.tasks.entry(*id).or_default().push(r);
+        }
+        self.requests.insert(
+            r,
+            Pending {
+                reason,
+                remaining: ids.len(),
+                report,
+                to,
+            },
+        );
+    }
+}
+
+/// Sends a finished request's report to the client that asked.
+pub(crate) fn send_report(report: CancelReport, to: &Route) {
+    let _ = to.tx.send(ClientOut::Msg(ToClient::CancelReport(report)));
+}
+
+/// Turns a result that beat its task's cancel (a worker's result, retries
+/// running out) into the `cancelled` one the requester was promised.
+pub(crate) fn overrule(result: &mut TaskResult, reason: Text) {
+    if result.status == TaskStatus::Cancelled {
+        return;
+    }
+    result.status = TaskStatus::Cancelled;
+    result.output = Payload::empty();
+    if result.errors.len() >= crate::limits::ATTEMPTS_MAX {
+        // Retries ran out just as the cancel came: the oldest attempt's
+        // error makes room within the limit.
+        result.errors.remove(0);
+    }
+    result.errors.push(AttemptError {
+        attempt: result.attempts,
+        worker: std::mem::take(&mut result.worker),
+        reason,
+    });
+}
+
+impl Shared {
+    pub(crate) fn cancels(&self) -> std::sync::MutexGuard<'_, Cancels> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether any task is being cancelled: one atomic load, so the paths
+    /// every task takes pay nothing while none is.
+    pub(crate) fn cancelling(&self) -> bool {
+        self.cancels_pending.load(Ordering::Relaxed) > 0
+    }
+
+    /// The final result of `record` if a client cancelled its task.
+    pub(crate) fn cancelled(&self, record: Record) -> Result<(TaskResult, Route), Record> {
+        if !self.cancelling() {
+            return Err(record);
+        }
+        match self.cancels().reason(record.id) {
+            Some(reason) => Ok(record.cancelled(reason)),
+            None => Err(record),
+        }
+    }
+}
+
+/// Answers a client's `cancel_tasks`: sorts its ids into unknown, finished
+/// and cancelled, takes the cancelled ones that are queued out of the queue
+/// and finishes them, and wakes every worker session and retry timer so
+/// that the others are finished where they are. The report goes to `route`
+/// once all of them have their results.
+pub(crate) fn cancel_tasks(shared: &Arc<Shared>, route: &Route, c: CancelTasks) {
+    let mut reason = if c.reason.is_empty() {
+        format!("cancelled by {}", route.name)
+    } else {
+        format!("cancelled by {}: {}", route.name, c.reason)
+    };
+    // The client's name and reason are each within the limit; together
+    // they may not be.
+    if reason.len() > crate::limits::TEXT_BYTES_MAX {
+        let mut cut = crate::limits::TEXT_BYTES_MAX;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    let reason = Text::from(reason);
+    let next_id = shared.next_id.load(Ordering::Relaxed);
+    let mut ids = c.ids;
+    ids.sort_unstable();
+    ids.dedup();
+    let mut report = CancelReport {
+        request: c.request,
+        ..CancelReport::default()
+    };
+    {
+        let st = shared.store();
+        let mut cancels = shared.cancels();
+        for id in ids {
+            if id < shared.ids_from || id >= next_id {
+                report.unknown.push(id);
+            } else if st.done.contains(id) {
+                report.finished.push(id);
+            } else {
+                report.cancelled.push(id);
+            }
+        }
+        tracing::info!(
+            client = %route.name,
+            cancelling = report.cancelled.len(),
+            already_finished = report.finished.len(),
+            unknown = report.unknown.len(),
+            "{reason}"
+        );
+        if report.cancelled.is_empty() {
+            drop(cancels);
+            drop(st);
+            send_report(report, route);
+            return;
+        }
+        let ids = report.cancelled.clone();
+        cancels.request(&ids, reason.clone(), report, route.clone());
+        shared
+            .cancels_pending
+            .store(cancels.len(), Ordering::Relaxed);
+    }
+    // Queued: out of the queue now, whether or not a worker would take them.
+    let taken: Vec<(TaskResult, Route)> = {
+        let cancels = shared.cancels();
+        let taken = shared.queue.sweep(|r| !cancels.contains(r.id));
+        taken
+            .into_iter()
+            .map(|r| {
+                let why = cancels.reason(r.id).unwrap_or_default();
+                r.cancelled(why)
+            })
+            .collect()
+    };
+    if !taken.is_empty() {
+        shared.deliver_all(taken);
+    }
+    if !shared.cancelling() {
+        return;
+    }
+    // Out on workers, or waiting out a retry back-off.
+    for w in shared.registry().workers.values() {
+        w.cancel.notify_one();
+    }
+    shared.cancel_wake.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::ClientRoute;
+
+    fn route() -> (Route, tokio::sync::mpsc::UnboundedReceiver<ClientOut>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let route = Arc::new(ClientRoute {
+            tx,
+            name: Text::from_static("admin"),
+            queued_bytes: Default::default(),
+            too_slow: Default::default(),
+            wrote: Arc::new(crate::instant::AtomicInstant::new(std::time::Instant::now())),
+        });
+        (route, rx)
+    }
+
+    fn result(status: TaskStatus, errors: usize) -> TaskResult {
+        TaskResult {
+            id: 7,
+            status,
+            output: Payload::from("out"),
+            attempts: errors as u32 + 1,
+            worker: Text::from_static("w1"),
+            errors: (1..=errors as u32)
+                .map(|attempt| AttemptError {
+                    attempt,
+                    worker: Text::from_static("w1"),
+                    reason: Text::from_static("boom"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_result_that_beats_its_cancel_is_delivered_cancelled() {
+        let mut r = result(TaskStatus::Ok, 0);
+        overrule(&mut r, Text::from_static("cancelled by admin"));
+        assert_eq!(r.status, TaskStatus::Cancelled);
+        assert!(r.output.is_empty());
+        assert!(r.worker.is_empty());
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(
+            (r.errors[0].attempt, r.errors[0].worker.as_str()),
+            (1, "w1")
+        );
+    }
+
+    #[test]
+    fn a_failed_result_with_every_attempts_error_stays_within_the_limit_when_overruled() {
+        let max = crate::limits::ATTEMPTS_MAX;
+        let mut r = result(TaskStatus::Failed, max);
+        overrule(&mut r, Text::from_static("cancelled by admin"));
+        assert_eq!(r.errors.len(), max);
+        assert_eq!(r.errors[0].attempt, 2, "the oldest made room");
+        assert_eq!(r.errors[max - 1].reason.as_str(), "cancelled by admin");
+    }
+
+    #[test]
+    fn a_report_waits_for_every_task_it_names_and_each_request_gets_its_own() {
+        let (to, _rx) = route();
+        let mut c = Cancels::default();
+        let report = |request| CancelReport {
+            request,
+            cancelled: vec![1, 2],
+            ..CancelReport::default()
+        };
+        c.request(&[1, 2], Text::from_static("first"), report(1), to.clone());
+        c.request(&[2], Text::from_static("second"), report(2), to);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.reason(2).unwrap().as_str(), "first", "the oldest reason");
+        let (why, done) = c.finished(1).unwrap();
+        assert_eq!(why.as_str(), "first");
+        assert!(done.is_empty(), "task 2 is still unfinished");
+        let (_, done) = c.finished(2).unwrap();
+        let mut requests: Vec<u64> = done.iter().map(|(r, _)| r.request).collect();
+        requests.sort_unstable();
+        assert_eq!(requests, [1, 2]);
+        assert_eq!(c.len(), 0);
+        assert!(c.finished(2).is_none(), "a second result finds nothing");
+    }
+}
