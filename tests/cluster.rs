@@ -1125,3 +1125,68 @@ async fn a_worker_stopped_past_a_scans_handshake_deadline_is_found_again_once_re
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_that_finishes_after_its_client_left_is_kept_for_a_fetch_without_a_journal() {
+    let (c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let id = client
+        .submit(task("sleep", "500", 128, 0, 0))
+        .await
+        .unwrap();
+    client.shutdown().await;
+    // The master notices the client left before the task finishes.
+    support::wait_for_text(
+        || c.master_log(),
+        "client disconnected",
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut later = c.client().await;
+    later.fetch(vec![id]).unwrap();
+    let r = collect(&mut later, 1, Duration::from_secs(5)).await;
+    assert_eq!(r[&id].status, TaskStatus::Ok, "{:?}", r[&id]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_text_past_the_limit_is_cut_and_costs_its_worker_nothing() {
+    let (c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    // A kind of the largest size allowed: the worker's "no handler for
+    // kind ..." names it, which takes its error past the limit.
+    let kind = "k".repeat(runner::limits::TEXT_BYTES_MAX);
+    let id = client
+        .submit(NewTask {
+            kind: Text::from(kind),
+            payload: Payload::empty(),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(5)).await;
+    let e = &r[&id].errors[0];
+    assert_eq!(r[&id].status, TaskStatus::Failed);
+    assert!(e
+        .reason
+        .starts_with("worker cannot run it: no handler for kind"));
+    assert!(e.reason.ends_with('…'), "cut, and says so");
+    assert_eq!(e.reason.len(), runner::limits::TEXT_BYTES_MAX);
+    assert!(
+        !c.master_log().contains("worker removed"),
+        "the worker stays"
+    );
+}

@@ -586,3 +586,31 @@ fn the_room_halves_while_less_arrives_and_never_passes_the_maximum() {
         "an idle connection keeps a small buffer: {rooms:?}"
     );
 }
+
+#[test]
+fn a_json_line_naming_its_type_twice_is_malformed() {
+    for line in [
+        &b"{\"type\":\"ping\",\"seq\":3,\"type\":\"status\"}\n"[..],
+        b"{\"seq\":3,\"type\":\"ping\",\"type\":\"ping\"}\n",
+    ] {
+        let err = common::decode_all::<FromClient>(Some(Wire::Json), line).unwrap_err();
+        assert!(matches!(err, ProtoError::Malformed(_)), "{err}");
+    }
+    // "type" as text inside a value is not a second member.
+    let line =
+        b"{\"type\":\"submit\",\"tasks\":[{\"kind\":\"type\",\"payload\":\"\\\"type\\\":1\"}]}\n";
+    let msgs = common::decode_all::<FromClient>(Some(Wire::Json), line).unwrap();
+    assert!(matches!(&msgs[..], [FromClient::Submit(s)] if s.tasks[0].kind == "type"));
+}
+
+#[test]
+fn a_register_with_an_empty_kind_is_invalid() {
+    let msg = FromWorker::Register(Register {
+        slots: 1,
+        kinds: vec![Text::from_static("noop"), Text::empty()],
+        listen: Text::empty(),
+    });
+    let frame = common::encode(Wire::Bincode, &msg);
+    let err = common::decode_all::<FromWorker>(None, &frame).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::INVALID, "{err}");
+}

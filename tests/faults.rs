@@ -362,3 +362,35 @@ async fn fault_13_a_connection_flood_is_capped_and_the_master_keeps_serving() {
     assert!(fds < 600, "the master holds {fds} descriptors");
     still_serves(&c).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_11_a_workers_bad_first_message_is_refused_with_the_code_of_its_fault() {
+    let (c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let hello = "{\"type\":\"hello\",\"role\":\"worker\",\"node\":\"odd\"}\n";
+    for (what, register, code) in [
+        (
+            "no slots",
+            "{\"type\":\"register\",\"slots\":0,\"kinds\":[\"noop\"]}",
+            7,
+        ),
+        (
+            "an empty kind",
+            "{\"type\":\"register\",\"slots\":1,\"kinds\":[\"\"]}",
+            7,
+        ),
+        ("not JSON", "{\"type\":\"register\",\"slots\":", 4),
+        ("a client's message", "{\"type\":\"fetch\",\"ids\":[1]}", 6),
+    ] {
+        let line = format!("{hello}{register}\n");
+        let (said, _) = send_and_read(c.addr, line.as_bytes(), Duration::from_secs(5));
+        let expect = format!("\"code\":{code},");
+        assert!(said.contains(&expect), "{what}: {said}");
+    }
+}

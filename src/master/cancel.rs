@@ -151,21 +151,13 @@ impl Shared {
 /// that the others are finished where they are. The report goes to `route`
 /// once all of them have their results.
 pub(crate) fn cancel_tasks(shared: &Arc<Shared>, route: &Route, c: CancelTasks) {
-    let mut reason = if c.reason.is_empty() {
+    // The client's name and reason are each within the limit; together
+    // they may not be.
+    let reason = Text::clipped(if c.reason.is_empty() {
         format!("cancelled by {}", route.name)
     } else {
         format!("cancelled by {}: {}", route.name, c.reason)
-    };
-    // The client's name and reason are each within the limit; together
-    // they may not be.
-    if reason.len() > crate::limits::TEXT_BYTES_MAX {
-        let mut cut = crate::limits::TEXT_BYTES_MAX;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-    }
-    let reason = Text::from(reason);
+    });
     let next_id = shared.next_id.load(Ordering::Relaxed);
     let mut ids = c.ids;
     ids.sort_unstable();

@@ -343,7 +343,9 @@ impl<R> WorkerLink<R> {
                 Text::from(format!("timed out after {} ms", record.spec.timeout_ms))
             }
             AttemptStatus::TimedOut => r.error,
-            AttemptStatus::Unsupported => Text::from(format!("worker cannot run it: {}", r.error)),
+            AttemptStatus::Unsupported => {
+                Text::clipped(format!("worker cannot run it: {}", r.error))
+            }
         };
         self.failed += 1;
         self.judge(record, reason, true, ran, now)
@@ -513,7 +515,7 @@ impl<R> WorkerLink<R> {
     /// fault and are handed back uncharged (on shutdown the caller cancels
     /// them instead).
     pub fn depart(&mut self, why: &Departure, now: Instant) -> Vec<Outcome<R>> {
-        let reason = Text::from(format!("worker {} lost: {why}", self.node));
+        let reason = Text::clipped(format!("worker {} lost: {why}", self.node));
         let held: Vec<InFlight<R>> = self.in_flight.drain().map(|(_, f)| f).collect();
         self.in_flight_bytes = 0;
         held.into_iter()

@@ -417,9 +417,29 @@ impl Shared {
         if !self.check_outbox(reply) {
             return;
         }
-        let n = results.len();
-        if reply.tx.send(ClientOut::Results(results, weight)).is_err() {
-            tracing::debug!(results = n, client = %reply.name, "client gone; results kept for a fetch");
+        if let Err(e) = reply.tx.send(ClientOut::Results(results, weight)) {
+            // Gone since `deliver_all` looked.
+            if let ClientOut::Results(results, _) = e.0 {
+                tracing::debug!(results = results.len(), client = %reply.name, "client gone; results kept for a fetch");
+                self.keep_unsent(results);
+            }
+        }
+    }
+
+    /// Keeps results that were on their way to a client that went away, for
+    /// a fetch. With a journal every result is kept until acknowledged
+    /// anyway.
+    pub(crate) fn keep_unsent(&self, results: Vec<TaskResult>) {
+        if self.journal.is_some() || results.is_empty() {
+            return;
+        }
+        let mut st = self.store();
+        for r in results {
+            if st.kept.len() < UNCLAIMED_RESULTS_MAX {
+                st.kept.insert(r.id, r);
+            } else {
+                tracing::warn!(task = r.id, "client gone and {UNCLAIMED_RESULTS_MAX} results already unclaimed; result dropped");
+            }
         }
     }
 

@@ -176,16 +176,20 @@ async fn client_session(
         too_slow: too_slow.clone(),
         wrote: wrote.clone(),
     });
+    // Told to the writer when the client is gone: tasks still hold this
+    // route, so its queue would otherwise stay open (and take their results)
+    // until the last of them finished.
+    let gone = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn(client_writer(
         write,
         rx,
-        shared.clients_close.clone(),
+        shared.clone(),
         Outbox {
             queued_bytes,
             wrote,
         },
         too_slow.clone(),
-        shared.journal.clone(),
+        gone.clone(),
     ));
     let say = |m: ToClient| {
         let _ = tx.send(ClientOut::Msg(m));
@@ -195,10 +199,14 @@ async fn client_session(
     let mut stall_check =
         tokio::time::interval(Duration::from_millis(crate::limits::CLIENT_STALL_MS / 4));
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutting_down = false;
     loop {
         let msg = tokio::select! {
             m = read.next() => m,
-            _ = shared.clients_close.cancelled() => break,
+            _ = shared.clients_close.cancelled() => {
+                shutting_down = true;
+                break;
+            }
             _ = too_slow.cancelled() => break,
             _ = stall_check.tick() => {
                 shared.check_outbox(&route);
@@ -246,6 +254,9 @@ async fn client_session(
     drop(route);
     // The writer ends when the client goes, or, on shutdown, once it has
     // delivered every result (the last route clone is dropped).
+    if !shutting_down {
+        gone.cancel();
+    }
     if too_slow.is_cancelled() {
         // Its writer may be stuck writing to a socket nobody reads.
         writer.abort();
@@ -369,11 +380,13 @@ struct Outbox {
 async fn client_writer(
     mut write: Writer<ToClient, FromClient>,
     mut rx: mpsc::UnboundedReceiver<ClientOut>,
-    close: tokio_util::sync::CancellationToken,
+    shared: Arc<Shared>,
     outbox: Outbox,
     too_slow: tokio_util::sync::CancellationToken,
-    journal: Option<crate::journal::Journal>,
+    gone: tokio_util::sync::CancellationToken,
 ) {
+    let close = shared.clients_close.clone();
+    let journal = shared.journal.clone();
     let mut results = Vec::new();
     let mut closing = false;
     let mut items = Vec::new();
@@ -385,6 +398,10 @@ async fn client_writer(
                 biased;
                 // A client that does not read is dropped, not waited for.
                 _ = too_slow.cancelled() => return,
+                _ = gone.cancelled() => {
+                    client_gone(&mut write, rx, &shared).await;
+                    return;
+                }
                 item = rx.recv() => item,
                 _ = close.cancelled() => { closing = true; continue; }
             }
@@ -475,6 +492,37 @@ async fn client_writer(
         }))
         .await;
 }
+
+/// The client has gone (or is being let go after bad input): closes its
+/// queue, so results from now on are kept for a fetch, and keeps those
+/// already queued, which it never received. The messages queued with them
+/// (an `error` saying why it is let go) are written if the connection still
+/// takes them.
+async fn client_gone(
+    write: &mut Writer<ToClient, FromClient>,
+    mut rx: mpsc::UnboundedReceiver<ClientOut>,
+    shared: &Shared,
+) {
+    rx.close();
+    let mut messages = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        match item {
+            ClientOut::Results(r, _) => shared.keep_unsent(r),
+            ClientOut::Msg(m) => messages.push(m),
+        }
+    }
+    let _ = tokio::time::timeout(GONE_WRITE_TIMEOUT, async {
+        for m in messages {
+            write.feed(m).await?;
+        }
+        write.flush().await
+    })
+    .await;
+}
+
+/// How long a client that is gone, or being let go, gets to take its last
+/// messages.
+const GONE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn flush_results(
     write: &mut Writer<ToClient, FromClient>,
@@ -576,16 +624,21 @@ pub(crate) async fn worker_session(
             return Registration::Refused;
         }
         other => {
-            let why = match other {
-                Err(_) => "no register in time".to_string(),
-                Ok(None) => "closed before registering".to_string(),
-                Ok(Some(Err(e))) => e.to_string(),
-                Ok(Some(Ok(m))) => format!("sent {} before register", m.name()),
+            let (code, why) = match other {
+                Err(_) => (ErrorCode::UNEXPECTED, "no register in time".to_string()),
+                Ok(None) => (
+                    ErrorCode::UNEXPECTED,
+                    "closed before registering".to_string(),
+                ),
+                // Malformed, too large, invalid: the frame's own fault.
+                Ok(Some(Err(e))) => (e.code(), e.to_string()),
+                Ok(Some(Ok(m))) => (
+                    ErrorCode::UNEXPECTED,
+                    format!("sent {} before register", m.name()),
+                ),
             };
             tracing::info!(%addr, worker = %node, "worker not registered: {why}");
-            let _ = write
-                .send(ToWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why)))
-                .await;
+            let _ = write.send(ToWorker::Error(ErrorMsg::new(code, why))).await;
             return Registration::Refused;
         }
     };

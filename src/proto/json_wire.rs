@@ -39,7 +39,10 @@ pub(crate) fn message_name(line: &[u8]) -> Result<&str, ProtoError> {
     const PREFIX: &[u8] = b"{\"type\":\"";
     if let Some(rest) = line.strip_prefix(PREFIX) {
         if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
-            if rest[end] == b'"' {
+            // A second `"type"` anywhere after it (a member, or text in a
+            // string that looks like one) goes to the full parse, which
+            // refuses a member given twice.
+            if rest[end] == b'"' && memchr::memmem::find(&rest[end..], b"\"type\"").is_none() {
                 return std::str::from_utf8(&rest[..end])
                     .map_err(|e| ProtoError::Malformed(format!("type: {e}")));
             }

@@ -223,6 +223,23 @@ impl Text {
     pub const fn from_static(s: &'static str) -> Text {
         Text(Bytes::from_static(s.as_bytes()))
     }
+    /// A text made within [`crate::limits::TEXT_BYTES_MAX`]: a longer one
+    /// is cut (at a character boundary) and ends with `…`. For texts built
+    /// from a peer's or a program's words (an error with a task kind in it,
+    /// a failure with output in it), which would otherwise break the limit
+    /// that every receiver checks and cost the connection.
+    pub fn clipped(mut s: String) -> Text {
+        const MAX: usize = crate::limits::TEXT_BYTES_MAX;
+        if s.len() > MAX {
+            let mut cut = MAX - '…'.len_utf8();
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push('…');
+        }
+        Text::from(s)
+    }
     /// A text from bytes that must be UTF-8.
     pub fn from_utf8(b: Bytes) -> Result<Text, std::str::Utf8Error> {
         std::str::from_utf8(&b)?;

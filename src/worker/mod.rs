@@ -470,6 +470,9 @@ struct Session {
     heard: Arc<AtomicInstant>,
 }
 
+/// An attempt's result, within the protocol's limits whatever the handler
+/// made of it: a `done` frame that broke them would cost the worker its
+/// connection and every attempt it holds.
 fn result(
     task_id: u64,
     attempt: u32,
@@ -477,12 +480,26 @@ fn result(
     output: Payload,
     error: String,
 ) -> AttemptResult {
+    if status == AttemptStatus::Ok && output.len() > crate::limits::PAYLOAD_BYTES_MAX {
+        let why = format!(
+            "output of {} bytes is above the limit of {} bytes",
+            output.len(),
+            crate::limits::PAYLOAD_BYTES_MAX
+        );
+        return result(
+            task_id,
+            attempt,
+            AttemptStatus::Failed,
+            Payload::empty(),
+            why,
+        );
+    }
     AttemptResult {
         task_id,
         attempt,
         status,
         output,
-        error: Text::from(error),
+        error: Text::clipped(error),
     }
 }
 

@@ -17,9 +17,11 @@ pub fn hello(role: Role) -> Hello {
     }
 }
 
-fn common<M: From<Common>>() -> Vec<(&'static str, M)> {
+/// The common messages, with a hello from `sender` (the role that sends
+/// in this direction).
+fn common<M: From<Common>>(sender: Role) -> Vec<(&'static str, M)> {
     vec![
-        ("hello", M::from(Common::Hello(hello(Role::Master)))),
+        ("hello", M::from(Common::Hello(hello(sender)))),
         (
             "auth",
             M::from(Common::Auth(Auth {
@@ -55,7 +57,7 @@ pub fn new_task(kind: &'static str, payload: Payload) -> NewTask {
 }
 
 pub fn from_client() -> Vec<(&'static str, FromClient)> {
-    let mut v = common::<FromClient>();
+    let mut v = common::<FromClient>(Role::Client);
     v.push((
         "submit",
         FromClient::Submit(Submit {
@@ -95,7 +97,7 @@ pub fn from_client() -> Vec<(&'static str, FromClient)> {
 }
 
 pub fn to_client() -> Vec<(&'static str, ToClient)> {
-    let mut v = common::<ToClient>();
+    let mut v = common::<ToClient>(Role::Master);
     v.push((
         "accepted",
         ToClient::Accepted(Accepted {
@@ -206,7 +208,7 @@ pub fn to_client() -> Vec<(&'static str, ToClient)> {
 }
 
 pub fn to_worker() -> Vec<(&'static str, ToWorker)> {
-    let mut v = common::<ToWorker>();
+    let mut v = common::<ToWorker>(Role::Master);
     v.push((
         "run",
         ToWorker::Run(Run {
@@ -239,7 +241,7 @@ pub fn to_worker() -> Vec<(&'static str, ToWorker)> {
 }
 
 pub fn from_worker() -> Vec<(&'static str, FromWorker)> {
-    let mut v = common::<FromWorker>();
+    let mut v = common::<FromWorker>(Role::Worker);
     v.push((
         "register",
         FromWorker::Register(Register {
