@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,6 +55,22 @@ enum Command {
     /// (an exec task's processes killed); their results say cancelled.
     Cancel(CancelArgs),
 }
+
+/// Why a command failed: how it was asked (exit status 2, as for the
+/// errors clap finds in the arguments), or what happened (1).
+enum Failure {
+    Usage(String),
+    Run(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Run(e)
+    }
+}
+
+/// Exit status of a command given arguments it cannot run with: clap's.
+const USAGE_EXIT: u8 = 2;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum WireArg {
@@ -192,7 +209,7 @@ struct WorkerArgs {
     #[command(flatten)]
     log: Logging,
     /// Node id, unique in the cluster (default: worker-<pid>).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_node_id)]
     id: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -206,7 +223,7 @@ struct WorkerArgs {
     #[arg(long)]
     master: Option<String>,
     /// Tasks run at once (default: the number of cores).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     slots: Option<u32>,
     /// Terminate after this long without hearing from a master.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
@@ -236,14 +253,15 @@ struct SubmitArgs {
     #[arg(long, default_value_t = runner::proto::PRIORITY_DEFAULT)]
     priority: u8,
     /// Retries after a failed attempt (0-100).
-    #[arg(long, default_value_t = runner::proto::RETRIES_DEFAULT)]
+    #[arg(long, default_value_t = runner::proto::RETRIES_DEFAULT,
+          value_parser = clap::value_parser!(u8).range(0..=i64::from(runner::limits::RETRIES_MAX)))]
     retries: u8,
     /// Kill an attempt after this long (e.g. 500ms, 3s, 1m; whole
     /// milliseconds, rounded up); none by default.
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    #[arg(long, value_parser = parse_task_timeout, value_name = "DURATION")]
+    timeout: Option<u32>,
     /// Submit this many copies.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
     /// Print each result as one JSON object per line.
     #[arg(long)]
@@ -277,8 +295,8 @@ struct ResultsArgs {
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     reconnect: Duration,
     /// Task ids, or ranges like 10-20 (or 10..=20, as `submit` prints them).
-    #[arg(required = true, value_name = "ID")]
-    ids: Vec<String>,
+    #[arg(required = true, value_name = "ID", value_parser = parse_id_range)]
+    ids: Vec<RangeInclusive<u64>>,
 }
 
 #[derive(Args)]
@@ -289,14 +307,14 @@ struct CancelArgs {
     #[arg(long)]
     master: Option<String>,
     /// Why, for the tasks' results (their submitter sees it).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", value_parser = parse_reason)]
     reason: String,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
     /// Task ids, or ranges like 10-20 (or 10..=20, as `submit` prints them).
-    #[arg(required = true, value_name = "ID")]
-    ids: Vec<String>,
+    #[arg(required = true, value_name = "ID", value_parser = parse_id_range)]
+    ids: Vec<RangeInclusive<u64>>,
 }
 
 #[derive(Args)]
@@ -423,7 +441,7 @@ fn main() -> ExitCode {
                 log_dir: a.log_dir,
             })
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| Failure::Run(e.to_string())),
             Command::Master(a) => master(a).await,
             Command::Worker(a) => worker(a, tasks_on).await,
             Command::Submit(a) => submit(a).await,
@@ -434,9 +452,13 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(e) => {
+        Err(Failure::Run(e)) => {
             eprintln!("runner: {e}");
             ExitCode::FAILURE
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("runner: {e}\n\nFor more information, try '--help'.");
+            ExitCode::from(USAGE_EXIT)
         }
     }
 }
@@ -467,12 +489,12 @@ fn load_secret(common: &Common) -> Result<Option<Secret>, String> {
     }
 }
 
-fn check_exposure(bind: IpAddr, secret: &Option<Secret>, insecure: bool) -> Result<(), String> {
+fn check_exposure(bind: IpAddr, secret: &Option<Secret>, insecure: bool) -> Result<(), Failure> {
     if !bind.is_loopback() && secret.is_none() && !insecure {
-        return Err(format!(
+        return Err(Failure::Usage(format!(
             "refusing to listen on {bind} without a shared secret: anyone who can reach it could submit or run tasks. \
              Give --secret-file PATH (or RUNNER_SECRET), or --insecure on a network you trust"
-        ));
+        )));
     }
     Ok(())
 }
@@ -586,7 +608,7 @@ fn log_realtime(on: bool) {
     }
 }
 
-async fn master(a: MasterArgs) -> Result<ExitCode, String> {
+async fn master(a: MasterArgs) -> Result<ExitCode, Failure> {
     let secret = load_secret(&a.common)?;
     check_exposure(a.bind, &secret, a.insecure)?;
     let _guard = init_logging(&a.log, "master")?;
@@ -614,10 +636,10 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
         ..MasterConfig::default()
     };
     if cfg.worker_timeout <= cfg.heartbeat {
-        return Err(format!(
+        return Err(Failure::Usage(format!(
             "--worker-timeout ({:?}) must be longer than --heartbeat ({:?}), or every worker would be dropped",
             cfg.worker_timeout, cfg.heartbeat
-        ));
+        )));
     }
     let m = Master::start(cfg).await.map_err(|e| e.to_string())?;
     say(format_args!("master listening on {}", m.local_addr()));
@@ -633,26 +655,17 @@ async fn master(a: MasterArgs) -> Result<ExitCode, String> {
 async fn worker(
     a: WorkerArgs,
     tasks_on: Option<tokio::runtime::Handle>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let secret = load_secret(&a.common)?;
     check_exposure(a.bind, &secret, a.insecure)?;
     let id =
         a.id.unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    if id.trim().is_empty() || id.len() > runner::limits::TEXT_BYTES_MAX {
-        return Err(format!(
-            "--id {id:?}: a worker's id must not be empty (nor above {} bytes)",
-            runner::limits::TEXT_BYTES_MAX
-        ));
-    }
     let _guard = init_logging(&a.log, &id)?;
     log_realtime(a.realtime.realtime);
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,
     };
-    if a.slots == Some(0) {
-        return Err("--slots must be at least 1".into());
-    }
     let defaults = WorkerConfig::default();
     let cfg = WorkerConfig {
         id: id.clone(),
@@ -708,42 +721,27 @@ async fn connect(
     }
 }
 
-fn task_from_args(a: &SubmitArgs) -> Result<NewTask, String> {
+fn task_from_args(a: &SubmitArgs) -> Result<NewTask, Failure> {
     let (kind, args) = a
         .task
         .split_first()
-        .ok_or("give a task: -- KIND [ARGS..]")?;
+        .ok_or_else(|| Failure::Usage("give a task: -- KIND [ARGS..]".into()))?;
     let payload = if kind == "exec" {
         if args.is_empty() {
-            return Err("exec needs a program: -- exec PROGRAM [ARGS..]".into());
+            return Err(Failure::Usage(
+                "exec needs a program: -- exec PROGRAM [ARGS..]".into(),
+            ));
         }
         Payload::from(serde_json::json!({ "argv": args }).to_string())
     } else {
         Payload::from(args.join(" "))
     };
-    let timeout_ms = match a.timeout {
-        None => 0,
-        Some(d) if d.is_zero() => return Err("--timeout must be more than 0".into()),
-        // The wire counts whole milliseconds: round up, so that 900us is
-        // 1 ms, not 0 (which would mean no timeout at all).
-        Some(d) => u32::try_from(d.as_nanos().div_ceil(1_000_000))
-            .ok()
-            .filter(|ms| *ms <= runner::limits::TASK_TIMEOUT_MS_MAX)
-            .ok_or_else(|| format!("--timeout {d:?} is longer than the limit of 24h"))?,
-    };
-    if a.retries > runner::limits::RETRIES_MAX {
-        return Err(format!(
-            "--retries {} is above the limit of {}",
-            a.retries,
-            runner::limits::RETRIES_MAX
-        ));
-    }
     Ok(NewTask {
         kind: Text::from(kind.clone()),
         payload,
         priority: a.priority,
         retries: a.retries,
-        timeout_ms,
+        timeout_ms: a.timeout.unwrap_or(0),
     })
 }
 
@@ -820,11 +818,8 @@ fn exec_text(output: &str) -> Option<String> {
     Some(s.trim_end().to_string())
 }
 
-async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
+async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
     let task = task_from_args(&a)?;
-    if a.count == 0 {
-        return Err("--count must be at least 1".into());
-    }
     let reconnect = (!a.detach).then_some(a.reconnect);
     let client = connect(&a.common, &a.master, reconnect).await?;
     let tasks = vec![task; a.count as usize];
@@ -863,7 +858,7 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, String> {
             ids.end.saturating_sub(1)
         ));
     }
-    print_results(client, a.count as usize, a.json).await
+    Ok(print_results(client, a.count as usize, a.json).await?)
 }
 
 /// Prints `count` results as they arrive, then closes; exit status 1 if any
@@ -890,56 +885,83 @@ async fn print_results(mut client: Client, count: usize, json: bool) -> Result<E
     })
 }
 
-/// Ids from the command line: `7`, `10-20`, or `10..=20` as `submit`
-/// prints a batch's ids.
-fn parse_ids(args: &[String]) -> Result<Vec<u64>, String> {
-    let mut ids = Vec::new();
-    for a in args {
-        let bad = || {
-            format!(
-                "bad task id {a:?}: expected a number like 7 or a range like 10-20 (or 10..=20)"
-            )
-        };
-        match a.split_once("..=").or_else(|| a.split_once('-')) {
-            Some((lo, hi)) => {
-                let (lo, hi): (u64, u64) = (
-                    lo.trim().parse().map_err(|_| bad())?,
-                    hi.trim().parse().map_err(|_| bad())?,
-                );
-                if lo > hi || hi - lo >= 10_000_000 {
-                    return Err(format!(
-                        "bad range {a:?}: the first id must not exceed the last, and at most 10,000,000 ids"
-                    ));
-                }
-                ids.extend(lo..=hi);
-            }
-            None => ids.push(a.trim().parse().map_err(|_| bad())?),
-        }
+/// Most ids one range on the command line may name.
+const ID_RANGE_MAX: u64 = 10_000_000;
+
+/// One id argument: `7`, `10-20`, or `10..=20` as `submit` prints a batch's
+/// ids.
+fn parse_id_range(a: &str) -> Result<RangeInclusive<u64>, String> {
+    let bad = || "expected a task id like 7 or a range like 10-20 (or 10..=20)".to_string();
+    let (lo, hi) = match a.split_once("..=").or_else(|| a.split_once('-')) {
+        Some((lo, hi)) => (lo, hi),
+        None => (a, a),
+    };
+    let (lo, hi): (u64, u64) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo > hi || hi - lo >= ID_RANGE_MAX {
+        return Err(format!(
+            "the first id must not exceed the last, and a range holds at most {ID_RANGE_MAX} ids"
+        ));
     }
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
+    Ok(lo..=hi)
 }
 
-async fn results(a: ResultsArgs) -> Result<ExitCode, String> {
-    let ids = parse_ids(&a.ids)?;
+/// The ids the arguments name, ascending, each once.
+fn ids_of(ranges: &[RangeInclusive<u64>]) -> Vec<u64> {
+    let mut ids: Vec<u64> = ranges.iter().flat_map(|r| r.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// `--timeout`: in whole milliseconds (the wire's unit), rounded up, so that
+/// 900us is 1 ms rather than 0, which would mean no timeout at all.
+fn parse_task_timeout(s: &str) -> Result<u32, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0 (leave --timeout out for none)".into());
+    }
+    u32::try_from(d.as_nanos().div_ceil(1_000_000))
+        .ok()
+        .filter(|ms| *ms <= runner::limits::TASK_TIMEOUT_MS_MAX)
+        .ok_or_else(|| "is longer than the limit of 24h".into())
+}
+
+fn parse_reason(s: &str) -> Result<String, String> {
+    if s.len() > runner::limits::TEXT_BYTES_MAX {
+        return Err(format!(
+            "is {} bytes; at most {}",
+            s.len(),
+            runner::limits::TEXT_BYTES_MAX
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_node_id(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() || s.len() > runner::limits::TEXT_BYTES_MAX {
+        return Err(format!(
+            "a worker's id must not be empty (nor above {} bytes)",
+            runner::limits::TEXT_BYTES_MAX
+        ));
+    }
+    Ok(s.to_string())
+}
+
+async fn results(a: ResultsArgs) -> Result<ExitCode, Failure> {
+    let ids = ids_of(&a.ids);
     let client = connect(&a.common, &a.master, Some(a.reconnect)).await?;
     let count = ids.len();
     client.fetch(ids).map_err(|e| e.to_string())?;
-    print_results(client, count, a.json).await
+    Ok(print_results(client, count, a.json).await?)
 }
 
 /// Exit status 1 if any id was unknown (a mistyped id, most likely); ids
 /// already finished are not an error: there was nothing left to stop.
-async fn cancel(a: CancelArgs) -> Result<ExitCode, String> {
-    let ids = parse_ids(&a.ids)?;
-    if a.reason.len() > runner::limits::TEXT_BYTES_MAX {
-        return Err(format!(
-            "--reason is {} bytes; at most {}",
-            a.reason.len(),
-            runner::limits::TEXT_BYTES_MAX
-        ));
-    }
+async fn cancel(a: CancelArgs) -> Result<ExitCode, Failure> {
+    let ids = ids_of(&a.ids);
     let client = connect(&a.common, &a.master, None).await?;
     let r = client
         .cancel(ids, &a.reason)
@@ -989,7 +1011,7 @@ fn id_ranges(ids: &[u64]) -> String {
     out.join(" ")
 }
 
-async fn status(a: StatusArgs) -> Result<ExitCode, String> {
+async fn status(a: StatusArgs) -> Result<ExitCode, Failure> {
     let client = connect(&a.common, &a.master, None).await?;
     let s = client
         .status(a.histograms)
