@@ -434,6 +434,14 @@ async fn shutdown_reports_every_unfinished_task_to_its_client(wire: Wire) {
         .last()
         .is_some_and(|e| e.reason.contains("master shut down"))));
     assert!(c.master.wait_exit(Duration::from_secs(10)).success());
+    // Reported cancelled, so it must not run on: without a journal it will
+    // not run again either.
+    support::wait_for_text(
+        || c.worker_log("w1"),
+        "attempt cancelled by the master",
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1189,4 +1197,66 @@ async fn an_error_text_past_the_limit_is_cut_and_costs_its_worker_nothing() {
         !c.master_log().contains("worker removed"),
         "the worker stays"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_task_never_sees_the_clusters_secret() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, SECRET).unwrap();
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            master_args: &["--secret-file", file.to_str().unwrap()],
+            ..Opts::default()
+        },
+    );
+    // The worker reads the secret from its environment.
+    let range = c.worker_range();
+    let env = format!("RUNNER_SECRET={SECRET}");
+    let mut w = support::Proc::spawn_under(
+        &["env", &env],
+        "w1",
+        &[
+            "worker",
+            "--quiet",
+            "--id",
+            "w1",
+            "--port-range",
+            &range,
+            "--heartbeat",
+            "200ms",
+            "--allow-exec",
+        ],
+    );
+    w.wait_line(Duration::from_secs(10), |l| l.contains(" listening on "));
+    let mut client = runner::client::Client::connect(
+        c.addr,
+        runner::client::ClientOptions {
+            secret: Some(runner::proto::handshake::Secret::from_text(SECRET.as_bytes()).unwrap()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.wait_workers(&client, 1).await;
+    let spec = serde_json::json!({
+        "argv": ["sh", "-c", "echo \"${RUNNER_SECRET:-scrubbed} $RUNNER_TASK_ID\""]
+    });
+    let id = client
+        .submit(NewTask {
+            kind: Text::from_static("exec"),
+            payload: Payload::from(spec.to_string()),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap();
+    let r = collect(&mut client, 1, Duration::from_secs(10)).await;
+    let out = r[&id].output.as_text().unwrap().to_string();
+    assert!(out.contains(&format!("scrubbed {id}")), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
 }

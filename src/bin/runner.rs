@@ -481,10 +481,10 @@ fn load_secret(common: &Common) -> Result<Option<Secret>, String> {
             .map(Some)
             .map_err(|e| format!("{}: {e}", path.display()));
     }
-    match std::env::var_os("RUNNER_SECRET") {
+    match std::env::var_os(runner::proto::handshake::SECRET_ENV) {
         Some(v) => Secret::from_text(v.as_encoded_bytes())
             .map(Some)
-            .map_err(|e| format!("RUNNER_SECRET: {e}")),
+            .map_err(|e| format!("{}: {e}", runner::proto::handshake::SECRET_ENV)),
         None => Ok(None),
     }
 }
@@ -662,6 +662,9 @@ async fn worker(
         a.id.unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let _guard = init_logging(&a.log, &id)?;
     log_realtime(a.realtime.realtime);
+    if a.allow_exec && secret.is_none() {
+        tracing::warn!("exec tasks are allowed and there is no shared secret: any process that can reach this worker's port, or the master's, can run programs here as this user; give --secret-file (or RUNNER_SECRET) on every node");
+    }
     let master = match &a.master {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,

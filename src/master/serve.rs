@@ -849,6 +849,17 @@ pub(crate) async fn worker_session(
             }
             _ = kick.cancelled() => {
                 if shared.shutdown.is_cancelled() {
+                    if shared.journal.is_none() {
+                        // Its clients hear that these tasks were cancelled:
+                        // they must not run on. (With a journal they run
+                        // again after the restart, and the worker keeps
+                        // running them for the next master.)
+                        for (c, record) in link.cancel(|_| true) {
+                            let _ = write.feed(ToWorker::Cancel(c)).await;
+                            shared.totals.running.fetch_sub(1, Ordering::Relaxed);
+                            shared.abandon(record, "master shut down while the task was running; stopped on its worker");
+                        }
+                    }
                     let _ = write.send(ToWorker::Goodbye(Goodbye { reason: Text::from_static("master shutting down") })).await;
                     break Departure::Shutdown;
                 }

@@ -43,6 +43,10 @@ const PROOF_LABEL: &[u8] = b"runner-auth-v1";
 #[derive(Clone)]
 pub struct Secret(Arc<[u8]>);
 
+/// The environment variable a node reads the shared secret from when it is
+/// given no file. Never passed on to the programs of `exec` tasks.
+pub const SECRET_ENV: &str = "RUNNER_SECRET";
+
 impl Secret {
     /// A secret from raw bytes; at least [`limits::SECRET_BYTES_MIN`] of them.
     pub fn new(bytes: &[u8]) -> Result<Secret, SecretError> {

@@ -133,12 +133,19 @@ thread_local! {
         std::cell::RefCell::new(vec![0u8; CHILD_STACK_BYTES].into_boxed_slice());
 }
 
+/// Variables of the worker's environment that its programs do not get: a
+/// task's program is the submitter's code, and the cluster's secret would
+/// let it pose as the master to every worker.
+const SCRUBBED_ENV: &[&str] = &[crate::proto::handshake::SECRET_ENV];
+
 /// The worker's environment as `KEY=VALUE` strings, with each key's length,
-/// taken at the first program (the worker never changes its environment).
+/// taken at the first program (the worker never changes its environment),
+/// less [`SCRUBBED_ENV`].
 fn base_env() -> &'static [(usize, CString)] {
     static ENV: OnceLock<Vec<(usize, CString)>> = OnceLock::new();
     ENV.get_or_init(|| {
         std::env::vars_os()
+            .filter(|(k, _)| !SCRUBBED_ENV.iter().any(|s| k.as_bytes() == s.as_bytes()))
             .filter_map(|(k, v)| {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
