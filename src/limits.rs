@@ -73,19 +73,12 @@ pub const ATTEMPTS_MAX: usize = RETRIES_MAX as usize + 1;
 /// Most connections in their handshake at once. Each holds a socket and a
 /// task until it authenticates or its deadline passes, so a flood of
 /// connections that never authenticate is bounded here; beyond it a new
-/// connection is refused with a `busy` error.
+/// connection takes the place of the oldest (`net::preauth`).
 pub const PREAUTH_CONNECTIONS_MAX: usize = 1024;
 
 /// Most of those from one address, so that one flooding host cannot take
 /// them all from everyone else.
 pub const PREAUTH_PER_SOURCE_MAX: usize = 128;
-
-/// Refusals in progress at once; beyond it a connection is closed without
-/// a word (a refusal must cost less than what it protects).
-pub const REFUSALS_MAX: usize = 2048;
-
-/// How long a refusal waits for the peer's first byte, to answer in its wire.
-pub const REFUSAL_WAIT_MS: u64 = 300;
 
 const _: () = assert!(PREAUTH_PER_SOURCE_MAX <= PREAUTH_CONNECTIONS_MAX);
 

@@ -225,6 +225,11 @@ struct WorkerArgs {
     /// Tasks run at once (default: the number of cores).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     slots: Option<u32>,
+    /// Close a connection that has not completed the handshake (hello and
+    /// proofs) within this long: a silent or trickling peer holds nothing
+    /// for longer.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    handshake_timeout: Duration,
     /// Terminate after this long without hearing from a master.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     master_timeout: Duration,
@@ -679,6 +684,7 @@ async fn worker(
         master_timeout: a.master_timeout,
         heartbeat: a.heartbeat,
         allow_exec: a.allow_exec,
+        handshake_timeout: a.handshake_timeout,
         secret,
         wire: a.common.wire.into(),
         ..defaults

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::link::{Departure, LinkTiming, Outcome, WorkerLink};
 use super::{ClientOut, ClientRoute, LinkStats, Record, Route, Shared, WorkerEntry};
 use crate::metrics::{Histograms, Metric};
+use crate::net::preauth::Preauth;
 use crate::net::{self, Conn, Reader, Writer};
 use crate::proto::handshake::Peer;
 use crate::proto::*;
@@ -29,95 +30,35 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// costs the master.
 const TICK_MIN: Duration = Duration::from_millis(10);
 
-/// Connections in their handshake, in all and per source address.
-#[derive(Default)]
-struct Preauth {
-    total: usize,
-    per_source: std::collections::HashMap<std::net::IpAddr, usize>,
-}
-
-/// A connection's place among those in their handshake; freed on drop.
-struct PreauthSlot {
-    table: Arc<std::sync::Mutex<Preauth>>,
-    source: std::net::IpAddr,
-}
-
-impl PreauthSlot {
-    /// A place for a connection from `source`, or why there is none.
-    fn take(
-        table: &Arc<std::sync::Mutex<Preauth>>,
-        source: std::net::IpAddr,
-    ) -> Result<Self, String> {
-        use crate::limits::{PREAUTH_CONNECTIONS_MAX, PREAUTH_PER_SOURCE_MAX};
-        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
-        if t.total >= PREAUTH_CONNECTIONS_MAX {
-            return Err(format!(
-                "too many connections waiting to authenticate ({PREAUTH_CONNECTIONS_MAX}); try again later"
-            ));
-        }
-        let mine = t.per_source.entry(source).or_default();
-        if *mine >= PREAUTH_PER_SOURCE_MAX {
-            return Err(format!(
-                "too many connections from {source} waiting to authenticate ({PREAUTH_PER_SOURCE_MAX}); try again later"
-            ));
-        }
-        *mine += 1;
-        t.total += 1;
-        Ok(PreauthSlot {
-            table: table.clone(),
-            source,
-        })
-    }
-}
-
-impl Drop for PreauthSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        t.total -= 1;
-        if let Some(n) = t.per_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                t.per_source.remove(&self.source);
-            }
-        }
-    }
-}
-
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let preauth = Arc::new(std::sync::Mutex::new(Preauth::default()));
-    let refusals = Arc::new(tokio::sync::Semaphore::new(crate::limits::REFUSALS_MAX));
-    let mut refused = 0u64;
+    let preauth = Arc::new(Preauth::default());
+    let mut displaced = 0u64;
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
-                    let slot = match PreauthSlot::take(&preauth, addr.ip()) {
-                        Ok(slot) => slot,
-                        Err(why) => {
-                            refused += 1;
-                            if refused.is_power_of_two() {
-                                tracing::warn!(%addr, refused, "connection refused: {why}");
-                            }
-                            if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                                tokio::spawn(async move {
-                                    let wait = Duration::from_millis(crate::limits::REFUSAL_WAIT_MS);
-                                    net::refuse(stream, ErrorCode::BUSY, why, wait).await;
-                                    drop(permit);
-                                });
-                            }
-                            continue;
+                    let (slot, gone) = preauth.admit(addr.ip());
+                    if let Some(gone) = gone {
+                        displaced += 1;
+                        if displaced.is_power_of_two() {
+                            tracing::warn!(%addr, displaced_from = %gone.source, displaced, "{}", gone.describe());
                         }
-                    };
+                    }
                     let s = shared.clone();
                     shared.clients.spawn(async move {
-                        let accepted = net::accept::<ToClient, FromClient>(
-                            stream,
-                            s.identity.clone(),
-                            MASTER_ACCEPTS,
-                            s.cfg.handshake_timeout,
-                        )
-                        .await;
+                        let accepted = tokio::select! {
+                            a = net::accept::<ToClient, FromClient>(
+                                stream,
+                                s.identity.clone(),
+                                MASTER_ACCEPTS,
+                                s.cfg.handshake_timeout,
+                            ) => a,
+                            _ = slot.displaced() => {
+                                tracing::debug!(%addr, "closed before it authenticated: a newer connection took its place");
+                                return;
+                            }
+                        };
                         drop(slot);
                         match accepted {
                             Ok((conn, peer)) => session(s, conn, peer, addr).await,

@@ -10,6 +10,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
+pub mod preauth;
+
 use crate::proto::handshake::{self, Handshake, HandshakeError, Identity, Peer, Side};
 use crate::proto::{Common, Message, Role, Wire, WireCodec};
 
@@ -286,27 +288,6 @@ pub async fn resolve(target: &str) -> Result<SocketAddr, String> {
             "cannot resolve {target:?} (expected HOST:PORT): {e}"
         )),
     }
-}
-
-/// Turns a connection away with an error frame (`code`, `why`) before any
-/// handshake: in bincode if the peer's first byte says so, else as a JSON
-/// line (a peer that sent nothing within `wait` most likely reads text, or
-/// reads nothing). Bounded in time: the refusal must cost less than serving.
-pub async fn refuse(stream: TcpStream, code: crate::proto::ErrorCode, why: String, wait: Duration) {
-    use crate::proto::{ErrorMsg, FromClient, ToClient};
-    use futures::SinkExt;
-    let mut first = [0u8; 1];
-    let wire = match tokio::time::timeout(wait, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == crate::proto::frame::MAGIC[0] => Wire::Bincode,
-        _ => Wire::Json,
-    };
-    let mut conn = Framed::new(stream, WireCodec::<ToClient, FromClient>::new(wire));
-    let send = conn.send(ToClient::Error(ErrorMsg::new(code, why)));
-    let _ = tokio::time::timeout(
-        Duration::from_millis(crate::limits::ERROR_SEND_TIMEOUT_MS),
-        send,
-    )
-    .await;
 }
 
 #[cfg(test)]

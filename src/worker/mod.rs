@@ -250,6 +250,8 @@ impl Worker {
         let dial_failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (dial_tx, mut dial_rx) = mpsc::channel::<()>(1);
         let mut watchdog = tokio::time::interval(Duration::from_millis(100));
+        let preauth = Arc::new(net::preauth::Preauth::default());
+        let mut displaced = 0u64;
         loop {
             if session.is_none() && !dialing {
                 if let Some(master) = cfg.master {
@@ -295,9 +297,25 @@ impl Worker {
             tokio::select! {
                 r = listener.accept() => {
                     if let Ok((stream, peer_addr)) = r {
+                        // Bounded as the master's: a flood of connections
+                        // that never authenticate must not take the
+                        // worker's memory and descriptors, nor keep its
+                        // master from reaching it.
+                        let (slot, gone) = preauth.admit(peer_addr.ip());
+                        if let Some(gone) = gone {
+                            displaced += 1;
+                            if displaced.is_power_of_two() {
+                                tracing::warn!(%peer_addr, displaced_from = %gone.source, displaced, "{}", gone.describe());
+                            }
+                        }
                         let (identity, conn_tx, timeout) = (identity.clone(), conn_tx.clone(), cfg.handshake_timeout);
                         tokio::spawn(async move {
-                            match net::accept::<FromWorker, ToWorker>(stream, identity, WORKER_ACCEPTS, timeout).await {
+                            let accepted = tokio::select! {
+                                a = net::accept::<FromWorker, ToWorker>(stream, identity, WORKER_ACCEPTS, timeout) => a,
+                                _ = slot.displaced() => return,
+                            };
+                            drop(slot);
+                            match accepted {
                                 Ok((conn, peer)) => { let _ = conn_tx.send((conn, peer, peer_addr, Origin::Accepted)).await; }
                                 Err(e) => tracing::info!(%peer_addr, "refused a connection: {e}"),
                             }
