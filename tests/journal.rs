@@ -158,6 +158,10 @@ fn fault_07_a_flipped_bit_in_a_middle_record_refuses_to_start() {
         msg.contains("corrupt at byte") && msg.contains("refusing"),
         "{msg}"
     );
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "names the file: {msg}"
+    );
     assert_eq!(
         fs::read(&path).unwrap(),
         bytes,
@@ -169,17 +173,22 @@ fn fault_07_a_flipped_bit_in_a_middle_record_refuses_to_start() {
 fn a_journal_from_a_newer_version_is_refused_with_both_versions_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("newer");
-    let mut h = record::header();
+    let mut h = record::Salt::random().header();
     h[8..12].copy_from_slice(&(record::FORMAT_VERSION + 1).to_le_bytes());
     fs::write(&path, h).unwrap();
     let err = open(&path).expect_err("refused");
     let msg = err.to_string();
     assert!(
-        matches!(err, JournalError::NewerVersion { found, supported } if found == supported + 1),
+        matches!(err, JournalError::NewerVersion { found, supported, .. } if found == supported + 1),
         "{msg}"
     );
+    let (newer, ours) = (record::FORMAT_VERSION + 1, record::FORMAT_VERSION);
     assert!(
-        msg.contains("version 2") && msg.contains("runner's 1"),
+        msg.contains(&path.display().to_string()),
+        "names the file: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("version {newer}")) && msg.contains(&format!("runner's {ours}")),
         "{msg}"
     );
 }
@@ -326,4 +335,93 @@ fn fault_06_with_fsync_a_record_counts_as_stored_only_once_synced() {
         assert_eq!(syncs() > before, syncs_needed, "{durability}");
         j.close();
     }
+}
+
+/// A record as a client could write it into a payload: the checksum a
+/// journal without a salt (format 1) would have.
+fn forged_record() -> Vec<u8> {
+    let body = [5u8, 2, 7, 8]; // Forgotten([7, 8])
+    let len = (body.len() as u32).to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(&body);
+    let mut r = len.to_vec();
+    r.extend_from_slice(&crc.finalize().to_le_bytes());
+    r.extend_from_slice(&body);
+    r
+}
+
+#[test]
+fn fault_07_a_torn_record_whose_payload_holds_a_forged_record_is_still_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let (j, _) = open(&path).unwrap();
+    j.append(Entry::Accepted {
+        first_id: 1,
+        tasks: &[task(1)],
+    });
+    let mut payload = vec![b'x'; 3000];
+    payload.extend_from_slice(&forged_record());
+    payload.extend(vec![b'x'; 3000]);
+    let poisoned = NewTask {
+        payload: Payload::from(payload),
+        ..task(2)
+    };
+    j.append(Entry::Accepted {
+        first_id: 2,
+        tasks: &[poisoned],
+    });
+    j.close();
+    // A crash in the middle of writing the second record, after the forged
+    // one inside it.
+    let full = fs::read(&path).unwrap();
+    fs::write(&path, &full[..full.len() - 1000]).unwrap();
+    let (_j, r) = open(&path).expect("a torn tail, not corruption");
+    assert!(r.torn.is_some());
+    assert_eq!(r.state.pending.keys().copied().collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn a_journal_of_format_1_is_still_read_and_appended_to_as_format_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old");
+    let mut state = runner::journal::State {
+        next_id: 10,
+        ..Default::default()
+    };
+    state.results.insert(3, result(3));
+    let mut image = Vec::new();
+    runner::journal::write_state(&mut image, &state, record::Salt::NONE).unwrap();
+    assert_eq!(
+        &image[8..16],
+        &[1, 0, 0, 0, 0, 0, 0, 0],
+        "format 1, no salt"
+    );
+    fs::write(&path, image).unwrap();
+    let (j, r) = open(&path).unwrap();
+    assert_eq!(r.state.next_id, 10);
+    assert_eq!(r.state.results[&3], result(3));
+    j.append(Entry::Finished(&result(4)));
+    j.close();
+    let (_j, r) = open(&path).unwrap();
+    assert!(r.torn.is_none());
+    assert_eq!(r.state.results.keys().copied().collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(&fs::read(&path).unwrap()[8..12], &[1, 0, 0, 0]);
+}
+
+#[test]
+fn the_worked_example_of_the_journal_spec_replays_as_it_says() {
+    let image =
+        hex::decode("52554e4a524e4c00020000003412ed5e02000000837ca9b2072a04000000689e661305020708")
+            .unwrap();
+    let r = runner::journal::replay::replay(&bytes::Bytes::from(image.clone())).unwrap();
+    assert_eq!((r.records, r.state.next_id), (2, 42));
+    assert!(r.state.pending.is_empty() && r.state.results.is_empty());
+    let mut own = Vec::new();
+    let state = runner::journal::State {
+        next_id: 42,
+        ..Default::default()
+    };
+    runner::journal::write_state(&mut own, &state, record::Salt::fixed(0x5eed_1234)).unwrap();
+    assert_eq!(&own[..], &image[..26], "the same header and first record");
 }

@@ -115,16 +115,20 @@ pub enum JournalError {
     #[error("not a runner journal: {0}")]
     NotAJournal(String),
     /// Written by a newer runner.
-    #[error("the journal has format version {found}, newer than this runner's {supported}; run the runner that wrote it (or a newer one)")]
+    #[error("the journal {} has format version {found}, newer than this runner's {supported}; run the runner that wrote it (or a newer one)", .file.display())]
     NewerVersion {
+        /// The file (empty for an image not read from one).
+        file: PathBuf,
         /// Its version.
         found: u32,
         /// Ours.
         supported: u32,
     },
     /// A damaged record with intact records after it: not a torn write.
-    #[error("the journal is corrupt at byte {offset} ({why}), with intact records after it (at byte {intact_after}); refusing to start rather than skip acknowledged work. Keep a copy of the file for inspection; to start anyway, move it aside")]
+    #[error("the journal {} is corrupt at byte {offset} ({why}), with intact records after it (at byte {intact_after}); refusing to start rather than skip acknowledged work. Keep a copy of the file for inspection; to start anyway, move it aside", .file.display())]
     Corrupt {
+        /// The file (empty for an image not read from one).
+        file: PathBuf,
         /// Where the damage starts.
         offset: u64,
         /// What is wrong.
@@ -173,6 +177,8 @@ struct Inner {
     path: PathBuf,
     durability: Durability,
     compact_at: u64,
+    /// The file's salt, for every record appended and for compaction.
+    salt: record::Salt,
     pending: Mutex<Pending>,
     more: Condvar,
     written: AtomicU64,
@@ -246,6 +252,24 @@ impl Journal {
                 JournalError::NotAJournal(why) => {
                     JournalError::NotAJournal(format!("{}: {why}", path.display()))
                 }
+                JournalError::Corrupt {
+                    offset,
+                    why,
+                    intact_after,
+                    ..
+                } => JournalError::Corrupt {
+                    file: path.clone(),
+                    offset,
+                    why,
+                    intact_after,
+                },
+                JournalError::NewerVersion {
+                    found, supported, ..
+                } => JournalError::NewerVersion {
+                    file: path.clone(),
+                    found,
+                    supported,
+                },
                 e => e,
             })?;
             if let Some((at, why)) = &r.torn {
@@ -261,7 +285,8 @@ impl Journal {
             }
             r
         } else {
-            file.write_all(&record::header())
+            let salt = record::Salt::random();
+            file.write_all(&salt.header())
                 .map_err(io(&path, "write the header"))?;
             file.sync_all().map_err(io(&path, "sync"))?;
             sync_dir(&path)?;
@@ -273,6 +298,7 @@ impl Journal {
                 records: 0,
                 valid_len: record::HEADER_LEN,
                 torn: None,
+                salt,
             }
         };
         file.seek(SeekFrom::End(0)).map_err(io(&path, "seek"))?;
@@ -281,6 +307,7 @@ impl Journal {
             path: path.clone(),
             durability: cfg.durability,
             compact_at: cfg.compact_at,
+            salt: replayed.salt,
             pending: Mutex::new(Pending {
                 buf: BytesMut::with_capacity(1 << 20),
                 end: 0,
@@ -325,7 +352,7 @@ impl Journal {
     pub fn append(&self, entry: Entry<'_>) -> u64 {
         let mut p = self.inner.pending();
         let before = p.buf.len();
-        if let Err(e) = entry.encode(&mut p.buf) {
+        if let Err(e) = entry.encode(&mut p.buf, self.inner.salt) {
             // Only a record above the size limit fails, and the master's own
             // limits keep every record far below it.
             tracing::error!("journal record not written: {e}");
@@ -724,30 +751,34 @@ fn compact(path: &Path, upto: u64) -> Result<Compacted, JournalError> {
         .truncate(true)
         .open(&tmp)
         .map_err(io(&tmp, "create"))?;
-    write_state(&mut file, &replayed.state).map_err(io(&tmp, "write"))?;
+    // The same salt: the records appended meanwhile are copied over as
+    // they are.
+    write_state(&mut file, &replayed.state, replayed.salt).map_err(io(&tmp, "write"))?;
     file.sync_all().map_err(io(&tmp, "sync"))?;
     Ok(Compacted { file, upto })
 }
 
-/// Writes a header and `state` as records.
-pub fn write_state(out: &mut impl Write, state: &State) -> std::io::Result<()> {
+/// Writes a header and `state` as records, with `salt`.
+pub fn write_state(out: &mut impl Write, state: &State, salt: record::Salt) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(1 << 20);
-    buf.extend_from_slice(&record::header());
+    buf.extend_from_slice(&salt.header());
     let flush = |buf: &mut BytesMut, out: &mut dyn Write| -> std::io::Result<()> {
         out.write_all(buf)?;
         buf.clear();
         Ok(())
     };
     let bad = |e: crate::proto::ProtoError| std::io::Error::other(e.to_string());
-    Entry::NextId(state.next_id).encode(&mut buf).map_err(bad)?;
+    Entry::NextId(state.next_id)
+        .encode(&mut buf, salt)
+        .map_err(bad)?;
     for p in state.pending.values() {
-        Entry::Pending(p).encode(&mut buf).map_err(bad)?;
+        Entry::Pending(p).encode(&mut buf, salt).map_err(bad)?;
         if buf.len() >= 1 << 20 {
             flush(&mut buf, out)?;
         }
     }
     for r in state.results.values() {
-        Entry::Finished(r).encode(&mut buf).map_err(bad)?;
+        Entry::Finished(r).encode(&mut buf, salt).map_err(bad)?;
         if buf.len() >= 1 << 20 {
             flush(&mut buf, out)?;
         }

@@ -1,12 +1,14 @@
 //! The journal's bytes: a file header, then checksummed records.
 //!
 //! Layout (normative, `proto-spec/JOURNAL.md`): a 16-byte header (magic
-//! `RUNJRNL\0`, format version as `u32` LE, 4 zero bytes), then records of
-//! `len: u32 LE | crc: u32 LE | kind: u8 | body`, where `len` counts the kind
-//! byte and the body, `crc` is CRC-32 (IEEE) of the `len` bytes and the kind
-//! byte and the body, and the body is the record's fields in the protocol's
-//! bincode encoding. A record is decoded only if its checksum holds, so a
-//! torn or flipped record is never misread.
+//! `RUNJRNL\0`, format version as `u32` LE, the journal's 4-byte salt), then
+//! records of `len: u32 LE | crc: u32 LE | kind: u8 | body`, where `len`
+//! counts the kind byte and the body, `crc` is CRC-32 (IEEE) of the salt,
+//! the `len` bytes, the kind byte and the body, and the body is the record's
+//! fields in the protocol's bincode encoding. A record is decoded only if its
+//! checksum holds, so a torn or flipped record is never misread; and since
+//! the salt is the journal's own random secret, bytes a client put in a
+//! payload cannot pass for a record when replay looks past a damaged one.
 
 use bytes::{Bytes, BytesMut};
 use serde::ser::SerializeSeq;
@@ -16,8 +18,11 @@ use crate::proto::{Assignment, AttemptError, NewTask, ProtoError, TaskResult};
 
 /// First bytes of every journal.
 pub const MAGIC: &[u8; 8] = b"RUNJRNL\0";
-/// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format with a salt; format 1's checksums cover the record
+/// alone, and its salt bytes are zero.
+pub const SALTED_SINCE: u32 = 2;
 /// Bytes of the file header.
 pub const HEADER_LEN: usize = 16;
 /// Bytes before each record's kind byte: length and checksum.
@@ -26,12 +31,41 @@ pub const RECORD_PREFIX_LEN: usize = 8;
 /// worth of tasks is split long before this.
 pub const RECORD_BYTES_MAX: usize = crate::proto::RECORD_BYTES_MAX;
 
-/// The file header this build writes.
-pub fn header() -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h
+/// What each record's checksum covers besides the record: the journal's
+/// salt (format 2), or nothing (format 1, still read and appended to as
+/// such).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Salt(Option<[u8; 4]>);
+
+impl Salt {
+    /// A new journal's: random.
+    pub fn random() -> Salt {
+        Salt(Some(rand::random::<u32>().to_le_bytes()))
+    }
+
+    /// A fixed one (tests, examples).
+    pub fn fixed(salt: u32) -> Salt {
+        Salt(Some(salt.to_le_bytes()))
+    }
+
+    /// Format 1's: none.
+    pub const NONE: Salt = Salt(None);
+
+    /// The salt of a journal whose header says `version` and holds `bytes`.
+    pub fn of(version: u32, bytes: [u8; 4]) -> Salt {
+        Salt((version >= SALTED_SINCE).then_some(bytes))
+    }
+
+    /// The header of a journal with this salt: format 2, or format 1 for
+    /// [`Salt::NONE`].
+    pub fn header(self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..8].copy_from_slice(MAGIC);
+        let version = if self.0.is_some() { FORMAT_VERSION } else { 1 };
+        h[8..12].copy_from_slice(&version.to_le_bytes());
+        h[12..16].copy_from_slice(&self.0.unwrap_or_default());
+        h
+    }
 }
 
 /// Record kinds. Numbers are normative: append, never renumber.
@@ -211,8 +245,9 @@ impl Entry<'_> {
         }
     }
 
-    /// Appends the whole record (prefix, kind, body) to `dst`.
-    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), ProtoError> {
+    /// Appends the whole record (prefix, kind, body) to `dst`, checksummed
+    /// with `salt`.
+    pub fn encode(&self, dst: &mut BytesMut, salt: Salt) -> Result<(), ProtoError> {
         let start = dst.len();
         dst.extend_from_slice(&[0u8; RECORD_PREFIX_LEN]);
         dst.extend_from_slice(&[self.kind() as u8]);
@@ -229,14 +264,17 @@ impl Entry<'_> {
         }
         let len_bytes = (len as u32).to_le_bytes();
         dst[start..start + 4].copy_from_slice(&len_bytes);
-        let crc = checksum(&len_bytes, &dst[start + RECORD_PREFIX_LEN..]);
+        let crc = checksum(salt, &len_bytes, &dst[start + RECORD_PREFIX_LEN..]);
         dst[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         Ok(())
     }
 }
 
-fn checksum(len: &[u8; 4], rest: &[u8]) -> u32 {
+fn checksum(salt: Salt, len: &[u8; 4], rest: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
+    if let Some(s) = salt.0 {
+        h.update(&s);
+    }
     h.update(len);
     h.update(rest);
     h.finalize()
@@ -253,9 +291,10 @@ pub enum Read {
     End,
 }
 
-/// Reads the record at `at` in `data` (a whole journal image). Payloads and
-/// texts of the record are slices of `data`, not copies.
-pub fn read_at(data: &Bytes, at: usize) -> Read {
+/// Reads the record at `at` in `data` (a whole journal image whose salt is
+/// `salt`). Payloads and texts of the record are slices of `data`, not
+/// copies.
+pub fn read_at(data: &Bytes, at: usize, salt: Salt) -> Read {
     let rest = data.len() - at;
     if rest == 0 {
         return Read::End;
@@ -276,7 +315,7 @@ pub fn read_at(data: &Bytes, at: usize) -> Read {
     }
     let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
     let body = &data[at + RECORD_PREFIX_LEN..at + RECORD_PREFIX_LEN + len];
-    if checksum(&len_bytes, body) != crc {
+    if checksum(salt, &len_bytes, body) != crc {
         return Read::Bad("checksum mismatch".into());
     }
     let end = at + RECORD_PREFIX_LEN + len;
@@ -321,6 +360,6 @@ fn decode(kind: Kind, body: &Bytes) -> Result<Record, ProtoError> {
 /// True when some intact record starts anywhere in `data[from..]`: then the
 /// damage before it is not a torn tail (which nothing follows) but
 /// corruption in the middle of the journal.
-pub fn intact_record_after(data: &Bytes, from: usize) -> Option<usize> {
-    (from + 1..data.len()).find(|&at| matches!(read_at(data, at), Read::Record(..)))
+pub fn intact_record_after(data: &Bytes, from: usize, salt: Salt) -> Option<usize> {
+    (from + 1..data.len()).find(|&at| matches!(read_at(data, at, salt), Read::Record(..)))
 }

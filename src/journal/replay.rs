@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::record::{self, PendingTask, Read, Record, FORMAT_VERSION, HEADER_LEN, MAGIC};
+use super::record::{self, PendingTask, Read, Record, Salt, FORMAT_VERSION, HEADER_LEN, MAGIC};
 use super::JournalError;
 use crate::proto::TaskResult;
 
@@ -89,10 +89,12 @@ pub struct Replayed {
     pub valid_len: usize,
     /// A torn last record that was cut: its offset and why it is unreadable.
     pub torn: Option<(usize, String)>,
+    /// The journal's salt, for the records appended to it.
+    pub salt: Salt,
 }
 
-/// Checks the header of a journal image.
-pub fn check_header(data: &[u8]) -> Result<(), JournalError> {
+/// Checks the header of a journal image; returns its salt.
+pub fn check_header(data: &[u8]) -> Result<Salt, JournalError> {
     if data.len() < HEADER_LEN {
         return Err(JournalError::NotAJournal(format!(
             "{} bytes, shorter than the {HEADER_LEN}-byte header",
@@ -107,6 +109,7 @@ pub fn check_header(data: &[u8]) -> Result<(), JournalError> {
     let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
     if version > FORMAT_VERSION {
         return Err(JournalError::NewerVersion {
+            file: Default::default(),
             found: version,
             supported: FORMAT_VERSION,
         });
@@ -114,14 +117,14 @@ pub fn check_header(data: &[u8]) -> Result<(), JournalError> {
     if version == 0 {
         return Err(JournalError::NotAJournal("format version 0".into()));
     }
-    Ok(())
+    Ok(Salt::of(version, data[12..16].try_into().expect("4 bytes")))
 }
 
 /// Replays a whole journal image. A damaged last record (a torn write) is
 /// reported and left out; damage with intact records after it is corruption
 /// and an error, never skipped.
 pub fn replay(data: &Bytes) -> Result<Replayed, JournalError> {
-    check_header(data)?;
+    let salt = check_header(data)?;
     let mut state = State {
         next_id: 1,
         ..State::default()
@@ -129,13 +132,14 @@ pub fn replay(data: &Bytes) -> Result<Replayed, JournalError> {
     let mut at = HEADER_LEN;
     let mut records = 0u64;
     loop {
-        match record::read_at(data, at) {
+        match record::read_at(data, at, salt) {
             Read::End => {
                 return Ok(Replayed {
                     state,
                     records,
                     valid_len: at,
                     torn: None,
+                    salt,
                 })
             }
             Read::Record(r, next) => {
@@ -144,8 +148,9 @@ pub fn replay(data: &Bytes) -> Result<Replayed, JournalError> {
                 at = next;
             }
             Read::Bad(why) => {
-                if let Some(next) = record::intact_record_after(data, at) {
+                if let Some(next) = record::intact_record_after(data, at, salt) {
                     return Err(JournalError::Corrupt {
+                        file: Default::default(),
                         offset: at as u64,
                         why,
                         intact_after: next as u64,
@@ -156,6 +161,7 @@ pub fn replay(data: &Bytes) -> Result<Replayed, JournalError> {
                     records,
                     valid_len: at,
                     torn: Some((at, why)),
+                    salt,
                 });
             }
         }
