@@ -63,6 +63,11 @@ pub enum ClientError {
     /// The connection is gone.
     #[error("connection to the master closed: {0}")]
     Closed(String),
+    /// A batch too large for one message was accepted as several, and
+    /// another client's batch came between them, so its ids are not one
+    /// range: here they are ([`Client::submit_batches`] returns them so).
+    #[error("the batch was accepted in {} parts whose ids are not consecutive: {:?}", .0.len(), .0)]
+    NotConsecutive(Vec<Range<u64>>),
 }
 
 enum Cmd {
@@ -70,7 +75,7 @@ enum Cmd {
     Submit(
         Vec<NewTask>,
         bool,
-        oneshot::Sender<Result<Accepted, ErrorMsg>>,
+        oneshot::Sender<Result<Accepted, ClientError>>,
     ),
     Status(bool, oneshot::Sender<StatusReport>),
     Fetch(Vec<u64>),
@@ -183,9 +188,33 @@ impl Client {
     }
 
     /// Submits a batch; returns the ids the master gave its tasks, in order.
-    /// Batches larger than the protocol's limit are split.
+    /// A batch larger than one message (`BATCH_TASKS_MAX` tasks,
+    /// `BATCH_BYTES_MAX` bytes) is sent as several, which get consecutive
+    /// ids unless another client's batch comes between them; then the
+    /// error [`ClientError::NotConsecutive`] holds every id (see
+    /// [`Client::submit_batches`]).
     pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Range<u64>, ClientError> {
-        self.submit_batch_as(tasks, false).await
+        one_range(self.submit_batches(tasks, false).await?)
+    }
+
+    /// Submits a batch, in as many messages as it takes; returns the ids of
+    /// each part, in order, consecutive parts merged. `detached`: see
+    /// [`Client::submit_batch_detached`].
+    pub async fn submit_batches(
+        &self,
+        tasks: Vec<NewTask>,
+        detached: bool,
+    ) -> Result<Vec<Range<u64>>, ClientError> {
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for tasks in crate::proto::batches(tasks) {
+            let acc = self.send_batch_as(tasks, detached)?.await?;
+            let r = acc.first_id..acc.first_id + acc.count as u64;
+            match ranges.last_mut() {
+                Some(prev) if prev.end == r.start => prev.end = r.end,
+                _ => ranges.push(r),
+            }
+        }
+        Ok(ranges)
     }
 
     /// Submits a batch whose results this client will not take: the master
@@ -195,27 +224,7 @@ impl Client {
         &self,
         tasks: Vec<NewTask>,
     ) -> Result<Range<u64>, ClientError> {
-        self.submit_batch_as(tasks, true).await
-    }
-
-    async fn submit_batch_as(
-        &self,
-        tasks: Vec<NewTask>,
-        detached: bool,
-    ) -> Result<Range<u64>, ClientError> {
-        let mut range: Option<Range<u64>> = None;
-        for tasks in crate::proto::batches(tasks) {
-            let acc = self.send_batch_as(tasks, detached)?.await?;
-            let r = acc.first_id..acc.first_id + acc.count as u64;
-            range = Some(match range {
-                // The master hands out ids per batch; split batches may not
-                // be contiguous if other clients submit in between.
-                Some(prev) if prev.end == r.start => prev.start..r.end,
-                Some(prev) => prev,
-                None => r,
-            });
-        }
-        Ok(range.unwrap_or(0..0))
+        one_range(self.submit_batches(tasks, true).await?)
     }
 
     /// Sends a batch at once and returns a future for its acceptance, so a
@@ -247,7 +256,7 @@ impl Client {
         let closed = self.closed.clone();
         Ok(async move {
             match rx.await {
-                Ok(r) => r.map_err(ClientError::Refused),
+                Ok(r) => r,
                 Err(_) => Err(ClientError::Closed(
                     closed
                         .borrow()
@@ -375,6 +384,15 @@ impl Client {
     }
 }
 
+/// The ids of a batch as one range, if they are.
+fn one_range(mut ranges: Vec<Range<u64>>) -> Result<Range<u64>, ClientError> {
+    match ranges.len() {
+        0 => Ok(0..0),
+        1 => Ok(ranges.remove(0)),
+        _ => Err(ClientError::NotConsecutive(ranges)),
+    }
+}
+
 /// A peer that is not a master (a worker on a nearby port): not an error
 /// while looking for one.
 fn is_not_a_master(e: &crate::proto::handshake::HandshakeError) -> bool {
@@ -396,7 +414,7 @@ struct Driver {
     /// With `reconnect`: ids accepted or fetched whose result has not come.
     outstanding: HashSet<u64>,
     /// Who waits for each submit's acceptance, and whether it was detached.
-    acks: VecDeque<(oneshot::Sender<Result<Accepted, ErrorMsg>>, bool)>,
+    acks: VecDeque<(oneshot::Sender<Result<Accepted, ClientError>>, bool)>,
     statuses: VecDeque<oneshot::Sender<StatusReport>>,
     /// Who waits for each cancel's report, by request number.
     cancels: std::collections::HashMap<u64, oneshot::Sender<CancelReport>>,
@@ -428,10 +446,9 @@ impl Driver {
             // Whatever was waiting for an answer will not get one on this
             // connection: say so now rather than hang.
             for (tx, _) in self.acks.drain(..) {
-                let _ = tx.send(Err(ErrorMsg::new(
-                    ErrorCode::UNEXPECTED,
-                    format!("connection lost before the master acknowledged the batch ({why}); it may or may not have been accepted"),
-                )));
+                let _ = tx.send(Err(ClientError::Closed(format!(
+                    "connection lost before the master acknowledged the batch ({why}); it may or may not have been accepted"
+                ))));
             }
             self.statuses.clear();
             // A cancel lost with the connection may or may not have been
@@ -590,7 +607,7 @@ impl Driver {
                         }
                         ToClient::Error(e) if matches!(e.code, ErrorCode::INVALID | ErrorCode::SHUTTING_DOWN | ErrorCode::JOURNAL_FAILED | ErrorCode::BUSY) && !self.acks.is_empty() => {
                             if let Some((tx, _)) = self.acks.pop_front() {
-                                let _ = tx.send(Err(e));
+                                let _ = tx.send(Err(ClientError::Refused(e)));
                             }
                         }
                         ToClient::Error(e) => return End::Lost(format!("master sent error: {} ({})", e.message, e.code.name())),

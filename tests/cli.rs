@@ -392,3 +392,67 @@ async fn cancel_prints_what_it_did_and_exits_non_zero_for_unknown_ids() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_submit_says_which_results_are_due_and_how_to_fetch_them() {
+    // No worker: nothing finishes.
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            ..Opts::default()
+        },
+    );
+    let master = c.addr.to_string();
+    let mut p = Proc::spawn(
+        "submit",
+        &["submit", "--master", &master, "--count", "3", "--", "noop"],
+    );
+    let line = p.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("submitted 3 tasks")
+    });
+    let (first, last) = line
+        .trim_start_matches("submitted 3 tasks (ids ")
+        .trim_end_matches(')')
+        .split_once("..=")
+        .unwrap();
+    p.signal(libc::SIGINT);
+    let hint = p.wait_line(Duration::from_secs(10), |l| l.contains("interrupted"));
+    assert!(
+        hint.contains("3 of 3 results still due")
+            && hint.contains(&format!("runner results {first}-{last}")),
+        "{hint}"
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(130));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_output_cut_at_the_limit_says_so() {
+    let (c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let master = c.addr.to_string();
+    let (ok, out, err) = run(&[
+        "submit",
+        "--master",
+        &master,
+        "--",
+        "exec",
+        "sh",
+        "-c",
+        "head -c 2000000 /dev/zero | tr '\\0' x",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.trim_end()
+            .ends_with("[stdout cut at 1024 KiB; the rest was not kept]"),
+        "{}",
+        &out[out.len().saturating_sub(200)..]
+    );
+}

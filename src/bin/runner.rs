@@ -72,6 +72,10 @@ impl From<String> for Failure {
 /// Exit status of a command given arguments it cannot run with: clap's.
 const USAGE_EXIT: u8 = 2;
 
+/// Exit status of a client command stopped by Ctrl-C or SIGTERM, as a shell
+/// reports a process ended by SIGINT.
+const INTERRUPTED_EXIT: u8 = 130;
+
 #[derive(Clone, Copy, ValueEnum)]
 enum WireArg {
     Bincode,
@@ -820,9 +824,21 @@ fn exec_text(output: &str) -> Option<String> {
         p.as_text()
             .map_or_else(|| format!("<{} bytes>", p.len()), str::to_string)
     };
+    let cut = |truncated: bool, what: &str| {
+        if truncated {
+            format!(
+                "\n[{what} cut at {} KiB; the rest was not kept]",
+                runner::worker::tasks::EXEC_OUTPUT_BYTES_MAX / 1024
+            )
+        } else {
+            String::new()
+        }
+    };
     let mut s = text(&v.stdout);
+    s.push_str(&cut(v.stdout_truncated, "stdout"));
     if !v.stderr.is_empty() {
         s.push_str(&format!("[stderr] {}", text(&v.stderr)));
+        s.push_str(&cut(v.stderr_truncated, "stderr"));
     }
     Some(s.trim_end().to_string())
 }
@@ -832,27 +848,30 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
     let reconnect = (!a.detach).then_some(a.reconnect);
     let client = connect(&a.common, &a.master, reconnect).await?;
     let tasks = vec![task; a.count as usize];
-    let ids = if a.detach {
-        client.submit_batch_detached(tasks).await
-    } else {
-        client.submit_batch(tasks).await
-    }
-    .map_err(|e| e.to_string())?;
+    let ranges = client
+        .submit_batches(tasks, a.detach)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<u64> = ranges.iter().flat_map(|r| r.clone()).collect();
+    // One range as `submit` always printed it; a batch split into messages
+    // that another client's came between, as its runs.
+    let shown = match &ranges[..] {
+        [r] => format!("{}..={}", r.start, r.end.saturating_sub(1)),
+        _ => id_ranges(&ids),
+    };
+    let plural = if a.count == 1 { "" } else { "s" };
     if a.detach {
         if a.json {
+            let parts: Vec<[u64; 2]> = ranges.iter().map(|r| [r.start, r.end - 1]).collect();
             say(format_args!(
                 "{}",
-                serde_json::json!({"first_id": ids.start, "count": a.count})
+                serde_json::json!({"first_id": ids[0], "count": a.count, "ranges": parts})
             ));
         } else {
             say(format_args!(
-                "submitted {} task{}: ids {}..={}; fetch with `runner results {}-{}`",
+                "submitted {} task{plural}: ids {shown}; fetch with `runner results {}`",
                 a.count,
-                if a.count == 1 { "" } else { "s" },
-                ids.start,
-                ids.end.saturating_sub(1),
-                ids.start,
-                ids.end.saturating_sub(1)
+                id_ranges(&ids)
             ));
         }
         client.shutdown().await;
@@ -860,27 +879,51 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
     }
     if !a.json {
         say(format_args!(
-            "submitted {} task{} (ids {}..={})",
-            a.count,
-            if a.count == 1 { "" } else { "s" },
-            ids.start,
-            ids.end.saturating_sub(1)
+            "submitted {} task{plural} (ids {shown})",
+            a.count
         ));
     }
-    Ok(print_results(client, a.count as usize, a.json).await?)
+    Ok(print_results(client, ids, a.json).await?)
 }
 
-/// Prints `count` results as they arrive, then closes; exit status 1 if any
-/// task did not succeed.
-async fn print_results(mut client: Client, count: usize, json: bool) -> Result<ExitCode, String> {
+/// Prints the results of `ids` (ascending) as they arrive, then closes;
+/// exit status 1 if any task did not succeed. Interrupted (Ctrl-C, SIGTERM),
+/// it says which results are still due and how to fetch them: the tasks go
+/// on without it.
+async fn print_results(mut client: Client, ids: Vec<u64>, json: bool) -> Result<ExitCode, String> {
+    let mut received = vec![false; ids.len()];
     let mut failed = 0;
-    for _ in 0..count {
-        let Some(r) = client.next_result().await else {
+    let interrupted = shutdown_signal();
+    tokio::pin!(interrupted);
+    for _ in 0..ids.len() {
+        let r = tokio::select! {
+            r = client.next_result() => r,
+            _ = &mut interrupted => {
+                client.shutdown().await;
+                let due: Vec<u64> = ids
+                    .iter()
+                    .zip(&received)
+                    .filter(|(_, got)| !**got)
+                    .map(|(id, _)| *id)
+                    .collect();
+                eprintln!(
+                    "runner: interrupted with {} of {} results still due; the tasks go on. Fetch them with: runner results {}",
+                    due.len(),
+                    ids.len(),
+                    id_ranges(&due)
+                );
+                return Ok(ExitCode::from(INTERRUPTED_EXIT));
+            }
+        };
+        let Some(r) = r else {
             return Err(format!(
                 "lost the master before every result arrived: {}",
                 client.close_reason().unwrap_or_default()
             ));
         };
+        if let Ok(i) = ids.binary_search(&r.id) {
+            received[i] = true;
+        }
         if r.status != TaskStatus::Ok {
             failed += 1;
         }
@@ -962,9 +1005,8 @@ fn parse_node_id(s: &str) -> Result<String, String> {
 async fn results(a: ResultsArgs) -> Result<ExitCode, Failure> {
     let ids = ids_of(&a.ids);
     let client = connect(&a.common, &a.master, Some(a.reconnect)).await?;
-    let count = ids.len();
-    client.fetch(ids).map_err(|e| e.to_string())?;
-    Ok(print_results(client, count, a.json).await?)
+    client.fetch(ids.clone()).map_err(|e| e.to_string())?;
+    Ok(print_results(client, ids, a.json).await?)
 }
 
 /// Exit status 1 if any id was unknown (a mistyped id, most likely); ids
