@@ -3,6 +3,7 @@
 //! retry back-off), a cancel finishes it as `cancelled`, its result goes to
 //! its submitter, and the report sorts the ids it named.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -12,21 +13,6 @@ use runner::proto::{NewTask, Payload, TaskStatus, Text, Wire};
 use support::{collect, Cluster, Opts};
 
 const PORT_BASE: u16 = 26000;
-
-macro_rules! both_wires {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn bincode() {
-                super::$name(runner::proto::Wire::Bincode).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn json() {
-                super::$name(runner::proto::Wire::Json).await
-            }
-        }
-    };
-}
 
 fn task(kind: &'static str, payload: &str, retries: u8) -> NewTask {
     NewTask {
@@ -139,30 +125,10 @@ async fn a_cancelled_exec_task_leaves_no_process_behind() {
         },
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pids");
-    let script = format!("sleep 60 & echo $$ $! > {}; wait", pidfile.display());
-    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
-    let id = client
-        .submit(NewTask {
-            payload: Payload::from(spec),
-            ..task("exec", "", 0)
-        })
-        .await
-        .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    let pids: Vec<i32> = loop {
-        let pids: Vec<i32> = std::fs::read_to_string(&pidfile)
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        if pids.len() == 2 {
-            break pids;
-        }
-        assert!(std::time::Instant::now() < end, "the task did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The program and a child of its own, both sleeping.
+    let (id, pids) =
+        support::exec_writing_pids(&client, 2, |f| format!("sleep 60 & echo $$ $! > {f}; wait"))
+            .await;
     client.cancel(vec![id], "").await.unwrap();
     let r = collect(&mut client, 1, Duration::from_secs(5)).await;
     assert_eq!(r[&id].status, TaskStatus::Cancelled);
@@ -260,12 +226,7 @@ async fn a_cancel_answered_on_a_journal_survives_a_master_crash() {
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
     let args = c.master_args(&extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.master = support::Proc::spawn("master", &args);
-    let line = c.master.wait_line(Duration::from_secs(10), |l| {
-        l.starts_with("master listening on ")
-    });
-    assert!(line.ends_with(&c.addr.to_string()), "same port: {line}");
+    c.restart_master(&args);
     let mut again = c.client().await;
     again.fetch(vec![hung, queued]).unwrap();
     let got = collect(&mut again, 2, Duration::from_secs(10)).await;

@@ -2,6 +2,7 @@
 //! worker loss (kill -9, SIGSTOP), master loss, priorities, timeouts, ports,
 //! each over both wires where the wire matters.
 
+#[macro_use]
 mod support;
 
 use std::collections::HashMap;
@@ -11,23 +12,6 @@ use runner::proto::{NewTask, Payload, TaskStatus, Text, Wire};
 use support::{collect, Cluster, Opts, Proc};
 
 const PORT_BASE: u16 = 21000;
-
-/// Runs a scenario `async fn NAME(wire: Wire)` as two tests, `NAME::bincode`
-/// and `NAME::json`.
-macro_rules! both_wires {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn bincode() {
-                super::$name(runner::proto::Wire::Bincode).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn json() {
-                super::$name(runner::proto::Wire::Json).await
-            }
-        }
-    };
-}
 
 fn task(kind: &'static str, payload: &str, priority: u8, retries: u8, timeout_ms: u32) -> NewTask {
     NewTask {
@@ -855,47 +839,11 @@ async fn fault_01_a_worker_whose_reaper_died_says_so_and_its_tasks_still_die_wit
         Duration::from_secs(10),
     )
     .await;
-    let pids = exec_writing_pids(&client, 1, |f| format!("echo $$ > {f}; exec sleep 60")).await;
+    let (_, pids) =
+        support::exec_writing_pids(&client, 1, |f| format!("echo $$ > {f}; exec sleep 60")).await;
     c.worker("w1").signal(libc::SIGKILL);
     c.worker("w1").wait_exit(Duration::from_secs(5));
     support::wait_dead(&pids, Duration::from_secs(5), "a task outliving its worker").await;
-}
-
-/// Submits `sh -c SCRIPT` as an exec task, SCRIPT made from the path of a
-/// file in which it writes `n` pids, and waits until it has written them.
-async fn exec_writing_pids(
-    client: &runner::client::Client,
-    n: usize,
-    script: impl FnOnce(&str) -> String,
-) -> Vec<i32> {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pids");
-    let script = script(pidfile.to_str().unwrap());
-    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
-    client
-        .submit(NewTask {
-            kind: Text::from_static("exec"),
-            payload: Payload::from(spec),
-            priority: 128,
-            retries: 0,
-            timeout_ms: 0,
-        })
-        .await
-        .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&pidfile) {
-            let pids: Vec<i32> = text
-                .split_whitespace()
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            if pids.len() == n {
-                return pids;
-            }
-        }
-        assert!(std::time::Instant::now() < end, "the task did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(&support::Proc)) {
@@ -909,8 +857,9 @@ async fn no_task_process_outlives_its_worker(base: u16, end_worker: impl FnOnce(
     )
     .await;
     // The task and a grandchild, both sleeping; it writes both pids.
-    let pids =
-        exec_writing_pids(&client, 2, |f| format!("sleep 60 & echo $$ $! > {f}; wait")).await;
+    let (_, pids) =
+        support::exec_writing_pids(&client, 2, |f| format!("sleep 60 & echo $$ $! > {f}; wait"))
+            .await;
     end_worker(c.worker("w1"));
     c.worker("w1").wait_exit(Duration::from_secs(5));
     support::wait_dead(

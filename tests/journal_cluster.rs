@@ -4,14 +4,13 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use runner::client::{Client, ClientOptions};
 use runner::proto::{NewTask, Payload, TaskStatus, Text};
-use support::{Cluster, Opts, Proc};
+use support::{Cluster, Opts};
 
 const PORT_BASE: u16 = 23000;
 
@@ -22,34 +21,6 @@ fn task(kind: &'static str, payload: impl Into<Payload>) -> NewTask {
         priority: 1,
         retries: 3,
         timeout_ms: 0,
-    }
-}
-
-/// Starts the master again with the same command line (same port, same
-/// journal) and waits until it listens.
-fn restart_master(c: &mut Cluster, args: &[String]) {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut m = Proc::spawn("master", &args);
-        let line = m.wait_line(Duration::from_secs(10), |l| {
-            l.starts_with("master listening on ") || l.contains("runner:")
-        });
-        if line.starts_with("master listening on ") {
-            let addr: SocketAddr = line
-                .trim_start_matches("master listening on ")
-                .parse()
-                .unwrap();
-            assert_eq!(addr, c.addr, "the restarted master took its old port");
-            c.master = m;
-            return;
-        }
-        // The old process may still hold the journal's lock for a moment.
-        assert!(
-            Instant::now() < deadline && line.contains("in use"),
-            "restart failed: {line}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -115,7 +86,7 @@ async fn fault_06_every_acknowledged_task_completes_exactly_once_across_master_c
             // acknowledged and run.
             c.master.signal(libc::SIGKILL);
             c.master.wait_exit(Duration::from_secs(5));
-            restart_master(&mut c, &args);
+            c.restart_master(&args);
             crashes += 1;
             next_crash =
                 Instant::now() + Duration::from_millis(rand::thread_rng().gen_range(200..800));
@@ -199,7 +170,7 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
     // takes their results (attempt 1) the same way, as a re-run's attempt 2
     // waits for a slot behind them.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    restart_master(&mut c, &args);
+    c.restart_master(&args);
     let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
     client.fetch(ids.clone().collect()).unwrap();
     for _ in ids.clone() {
@@ -242,7 +213,7 @@ async fn a_master_stopped_with_ctrl_c_keeps_unfinished_tasks_for_its_next_start(
         .unwrap();
     c.master.signal(libc::SIGINT);
     assert!(c.master.wait_exit(Duration::from_secs(10)).success());
-    restart_master(&mut c, &args);
+    c.restart_master(&args);
     c.add_worker("w1", 2, &[]);
     let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
     client.fetch(ids.clone().collect()).unwrap();
@@ -407,7 +378,7 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     // A crash now: every acknowledged task is still there after it.
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
-    restart_master(&mut c, &args);
+    c.restart_master(&args);
     c.add_worker("w1", 4, &[]);
     let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
     acked.push(late);

@@ -15,6 +15,24 @@ use std::time::{Duration, Instant};
 use runner::client::{Client, ClientOptions};
 use runner::proto::{TaskResult, Wire};
 
+/// Runs a scenario `async fn NAME(wire: Wire)` as two tests, `NAME::bincode`
+/// and `NAME::json` (with `#[macro_use] mod support;`).
+#[allow(unused_macros)]
+macro_rules! both_wires {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn bincode() {
+                super::$name(runner::proto::Wire::Bincode).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn json() {
+                super::$name(runner::proto::Wire::Json).await
+            }
+        }
+    };
+}
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_runner");
 
 /// A block of ports of its own for each cluster in this test binary, so tests
@@ -262,6 +280,34 @@ impl Cluster {
         )
     }
 
+    /// Starts the master again with `args` (its command line: same port,
+    /// same journal) and waits until it listens.
+    pub fn restart_master(&mut self, args: &[String]) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut m = Proc::spawn("master", &args);
+            let line = m.wait_line(Duration::from_secs(10), |l| {
+                l.starts_with("master listening on ") || l.contains("runner:")
+            });
+            if line.starts_with("master listening on ") {
+                let addr: SocketAddr = line
+                    .trim_start_matches("master listening on ")
+                    .parse()
+                    .unwrap();
+                assert_eq!(addr, self.addr, "the restarted master took its old port");
+                self.master = m;
+                return;
+            }
+            // The old process may still hold the journal's lock for a moment.
+            assert!(
+                Instant::now() < deadline && line.contains("in use"),
+                "restart failed: {line}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn add_worker(&mut self, id: &str, slots: u32, extra: &[&str]) {
         let range = self.worker_range();
         let slots = slots.to_string();
@@ -473,4 +519,42 @@ pub async fn collect(
         );
     }
     got
+}
+
+/// Submits `sh -c SCRIPT` as an exec task, SCRIPT made from the path of a
+/// file in which it writes `n` pids, and waits until it has written them;
+/// returns the task's id and the pids.
+pub async fn exec_writing_pids(
+    client: &runner::client::Client,
+    n: usize,
+    script: impl FnOnce(&str) -> String,
+) -> (u64, Vec<i32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pids");
+    let script = script(pidfile.to_str().unwrap());
+    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
+    let id = client
+        .submit(runner::proto::NewTask {
+            kind: runner::proto::Text::from_static("exec"),
+            payload: runner::proto::Payload::from(spec),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            let pids: Vec<i32> = text
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if pids.len() == n {
+                return (id, pids);
+            }
+        }
+        assert!(Instant::now() < end, "the task did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
