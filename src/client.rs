@@ -563,6 +563,7 @@ impl Driver {
                 },
                 frame = conn.next() => match frame {
                     None => return End::Lost("closed by the master".into()),
+                    Some(Err(ProtoError::Io(e))) => return End::Lost(format!("connection lost: {e}")),
                     Some(Err(e)) => return End::Lost(format!("bad input from the master: {e}")),
                     Some(Ok(msg)) => match msg {
                         ToClient::Accepted(a) => {

@@ -103,6 +103,8 @@ async fn a_running_task_cancelled_is_stopped_and_its_slot_runs_the_next(wire: Wi
         "{:?}",
         r.errors
     );
+    assert_eq!(r.worker.as_str(), "w1", "the worker it ran on");
+    assert_eq!(r.errors[0].worker.as_str(), "w1");
     assert_eq!(got[&next].status, TaskStatus::Ok, "the slot was freed");
     support::wait_for_text(
         || c.worker_log("w1"),
@@ -233,4 +235,39 @@ async fn a_cancel_answered_on_a_journal_survives_a_master_crash() {
     for id in [hung, queued] {
         assert_eq!(got[&id].status, TaskStatus::Cancelled, "{:?}", got[&id]);
     }
+}
+
+/// CPU time (user and system, in clock ticks) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // Fields 14 and 15 of the file: utime and stime.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_spin_stops_using_the_core() {
+    let (mut c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    // A minute of busy work.
+    let id = client.submit(task("spin", "60000000", 0)).await.unwrap();
+    c.wait_busy(&client, "w1").await;
+    client.cancel(vec![id], "").await.unwrap();
+    collect(&mut client, 1, Duration::from_secs(5)).await;
+    let pid = c.worker("w1").pid();
+    // Within a few of its 1 ms slices it is gone; a second later the worker
+    // is idle (a tick is 10 ms: a spinning core would take about 100).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 30, "the worker used {used} ticks in a second");
 }

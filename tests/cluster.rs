@@ -1162,11 +1162,23 @@ async fn an_exec_task_never_sees_the_clusters_secret() {
             ..Opts::default()
         },
     );
-    // The worker reads the secret from its environment.
+    // The worker reads the secret from its environment; it runs as a user
+    // of its own when the test may arrange that (as its programs then do).
     let range = c.worker_range();
     let env = format!("RUNNER_SECRET={SECRET}");
+    let as_nobody = unsafe { libc::geteuid() } == 0;
+    let mut wrapper = vec![];
+    if as_nobody {
+        wrapper.extend([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]);
+    }
+    wrapper.extend(["env", env.as_str()]);
     let mut w = support::Proc::spawn_under(
-        &["env", &env],
+        &wrapper,
         "w1",
         &[
             "worker",
@@ -1192,7 +1204,7 @@ async fn an_exec_task_never_sees_the_clusters_secret() {
     .unwrap();
     c.wait_workers(&client, 1).await;
     let spec = serde_json::json!({
-        "argv": ["sh", "-c", "echo \"${RUNNER_SECRET:-scrubbed} $RUNNER_TASK_ID\""]
+        "argv": ["sh", "-c", "echo \"${RUNNER_SECRET:-scrubbed} $RUNNER_TASK_ID\"; cat /proc/$PPID/environ > /dev/null 2>&1 && echo worker-environ-readable || echo worker-environ-unreadable"]
     });
     let id = client
         .submit(NewTask {
@@ -1208,4 +1220,8 @@ async fn an_exec_task_never_sees_the_clusters_secret() {
     let out = r[&id].output.as_text().unwrap().to_string();
     assert!(out.contains(&format!("scrubbed {id}")), "{out}");
     assert!(!out.contains(SECRET), "{out}");
+    if as_nobody {
+        // Nor through the worker's own environment in /proc.
+        assert!(out.contains("worker-environ-unreadable"), "{out}");
+    }
 }

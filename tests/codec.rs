@@ -614,3 +614,13 @@ fn a_register_with_an_empty_kind_is_invalid() {
     let err = common::decode_all::<FromWorker>(None, &frame).unwrap_err();
     assert_eq!(err.code(), ErrorCode::INVALID, "{err}");
 }
+
+#[test]
+fn a_json_cancel_without_a_reason_has_an_empty_one() {
+    let line = b"{\"type\":\"cancel_tasks\",\"request\":3,\"ids\":[7]}\n";
+    let msgs = common::decode_all::<FromClient>(Some(Wire::Json), line).unwrap();
+    assert!(
+        matches!(&msgs[..], [FromClient::CancelTasks(c)] if c.request == 3 && c.ids == [7] && c.reason.is_empty()),
+        "{msgs:?}"
+    );
+}

@@ -425,3 +425,12 @@ fn the_worked_example_of_the_journal_spec_replays_as_it_says() {
     runner::journal::write_state(&mut own, &state, record::Salt::fixed(0x5eed_1234)).unwrap();
     assert_eq!(&own[..], &image[..26], "the same header and first record");
 }
+
+#[test]
+fn a_new_journal_is_readable_by_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "clients' payloads are in it: {mode:o}");
+}

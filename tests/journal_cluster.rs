@@ -403,3 +403,106 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
         got.insert(r.id);
     }
 }
+
+/// `attempt pid` lines an exec task wrote to `file`.
+fn attempts_in(file: &std::path::Path) -> Vec<(u32, i32)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (a, p) = l.split_once(' ')?;
+            Some((a.parse().ok()?, p.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until `file` holds a line for attempt `attempt`; returns its pid.
+async fn pid_of_attempt(file: &std::path::Path, attempt: u32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some((_, pid)) = attempts_in(file).into_iter().find(|(a, _)| *a == attempt) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "attempt {attempt} never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_from_before_a_restart_stop_once_their_task_is_finished_or_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = ["--journal", journal.to_str().unwrap()];
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 4,
+            master_args: &extra,
+            worker_args: &["--allow-exec"],
+            master_timeout: "20s",
+            ..Opts::default()
+        },
+    )
+    .await;
+    let args = c.master_args(&extra);
+    let (a_file, b_file) = (dir.path().join("a"), dir.path().join("b"));
+    // A's first attempt ends after 3 s, any later one would run a minute;
+    // B's attempts all run a minute.
+    let script = |file: &std::path::Path, first: u32| {
+        let s = format!(
+            "echo $RUNNER_ATTEMPT $$ >> {f}; if [ $RUNNER_ATTEMPT = 1 ]; then sleep {first}; else sleep 60; fi",
+            f = file.display()
+        );
+        NewTask {
+            kind: Text::from_static("exec"),
+            payload: serde_json::json!({ "argv": ["sh", "-c", s] })
+                .to_string()
+                .into(),
+            priority: 1,
+            retries: 3,
+            timeout_ms: 0,
+        }
+    };
+    let ids = client
+        .submit_batch_detached(vec![script(&a_file, 3), script(&b_file, 60)])
+        .await
+        .unwrap();
+    let (a, b) = (ids.start, ids.start + 1);
+    pid_of_attempt(&a_file, 1).await;
+    let b1 = pid_of_attempt(&b_file, 1).await;
+    // Both hand-outs stored, as in the test above.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let image = bytes::Bytes::from(std::fs::read(&journal).unwrap());
+        let state = runner::journal::replay::replay(&image).unwrap().state;
+        if [a, b]
+            .iter()
+            .all(|id| state.pending.get(id).is_some_and(|p| p.attempt == 1))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hand-outs never reached the journal"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(client);
+    c.master.signal(libc::SIGKILL);
+    c.master.wait_exit(Duration::from_secs(5));
+    c.restart_master(&args);
+    let client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    // The restarted master runs both again (attempt 2) beside the first
+    // attempts, which the worker kept running.
+    let a2 = pid_of_attempt(&a_file, 2).await;
+    let b2 = pid_of_attempt(&b_file, 2).await;
+    // A's first attempt finishes and its result counts: the second is
+    // stopped, not left to run its minute.
+    support::wait_dead(&[a2], Duration::from_secs(10), "A's attempt 2").await;
+    // B is cancelled: both its attempts stop, the one from before the
+    // restart too.
+    let report = client.cancel(vec![b], "").await.unwrap();
+    assert_eq!(report.cancelled, [b]);
+    support::wait_dead(&[b1, b2], Duration::from_secs(10), "B's attempts").await;
+}

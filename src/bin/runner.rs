@@ -365,6 +365,15 @@ fn main() -> ExitCode {
         if let Err(e) = unsafe { runner::worker::reaper::install() } {
             eprintln!("runner: cannot start the task reaper ({e}); exec tasks fall back to PR_SET_PDEATHSIG");
         }
+        // The programs it starts run as its own user, and could otherwise
+        // read its memory and its /proc/PID/environ, where the cluster's
+        // secret is (RUNNER_SECRET, or the file's contents). Not dumpable,
+        // its /proc entries belong to root. Its programs are dumpable again
+        // (exec resets the flag).
+        // SAFETY: prctl with integer arguments only.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
     }
     let realtime = match &cli.command {
         Some(Command::Master(a)) => a.realtime.realtime,

@@ -20,6 +20,7 @@ pub mod replay;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -72,6 +73,9 @@ impl std::fmt::Display for Durability {
 pub const BATCH_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// How often a write that failed (a full disk) is tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Permissions of a journal the master creates: its owner's alone.
+const JOURNAL_FILE_MODE: u32 = 0o600;
+
 /// Compact once the file is this large and twice its size after the last
 /// compaction, unless configured otherwise.
 pub const COMPACT_AT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
@@ -238,6 +242,8 @@ impl Journal {
             .write(true)
             .create(true)
             .truncate(false)
+            // Clients' payloads (programs, their environments) are in it.
+            .mode(JOURNAL_FILE_MODE)
             .open(&path)
             .map_err(io(&path, "open"))?;
         lock(&file, &path)?;
@@ -749,6 +755,7 @@ fn compact(path: &Path, upto: u64) -> Result<Compacted, JournalError> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(JOURNAL_FILE_MODE)
         .open(&tmp)
         .map_err(io(&tmp, "create"))?;
     // The same salt: the records appended meanwhile are copied over as

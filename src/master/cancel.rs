@@ -19,7 +19,8 @@ use rustc_hash::FxHashMap;
 
 use super::{ClientOut, Record, Route, Shared};
 use crate::proto::{
-    AttemptError, CancelReport, CancelTasks, Payload, TaskResult, TaskStatus, Text, ToClient,
+    AttemptError, Cancel, CancelReport, CancelTasks, Payload, TaskResult, TaskStatus, Text,
+    ToClient,
 };
 
 /// Cancelled tasks that have no final result yet, and the requests waiting
@@ -97,6 +98,49 @@ impl Cancels {
     }
 }
 
+/// Attempts handed out before the master restarted, of tasks that have
+/// since finished (or been cancelled): a worker keeps running what it had
+/// across master sessions, and no link holds these, so every worker session
+/// sends a `cancel` for each (a worker ignores those it does not run). The
+/// oldest are forgotten past [`ORPHANS_MAX`].
+#[derive(Default)]
+pub(crate) struct Orphans {
+    /// Index of `list[0]` among all ever noted.
+    base: u64,
+    list: std::collections::VecDeque<Cancel>,
+}
+
+/// Most orphaned attempts kept to tell sessions about.
+pub(crate) const ORPHANS_MAX: usize = 65_536;
+
+impl Orphans {
+    /// Notes every attempt up to `attempts` of restored task `id`.
+    pub fn note(&mut self, id: u64, attempts: u32) {
+        for attempt in 1..=attempts {
+            if self.list.len() == ORPHANS_MAX {
+                self.list.pop_front();
+                self.base += 1;
+            }
+            self.list.push_back(Cancel {
+                task_id: id,
+                attempt,
+            });
+        }
+    }
+
+    /// Those noted since `*sent` (an index among all), which moves past them.
+    pub fn since(&self, sent: &mut u64) -> Vec<Cancel> {
+        let from = sent.saturating_sub(self.base) as usize;
+        *sent = self.base + self.list.len() as u64;
+        self.list.iter().skip(from).cloned().collect()
+    }
+
+    /// Whether none is noted.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
 /// Sends a finished request's report to the client that asked.
 pub(crate) fn send_report(report: CancelReport, to: &Route) {
     let _ = to.tx.send(ClientOut::Msg(ToClient::CancelReport(report)));
@@ -125,6 +169,17 @@ pub(crate) fn overrule(result: &mut TaskResult, reason: Text) {
 impl Shared {
     pub(crate) fn cancels(&self) -> std::sync::MutexGuard<'_, Cancels> {
         self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn orphans(&self) -> std::sync::MutexGuard<'_, Orphans> {
+        self.orphans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes every worker session to look for attempts to take back.
+    pub(crate) fn wake_links(&self) {
+        for w in self.registry().workers.values() {
+            w.cancel.notify_one();
+        }
     }
 
     /// Whether any task is being cancelled: one atomic load, so the paths
@@ -216,9 +271,7 @@ pub(crate) fn cancel_tasks(shared: &Arc<Shared>, route: &Route, c: CancelTasks) 
         return;
     }
     // Out on workers, or waiting out a retry back-off.
-    for w in shared.registry().workers.values() {
-        w.cancel.notify_one();
-    }
+    shared.wake_links();
     shared.cancel_wake.notify_waiters();
 }
 
@@ -302,5 +355,36 @@ mod tests {
         assert_eq!(requests, [1, 2]);
         assert_eq!(c.len(), 0);
         assert!(c.finished(2).is_none(), "a second result finds nothing");
+    }
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+
+    #[test]
+    fn each_session_hears_of_each_orphaned_attempt_once_and_the_oldest_are_forgotten() {
+        let mut o = Orphans::default();
+        o.note(7, 2);
+        let mut sent = 0;
+        let first: Vec<(u64, u32)> = o
+            .since(&mut sent)
+            .iter()
+            .map(|c| (c.task_id, c.attempt))
+            .collect();
+        assert_eq!(first, [(7, 1), (7, 2)]);
+        assert!(o.since(&mut sent).is_empty(), "nothing new");
+        o.note(9, 1);
+        assert_eq!(o.since(&mut sent).len(), 1);
+        // A session that starts later hears of all still kept.
+        let mut late = 0;
+        assert_eq!(o.since(&mut late).len(), 3);
+        o.note(11, ORPHANS_MAX as u32);
+        assert_eq!(o.list.len(), ORPHANS_MAX, "bounded");
+        assert_eq!(
+            o.since(&mut sent).len(),
+            ORPHANS_MAX,
+            "from where it was, or the oldest kept"
+        );
     }
 }

@@ -251,6 +251,11 @@ pub(crate) struct Shared {
     pub cancels_pending: std::sync::atomic::AtomicUsize,
     /// Wakes the retry timers to look for a cancel of their task.
     pub cancel_wake: Notify,
+    /// Attempts from before the restart that workers may still run.
+    pub orphans: Mutex<cancel::Orphans>,
+    /// Restored tasks that had been handed out before the restart, and how
+    /// many attempts: until each finishes, a worker may still run those.
+    pub restored_out: Mutex<rustc_hash::FxHashMap<u64, u32>>,
 }
 
 /// Most results kept for clients that went away, without a journal (with
@@ -307,6 +312,7 @@ impl Shared {
         let mut out = Outbox::default();
         let mut delivered = 0;
         let mut reports = Vec::new();
+        let mut orphaned = false;
         {
             let mut st = self.store();
             for (mut result, reply) in finished {
@@ -316,6 +322,21 @@ impl Shared {
                     continue;
                 }
                 delivered += 1;
+                if id < self.restored_below {
+                    // Handed out before the restart and finished since:
+                    // whatever attempt of it a worker still runs from
+                    // before is to stop, and so is one handed out since, if
+                    // one from before finished it.
+                    let before = self
+                        .restored_out
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(attempts) = before {
+                        self.orphans().note(id, attempts);
+                        orphaned = true;
+                    }
+                }
                 if self.cancelling() {
                     let mut cancels = self.cancels();
                     if let Some((reason, done)) = cancels.finished(id) {
@@ -366,6 +387,9 @@ impl Shared {
         // their results when it reads the report.
         for (report, to) in reports {
             cancel::send_report(report, &to);
+        }
+        if orphaned {
+            self.wake_links();
         }
         delivered
     }
@@ -595,9 +619,13 @@ impl Master {
             None => ResultStore::new(DoneSet::restored(next_id, std::iter::empty())),
         };
         let queue = PriorityQueue::new();
+        let mut restored_out = rustc_hash::FxHashMap::default();
         if let Some(r) = restored {
             let now = Instant::now();
             for (_, p) in r.pending {
+                if p.attempt > 0 {
+                    restored_out.insert(p.id, p.attempt);
+                }
                 let record =
                     TaskRecord::restored(p.id, p.spec, p.attempt, p.errors, detached.clone(), now);
                 queue.push(record.spec.priority, record);
@@ -637,6 +665,8 @@ impl Master {
             cancels: Mutex::new(cancel::Cancels::default()),
             cancels_pending: std::sync::atomic::AtomicUsize::new(0),
             cancel_wake: Notify::new(),
+            orphans: Mutex::new(cancel::Orphans::default()),
+            restored_out: Mutex::new(restored_out),
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared

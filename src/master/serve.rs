@@ -25,6 +25,9 @@ const MASTER_ACCEPTS: &[Role] = &[Role::Client, Role::Worker];
 /// would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Longest part of a failed attempt's reason the master's log quotes.
+const LOGGED_REASON_BYTES: usize = 1024;
+
 /// Least time between two of a worker session's heartbeat ticks, however
 /// short the configured heartbeat: a floor on the timer wake-ups a worker
 /// costs the master.
@@ -621,6 +624,11 @@ pub(crate) async fn worker_session(
     let kick = shared.shutdown.child_token();
     let stats = Arc::new(LinkStats::default());
     let cancel = Arc::new(tokio::sync::Notify::new());
+    // Every orphaned attempt noted so far is news to a new session.
+    let mut orphans_sent = 0;
+    if !shared.orphans().is_empty() {
+        cancel.notify_one();
+    }
     stats
         .last_heard_ms
         .store(shared.millis(Instant::now()), Ordering::Relaxed);
@@ -731,29 +739,40 @@ pub(crate) async fn worker_session(
             }
             _ = &mut notified, if link.credit() > 0 => {}
             _ = cancel.notified() => {
-                let taken: Vec<(Cancel, TaskResult, Route)> = {
+                // Attempts out here whose task a client cancelled, or that
+                // an attempt from before a restart has finished meanwhile.
+                let taken: Vec<(Cancel, Option<(TaskResult, Route)>)> = {
+                    let st = shared.store();
                     let cancels = shared.cancels();
-                    link.cancel(|id| cancels.contains(id))
+                    let restored = shared.restored_below;
+                    link.cancel(|id| cancels.contains(id) || (id < restored && st.done.contains(id)))
                         .into_iter()
-                        .map(|(c, record)| {
-                            let why = cancels.reason(record.id).unwrap_or_default();
-                            let (result, reply) = record.cancelled(why);
-                            (c, result, reply)
+                        .map(|(c, record)| match cancels.reason(record.id) {
+                            Some(why) => (c, Some(record.cancelled_on(why, node.clone()))),
+                            None => (c, None),
                         })
                         .collect()
                 };
-                if taken.is_empty() {
-                    continue;
-                }
                 shared.totals.running.fetch_sub(taken.len() as u64, Ordering::Relaxed);
-                for (c, result, reply) in taken {
-                    tracing::info!(worker = %node, task = c.task_id, attempt = c.attempt, "task cancelled by a client; stopping its attempt");
+                for (c, done) in taken {
+                    match done {
+                        Some(result) => {
+                            tracing::info!(worker = %node, task = c.task_id, attempt = c.attempt, "task cancelled by a client; stopping its attempt");
+                            finished.push(result);
+                        }
+                        None => tracing::info!(worker = %node, task = c.task_id, attempt = c.attempt, "task finished by an attempt from before the restart; stopping this one"),
+                    }
                     // A failed write ends the session below; the result
                     // stands either way.
                     let _ = write.feed(ToWorker::Cancel(c)).await;
-                    finished.push((result, reply));
                 }
                 shared.deliver_all(finished.drain(..));
+                // Attempts from before the restart that a worker may still
+                // run: this one is told of each (it ignores those it lacks).
+                let orphans = shared.orphans().since(&mut orphans_sent);
+                for c in orphans {
+                    let _ = write.feed(ToWorker::Cancel(c)).await;
+                }
                 stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
                 if let Err(e) = write.flush().await {
                     break Departure::ConnectionClosed(format!("write failed: {e}"));
@@ -798,7 +817,9 @@ pub(crate) async fn worker_session(
                         for (c, record) in link.cancel(|_| true) {
                             let _ = write.feed(ToWorker::Cancel(c)).await;
                             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
-                            shared.abandon(record, "master shut down while the task was running; stopped on its worker");
+                            let why = Text::from_static("master shut down while the task was running; stopped on its worker");
+                            let (result, reply) = record.cancelled_on(why, node.clone());
+                            shared.deliver(result, &reply);
                         }
                     }
                     let _ = write.send(ToWorker::Goodbye(Goodbye { reason: Text::from_static("master shutting down") })).await;
@@ -956,7 +977,24 @@ fn act(
                 let reasons: Vec<String> = result
                     .errors
                     .iter()
-                    .map(|e| format!("attempt {} on {}: {}", e.attempt, e.worker, e.reason))
+                    .map(|e| {
+                        // A log line, not the result: each reason to a
+                        // line's worth (a reason may be 64 KiB of output).
+                        let mut why = e.reason.as_str();
+                        if why.len() > LOGGED_REASON_BYTES {
+                            let mut cut = LOGGED_REASON_BYTES;
+                            while !why.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            why = &why[..cut];
+                        }
+                        let more = if why.len() < e.reason.len() {
+                            "…"
+                        } else {
+                            ""
+                        };
+                        format!("attempt {} on {}: {why}{more}", e.attempt, e.worker)
+                    })
                     .collect();
                 tracing::warn!(
                     task = result.id,

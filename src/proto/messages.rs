@@ -450,6 +450,7 @@ pub struct CancelTasks {
     /// Task ids, from [`Accepted`].
     pub ids: Vec<u64>,
     /// Why, for the tasks' results (may be empty).
+    #[serde(default)]
     pub reason: Text,
 }
 

@@ -254,14 +254,21 @@ impl<R> TaskRecord<R> {
         self.finish(TaskStatus::Failed, Payload::empty(), worker)
     }
 
-    /// The final result of a task stopped by shutdown.
-    pub fn cancelled(mut self, reason: Text) -> (TaskResult, R) {
+    /// The final result of a task stopped before it finished (shutdown, a
+    /// client's cancel) while no attempt was running.
+    pub fn cancelled(self, reason: Text) -> (TaskResult, R) {
+        self.cancelled_on(reason, Text::empty())
+    }
+
+    /// The final result of a task stopped while its attempt ran on
+    /// `worker` (empty: none was running).
+    pub fn cancelled_on(mut self, reason: Text, worker: Text) -> (TaskResult, R) {
         self.errors.push(AttemptError {
             attempt: self.attempt,
-            worker: Text::empty(),
+            worker: worker.clone(),
             reason,
         });
-        self.finish(TaskStatus::Cancelled, Payload::empty(), Text::empty())
+        self.finish(TaskStatus::Cancelled, Payload::empty(), worker)
     }
 
     fn finish(self, status: TaskStatus, output: Payload, worker: Text) -> (TaskResult, R) {

@@ -90,6 +90,9 @@ where
     Handler::Spawn(Arc::new(move |input| Box::pin(f(input))))
 }
 
+/// Longest a `spin` task keeps its thread without a yield.
+const SPIN_SLICE: Duration = Duration::from_millis(1);
+
 /// The built-in kinds, for tests, demos and benchmarks:
 /// - `noop`: nothing; `echo`: returns its payload;
 /// - `fail [REASON]`: fails with REASON;
@@ -115,8 +118,17 @@ pub fn builtins() -> HashMap<String, Handler> {
         spawned(|input: TaskInput| async move {
             let us = text_arg(&input, "spin", "a number of microseconds")?;
             let until = Instant::now() + Duration::from_micros(us);
-            while Instant::now() < until {
-                std::hint::spin_loop();
+            // In slices, each followed by a yield: a cancel or a timeout
+            // (which abort the task at its next await) stops it within one.
+            loop {
+                let slice_end = until.min(Instant::now() + SPIN_SLICE);
+                while Instant::now() < slice_end {
+                    std::hint::spin_loop();
+                }
+                if slice_end >= until {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
             Ok(Payload::empty())
         }),
