@@ -3,8 +3,11 @@
 //! A record lives in exactly one place (the queue, one worker's link, or a
 //! retry timer) and only that place can finish it. So a cancel does not
 //! reach into those places: it writes the ids down here ([`Cancels`]), takes
-//! the queued ones out of the queue at once, and wakes the places that hold
-//! the others; each finishes its record as `cancelled` when it next looks.
+//! the queued ones out of the queue by one pass over it for all the requests
+//! that come together (a pass costs about 26 ms per million queued tasks),
+//! and wakes the places that hold the others; each finishes its record as
+//! `cancelled` when it next looks (dispatch too, for a record it pops before
+//! the pass).
 //! Whatever result a cancelled task gets first (a worker's result racing
 //! the cancel, retries running out) is turned into `cancelled` when it is
 //! delivered ([`super::Shared::deliver_all`]), so a task reported cancelled
@@ -252,28 +255,74 @@ pub(crate) fn cancel_tasks(shared: &Arc<Shared>, route: &Route, c: CancelTasks) 
             .cancels_pending
             .store(cancels.len(), Ordering::Relaxed);
     }
-    // Queued: out of the queue now, whether or not a worker would take them.
-    let taken: Vec<(TaskResult, Route)> = {
-        let cancels = shared.cancels();
-        let taken = shared.queue.sweep(|r| !cancels.contains(r.id));
-        taken
-            .into_iter()
-            .map(|r| {
-                let why = cancels.reason(r.id).unwrap_or_default();
-                r.cancelled(why)
-            })
-            .collect()
-    };
-    if !taken.is_empty() {
-        shared.deliver_all(taken);
-    }
-    if !shared.cancelling() {
-        return;
+    // Queued: out of the queue, whether or not a worker would take them,
+    // by one pass over it for the requests that come together.
+    let now = std::time::Instant::now();
+    shared.last_cancel.set(now);
+    if !shared.sweep_pending.swap(true, Ordering::AcqRel) {
+        let s = shared.clone();
+        shared.tracker.spawn(async move {
+            // Until requests stop coming for a moment, but not for longer
+            // than SWEEP_WAIT_MAX.
+            let latest = now + SWEEP_WAIT_MAX;
+            loop {
+                let at = (s.last_cancel.get() + SWEEP_DELAY).min(latest);
+                if std::time::Instant::now() >= at {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+            }
+            // Cleared first: a request noted during the pass (on another
+            // thread) schedules a pass of its own.
+            s.sweep_pending.store(false, Ordering::Release);
+            sweep_queue(&s).await;
+        });
     }
     // Out on workers, or waiting out a retry back-off.
     shared.wake_links();
     shared.cancel_wake.notify_waiters();
 }
+
+/// The pass over the queue that serves requests to cancel waits until none
+/// has come for this long: a pass costs about 26 ms per million queued
+/// tasks, and a client cancelling many ids sends them in many messages.
+const SWEEP_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Longest the pass waits after the first request it serves.
+const SWEEP_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Takes every queued task being cancelled out of the queue and finishes
+/// it: the pass in one go, the results in slices with a yield between, so
+/// that a million cancelled tasks do not hold the master's thread (and its
+/// heartbeats) for seconds.
+async fn sweep_queue(shared: &Shared) {
+    if !shared.cancelling() {
+        return;
+    }
+    let taken = {
+        let cancels = shared.cancels();
+        shared.queue.sweep(|r| !cancels.contains(r.id))
+    };
+    let mut taken = taken.into_iter().peekable();
+    while taken.peek().is_some() {
+        let slice: Vec<(TaskResult, Route)> = {
+            let cancels = shared.cancels();
+            taken
+                .by_ref()
+                .take(DELIVER_SLICE)
+                .map(|r| {
+                    let why = cancels.reason(r.id).unwrap_or_default();
+                    r.cancelled(why)
+                })
+                .collect()
+        };
+        shared.deliver_all(slice);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Cancelled results a sweep delivers between two yields.
+const DELIVER_SLICE: usize = crate::limits::BATCH_TASKS_MAX;
 
 #[cfg(test)]
 mod tests {

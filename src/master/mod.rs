@@ -251,6 +251,10 @@ pub(crate) struct Shared {
     pub cancels_pending: std::sync::atomic::AtomicUsize,
     /// Wakes the retry timers to look for a cancel of their task.
     pub cancel_wake: Notify,
+    /// A pass over the queue for cancelled tasks is scheduled.
+    pub sweep_pending: std::sync::atomic::AtomicBool,
+    /// When the last request to cancel came.
+    pub last_cancel: crate::instant::AtomicInstant,
     /// Attempts from before the restart that workers may still run.
     pub orphans: Mutex<cancel::Orphans>,
     /// Restored tasks that had been handed out before the restart, and how
@@ -665,6 +669,8 @@ impl Master {
             cancels: Mutex::new(cancel::Cancels::default()),
             cancels_pending: std::sync::atomic::AtomicUsize::new(0),
             cancel_wake: Notify::new(),
+            sweep_pending: std::sync::atomic::AtomicBool::new(false),
+            last_cancel: crate::instant::AtomicInstant::new(Instant::now()),
             orphans: Mutex::new(cancel::Orphans::default()),
             restored_out: Mutex::new(restored_out),
         });
