@@ -59,7 +59,7 @@ async fn submit_prints_results_and_exits_non_zero_when_a_task_failed() {
         "{out}"
     );
 
-    let (ok, out, _) = run(&[
+    let (ok, out, err) = run(&[
         "submit", "--master", &master, "--json", "--wire", "json", "--", "echo", "x",
     ]);
     assert!(ok);
@@ -67,6 +67,11 @@ async fn submit_prints_results_and_exits_non_zero_when_a_task_failed() {
     assert_eq!(
         (v["status"].as_str(), v["output"].as_str()),
         (Some("ok"), Some("x"))
+    );
+    let id = v["id"].as_u64().unwrap();
+    assert!(
+        err.contains(&format!("submitted 1 task (ids {id}..={id})")),
+        "the ids on stderr, while the tasks run: {err}"
     );
 
     let (ok, out, _) = run(&["status", "--master", &master]);

@@ -886,7 +886,12 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
         client.shutdown().await;
         return Ok(ExitCode::SUCCESS);
     }
-    if !a.json {
+    if a.json {
+        // Stdout holds one JSON object per result; the ids, which a
+        // `runner cancel` or `runner results` needs while they run, go to
+        // stderr.
+        eprintln!("submitted {} task{plural} (ids {shown})", a.count);
+    } else {
         say(format_args!(
             "submitted {} task{plural} (ids {shown})",
             a.count

@@ -15,16 +15,52 @@
 //! once every task it names has its final result, which on a master with a
 //! journal is also the moment that result is stored.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
 use super::{ClientOut, Record, Route, Shared};
+use crate::instant::AtomicInstant;
 use crate::proto::{
     AttemptError, Cancel, CancelReport, CancelTasks, Payload, TaskResult, TaskStatus, Text,
     ToClient,
 };
+
+/// The master's state for cancelling: requests and their tasks, the pass
+/// over the queue, and attempts to stop that no link holds.
+pub(crate) struct CancelState {
+    /// Tasks a client cancelled that are not finished yet.
+    pub cancels: Mutex<Cancels>,
+    /// How many `cancels` holds, read without its lock.
+    pub pending: AtomicUsize,
+    /// Wakes the retry timers to look for a cancel of their task.
+    pub wake: tokio::sync::Notify,
+    /// A pass over the queue for cancelled tasks is scheduled.
+    pub sweep_pending: AtomicBool,
+    /// When the last request to cancel came.
+    pub last_request: AtomicInstant,
+    /// Attempts from before the restart that workers may still run.
+    pub orphans: Mutex<Orphans>,
+    /// Restored tasks that had been handed out before the restart, and how
+    /// many attempts: until each finishes, a worker may still run those.
+    pub restored_out: Mutex<FxHashMap<u64, u32>>,
+}
+
+impl CancelState {
+    /// With `restored_out` from the journal (empty without one).
+    pub fn new(restored_out: FxHashMap<u64, u32>) -> Self {
+        CancelState {
+            cancels: Mutex::new(Cancels::default()),
+            pending: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            sweep_pending: AtomicBool::new(false),
+            last_request: AtomicInstant::new(std::time::Instant::now()),
+            orphans: Mutex::new(Orphans::default()),
+            restored_out: Mutex::new(restored_out),
+        }
+    }
+}
 
 /// Cancelled tasks that have no final result yet, and the requests waiting
 /// for them.
@@ -171,11 +207,17 @@ pub(crate) fn overrule(result: &mut TaskResult, reason: Text) {
 
 impl Shared {
     pub(crate) fn cancels(&self) -> std::sync::MutexGuard<'_, Cancels> {
-        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+        self.cancel
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn orphans(&self) -> std::sync::MutexGuard<'_, Orphans> {
-        self.orphans.lock().unwrap_or_else(|e| e.into_inner())
+        self.cancel
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wakes every worker session to look for attempts to take back.
@@ -188,7 +230,7 @@ impl Shared {
     /// Whether any task is being cancelled: one atomic load, so the paths
     /// every task takes pay nothing while none is.
     pub(crate) fn cancelling(&self) -> bool {
-        self.cancels_pending.load(Ordering::Relaxed) > 0
+        self.cancel.pending.load(Ordering::Relaxed) > 0
     }
 
     /// The final result of `record` if a client cancelled its task.
@@ -252,21 +294,22 @@ pub(crate) fn cancel_tasks(shared: &Arc<Shared>, route: &Route, c: CancelTasks) 
         let ids = report.cancelled.clone();
         cancels.request(&ids, reason.clone(), report, route.clone());
         shared
-            .cancels_pending
+            .cancel
+            .pending
             .store(cancels.len(), Ordering::Relaxed);
     }
     // Queued: out of the queue, whether or not a worker would take them,
     // by one pass over it for the requests that come together.
     let now = std::time::Instant::now();
-    shared.last_cancel.set(now);
-    if !shared.sweep_pending.swap(true, Ordering::AcqRel) {
+    shared.cancel.last_request.set(now);
+    if !shared.cancel.sweep_pending.swap(true, Ordering::AcqRel) {
         let s = shared.clone();
         shared.tracker.spawn(async move {
             // Until requests stop coming for a moment, but not for longer
             // than SWEEP_WAIT_MAX.
             let latest = now + SWEEP_WAIT_MAX;
             loop {
-                let at = (s.last_cancel.get() + SWEEP_DELAY).min(latest);
+                let at = (s.cancel.last_request.get() + SWEEP_DELAY).min(latest);
                 if std::time::Instant::now() >= at {
                     break;
                 }
@@ -274,13 +317,13 @@ pub(crate) fn cancel_tasks(shared: &Arc<Shared>, route: &Route, c: CancelTasks) 
             }
             // Cleared first: a request noted during the pass (on another
             // thread) schedules a pass of its own.
-            s.sweep_pending.store(false, Ordering::Release);
+            s.cancel.sweep_pending.store(false, Ordering::Release);
             sweep_queue(&s).await;
         });
     }
     // Out on workers, or waiting out a retry back-off.
     shared.wake_links();
-    shared.cancel_wake.notify_waiters();
+    shared.cancel.wake.notify_waiters();
 }
 
 /// The pass over the queue that serves requests to cancel waits until none

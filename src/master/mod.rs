@@ -245,21 +245,8 @@ pub(crate) struct Shared {
     /// Ids below this are not this master's tasks (without a journal, those
     /// of an earlier run): a cancel of one is answered `unknown`.
     pub ids_from: u64,
-    /// Tasks a client cancelled that are not finished yet: see `cancel.rs`.
-    pub cancels: Mutex<cancel::Cancels>,
-    /// How many [`Shared::cancels`] holds, read without its lock.
-    pub cancels_pending: std::sync::atomic::AtomicUsize,
-    /// Wakes the retry timers to look for a cancel of their task.
-    pub cancel_wake: Notify,
-    /// A pass over the queue for cancelled tasks is scheduled.
-    pub sweep_pending: std::sync::atomic::AtomicBool,
-    /// When the last request to cancel came.
-    pub last_cancel: crate::instant::AtomicInstant,
-    /// Attempts from before the restart that workers may still run.
-    pub orphans: Mutex<cancel::Orphans>,
-    /// Restored tasks that had been handed out before the restart, and how
-    /// many attempts: until each finishes, a worker may still run those.
-    pub restored_out: Mutex<rustc_hash::FxHashMap<u64, u32>>,
+    /// Tasks being cancelled, and attempts to stop: see `cancel.rs`.
+    pub cancel: cancel::CancelState,
 }
 
 /// Most results kept for clients that went away, without a journal (with
@@ -332,6 +319,7 @@ impl Shared {
                     // before is to stop, and so is one handed out since, if
                     // one from before finished it.
                     let before = self
+                        .cancel
                         .restored_out
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -346,7 +334,7 @@ impl Shared {
                     if let Some((reason, done)) = cancels.finished(id) {
                         cancel::overrule(&mut result, reason);
                         reports.extend(done);
-                        self.cancels_pending.store(cancels.len(), Ordering::Relaxed);
+                        self.cancel.pending.store(cancels.len(), Ordering::Relaxed);
                     }
                 }
                 if let Some(j) = &self.journal {
@@ -507,7 +495,7 @@ impl Shared {
         let until = tokio::time::Instant::now() + delay;
         self.tracker.spawn(async move {
             loop {
-                let cancel = shared.cancel_wake.notified();
+                let cancel = shared.cancel.wake.notified();
                 tokio::pin!(cancel);
                 // Listening before looking: a cancel noted after the look
                 // still wakes it.
@@ -666,13 +654,7 @@ impl Master {
             restored_below: next_id,
             detached,
             ids_from: if journaled { 1 } else { next_id },
-            cancels: Mutex::new(cancel::Cancels::default()),
-            cancels_pending: std::sync::atomic::AtomicUsize::new(0),
-            cancel_wake: Notify::new(),
-            sweep_pending: std::sync::atomic::AtomicBool::new(false),
-            last_cancel: crate::instant::AtomicInstant::new(Instant::now()),
-            orphans: Mutex::new(cancel::Orphans::default()),
-            restored_out: Mutex::new(restored_out),
+            cancel: cancel::CancelState::new(restored_out),
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared
