@@ -575,24 +575,33 @@ fn say(line: std::fmt::Arguments) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM after the call.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        // Installed now, not at the first poll: a signal that comes after
+        // this call is never missed (it would otherwise end the process).
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Longest a node spends stopping after SIGINT or SIGTERM before it exits
@@ -862,6 +871,8 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
         .await
         .map_err(|e| e.to_string())?;
     let ids: Vec<u64> = ranges.iter().flat_map(|r| r.clone()).collect();
+    // Before the ids are printed: whoever reads them may interrupt at once.
+    let interrupted = shutdown_signal();
     // One range as `submit` always printed it; a batch split into messages
     // that another client's came between, as its runs.
     let shown = match &ranges[..] {
@@ -897,17 +908,21 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
             a.count
         ));
     }
-    Ok(print_results(client, ids, a.json).await?)
+    Ok(print_results(client, ids, a.json, interrupted).await?)
 }
 
 /// Prints the results of `ids` (ascending) as they arrive, then closes;
 /// exit status 1 if any task did not succeed. Interrupted (Ctrl-C, SIGTERM),
 /// it says which results are still due and how to fetch them: the tasks go
 /// on without it.
-async fn print_results(mut client: Client, ids: Vec<u64>, json: bool) -> Result<ExitCode, String> {
+async fn print_results(
+    mut client: Client,
+    ids: Vec<u64>,
+    json: bool,
+    interrupted: impl std::future::Future<Output = ()>,
+) -> Result<ExitCode, String> {
     let mut received = vec![false; ids.len()];
     let mut failed = 0;
-    let interrupted = shutdown_signal();
     tokio::pin!(interrupted);
     for _ in 0..ids.len() {
         let r = tokio::select! {
@@ -1019,8 +1034,9 @@ fn parse_node_id(s: &str) -> Result<String, String> {
 async fn results(a: ResultsArgs) -> Result<ExitCode, Failure> {
     let ids = ids_of(&a.ids);
     let client = connect(&a.common, &a.master, Some(a.reconnect)).await?;
+    let interrupted = shutdown_signal();
     client.fetch(ids.clone()).map_err(|e| e.to_string())?;
-    Ok(print_results(client, ids, a.json).await?)
+    Ok(print_results(client, ids, a.json, interrupted).await?)
 }
 
 /// Exit status 1 if any id was unknown (a mistyped id, most likely); ids

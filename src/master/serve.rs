@@ -376,11 +376,14 @@ async fn client_writer(
                 Err(_) => break,
             }
         }
+        // A cancel's report stands for its tasks' `cancelled` results, as an
+        // `accepted` for its batch's records: stored first.
         let carries_acks = journal.is_some()
             && items.iter().any(|i| {
                 matches!(
                     i,
-                    ClientOut::Results(..) | ClientOut::Msg(ToClient::Accepted(_))
+                    ClientOut::Results(..)
+                        | ClientOut::Msg(ToClient::Accepted(_) | ToClient::CancelReport(_))
                 )
             });
         if let (Some(j), true) = (&journal, carries_acks) {
