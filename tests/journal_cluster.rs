@@ -148,20 +148,7 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
     // Wait until the journal holds both hand-outs (nobody waits for that
     // record; were it lost, the attempt number would repeat and the worker
     // would report its result as the new attempt's).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let image = bytes::Bytes::from(std::fs::read(&journal).unwrap());
-        let state = runner::journal::replay::replay(&image).unwrap().state;
-        let handed_out = |id: u64| state.pending.get(&id).is_some_and(|p| p.attempt == 1);
-        if ids.clone().all(handed_out) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hand-outs never reached the journal"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_handed_out(&journal, ids.clone()).await;
     drop(client);
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
@@ -404,6 +391,25 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     }
 }
 
+/// Waits until the journal at `path` holds the first hand-out of each of
+/// `ids`.
+async fn wait_handed_out(path: &std::path::Path, ids: impl IntoIterator<Item = u64> + Clone) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let image = bytes::Bytes::from(std::fs::read(path).unwrap());
+        let state = runner::journal::replay::replay(&image).unwrap().state;
+        let handed_out = |id: u64| state.pending.get(&id).is_some_and(|p| p.attempt == 1);
+        if ids.clone().into_iter().all(handed_out) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hand-outs never reached the journal"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `attempt pid` lines an exec task wrote to `file`.
 fn attempts_in(file: &std::path::Path) -> Vec<(u32, i32)> {
     std::fs::read_to_string(file)
@@ -472,22 +478,7 @@ async fn attempts_from_before_a_restart_stop_once_their_task_is_finished_or_canc
     pid_of_attempt(&a_file, 1).await;
     let b1 = pid_of_attempt(&b_file, 1).await;
     // Both hand-outs stored, as in the test above.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let image = bytes::Bytes::from(std::fs::read(&journal).unwrap());
-        let state = runner::journal::replay::replay(&image).unwrap().state;
-        if [a, b]
-            .iter()
-            .all(|id| state.pending.get(id).is_some_and(|p| p.attempt == 1))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hand-outs never reached the journal"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_handed_out(&journal, [a, b]).await;
     drop(client);
     c.master.signal(libc::SIGKILL);
     c.master.wait_exit(Duration::from_secs(5));
