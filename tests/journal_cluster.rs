@@ -172,11 +172,12 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
         );
     }
     // Logs are written by a background thread: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !c.master_log().contains("from before the restart accepted") {
-        assert!(Instant::now() < deadline, "{}", c.master_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_text(
+        || c.master_log(),
+        "from before the restart accepted",
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
