@@ -12,7 +12,7 @@ use runner::client::{Client, ClientOptions};
 use runner::master::{Master, MasterConfig};
 use runner::net::PortRange;
 use runner::proto::{NewTask, Payload, Text};
-use runner::worker::{Worker, WorkerConfig};
+use runner::worker::{TaskError, Worker, WorkerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,8 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..WorkerConfig::default()
         })
         .handler("shout", |payload: Bytes| async move {
-            let text = std::str::from_utf8(&payload).map_err(|e| format!("not text: {e}"))?;
-            Ok::<_, String>(Bytes::from(text.to_uppercase() + "!"))
+            // Bytes that are not text would fail on every attempt: rejected,
+            // so the task is reported failed at once instead of retried.
+            let text = std::str::from_utf8(&payload)
+                .map_err(|e| TaskError::rejected(format!("not text: {e}")))?;
+            Ok::<_, TaskError>(Bytes::from(text.to_uppercase() + "!"))
         })
         .build()
         .start()

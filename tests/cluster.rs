@@ -297,6 +297,44 @@ async fn a_task_out_of_retries_is_reported_failed_with_every_reason(wire: Wire) 
     assert!(r.errors.iter().all(|e| e.reason == "no such file"));
 }
 
+both_wires!(a_task_out_of_retries_is_reported_failed_with_every_reason);
+
+/// `sleep soon` fails the same way on every attempt: its three retries
+/// (and their back-off) would only delay the verdict.
+async fn a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries(wire: Wire) {
+    let (_c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            wire,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let ids = client
+        .submit_batch(vec![
+            task("sleep", "soon", 128, 3, 0),
+            task("flaky", "1", 128, 3, 0),
+        ])
+        .await
+        .unwrap();
+    let mut results = collect(&mut client, 2, Duration::from_secs(10)).await;
+    let rejected = results.remove(&ids.start).unwrap();
+    assert_eq!(rejected.status, TaskStatus::Failed);
+    assert_eq!(rejected.attempts, 1);
+    assert_eq!(rejected.errors.len(), 1);
+    assert_eq!(
+        rejected.errors[0].reason,
+        "not retried, no attempt can succeed: sleep: payload \"soon\" is not a number of milliseconds"
+    );
+    // An ordinary failure in the same batch is still retried.
+    let retried = results.remove(&(ids.start + 1)).unwrap();
+    assert_eq!(retried.status, TaskStatus::Ok);
+    assert_eq!(retried.attempts, 2);
+}
+
+both_wires!(a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_01_a_task_that_kills_its_worker_every_time_fails_after_its_retries() {
     let (_c, mut client) = Cluster::ready(
@@ -605,8 +643,6 @@ async fn fault_15_exec_captures_output_and_kills_the_whole_process_group_at_the_
 both_wires!(fault_02_a_stopped_worker_is_removed_by_heartbeat_and_its_late_results_are_ignored);
 
 both_wires!(workers_terminate_themselves_when_the_master_is_killed);
-
-both_wires!(a_task_out_of_retries_is_reported_failed_with_every_reason);
 
 both_wires!(shutdown_reports_every_unfinished_task_to_its_client);
 

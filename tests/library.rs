@@ -11,7 +11,7 @@ use runner::client::{Client, ClientOptions};
 use runner::master::{Master, MasterConfig};
 use runner::net::PortRange;
 use runner::proto::{NewTask, Payload, TaskResult, TaskStatus, Text};
-use runner::worker::{Worker, WorkerBuilder, WorkerConfig, WorkerHandle};
+use runner::worker::{TaskError, Worker, WorkerBuilder, WorkerConfig, WorkerHandle};
 
 /// A master on `base`, the worker `builder` makes (id "lib", 2 slots, on the
 /// next 39 ports) and a client that has seen the worker join.
@@ -90,17 +90,29 @@ async fn a_custom_kind_registered_through_the_builder_runs_in_process() {
         })
         .handler("refuse", |_p: Bytes| async move {
             Err::<Bytes, _>("refused by the handler")
+        })
+        .handler("reject", |_p: Bytes| async move {
+            Err::<Bytes, _>(TaskError::rejected("no attempt could read this"))
         });
     let (master, worker, mut client) = cluster(23000, builder).await;
     let ids = client
-        .submit_batch(vec![task("reverse", "abc"), task("refuse", "")])
+        .submit_batch(vec![
+            task("reverse", "abc"),
+            task("refuse", ""),
+            NewTask {
+                retries: 3,
+                ..task("reject", "")
+            },
+        ])
         .await
         .unwrap();
-    let results = results(&mut client, 2).await;
+    let results = results(&mut client, 3).await;
     assert_eq!(results[0].id, ids.start);
     assert_eq!(results[0].output.as_text(), Some("cba"));
     assert_eq!(results[1].status, TaskStatus::Failed);
     assert_eq!(results[1].errors[0].reason, "refused by the handler");
+    assert_eq!(results[2].status, TaskStatus::Failed);
+    assert_eq!(results[2].attempts, 1, "a rejected input is not retried");
     client.close();
     worker.shutdown().await;
     master.shutdown().await;

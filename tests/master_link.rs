@@ -141,6 +141,26 @@ fn a_failed_attempt_is_retried_with_backoff_until_retries_run_out() {
 }
 
 #[test]
+fn a_rejected_attempt_finishes_the_task_failed_whatever_retries_are_left() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    l.assign(record(1, 5, 0, t0), t0);
+    match l.finish(done(1, 1, AttemptStatus::Rejected), t0) {
+        Outcome::Finished { result, .. } => {
+            assert_eq!(result.status, TaskStatus::Failed);
+            assert_eq!(result.attempts, 1);
+            assert_eq!(result.errors.len(), 1);
+            assert_eq!(
+                result.errors[0].reason,
+                "not retried, no attempt can succeed: boom"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(l.in_flight(), 0);
+}
+
+#[test]
 fn a_result_for_an_older_attempt_is_stale() {
     let t0 = Instant::now();
     let mut l = link(1, 0, t0);

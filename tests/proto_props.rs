@@ -105,6 +105,7 @@ fn attempt_status() -> impl Strategy<Value = AttemptStatus> {
         Just(AttemptStatus::TimedOut),
         Just(AttemptStatus::Unsupported),
         Just(AttemptStatus::Returned),
+        Just(AttemptStatus::Rejected),
     ]
 }
 

@@ -318,7 +318,7 @@ impl<R> WorkerLink<R> {
         };
         self.in_flight_bytes -= task_bytes(&f.record);
         let ran = now.saturating_duration_since(f.sent_at);
-        let record = f.record;
+        let mut record = f.record;
         let accepted_at = record.accepted_at.instant();
         let reason = match r.status {
             AttemptStatus::Ok => {
@@ -336,6 +336,17 @@ impl<R> WorkerLink<R> {
                 return Outcome::Requeue {
                     record,
                     delay: Duration::ZERO,
+                };
+            }
+            AttemptStatus::Rejected => {
+                self.failed += 1;
+                record.reject(self.node.clone(), r.error);
+                let (result, reply) = record.failed();
+                return Outcome::Finished {
+                    result,
+                    reply,
+                    ran,
+                    accepted_at,
                 };
             }
             AttemptStatus::Failed => r.error,

@@ -751,6 +751,9 @@ pub enum AttemptStatus {
     /// The worker gave it back unfinished (the worker is draining); it does
     /// not count as an attempt.
     Returned,
+    /// It failed in a way no attempt can mend (its payload is not what its
+    /// kind takes): the master reports the task failed without retrying it.
+    Rejected,
 }
 
 /// One attempt's end, from a worker.

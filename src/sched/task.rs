@@ -221,6 +221,18 @@ impl<R> TaskRecord<R> {
         self.attempt
     }
 
+    /// Records that the current attempt failed on `worker` in a way no
+    /// attempt can mend (a rejected input): no retry follows, whatever
+    /// `retries` allows, and [`TaskRecord::failed`] reports it.
+    pub fn reject(&mut self, worker: Text, reason: Text) {
+        self.errors.push(AttemptError {
+            attempt: self.attempt,
+            worker,
+            // First, so that cutting a long reason keeps it.
+            reason: Text::clipped(format!("not retried, no attempt can succeed: {reason}")),
+        });
+    }
+
     /// Records that the current attempt failed on `worker` because of
     /// `reason`, and says whether another is allowed.
     pub fn fail(&mut self, worker: Text, reason: Text, policy: &RetryPolicy) -> Verdict {

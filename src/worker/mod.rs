@@ -33,7 +33,7 @@ use crate::net::{self, PortRange, Reader, Writer};
 use crate::proto::handshake::{Identity, Peer, Secret};
 use crate::proto::*;
 use liveness::MasterWatch;
-pub use tasks::{Handler, TaskInput, TaskOutput};
+pub use tasks::{Handler, TaskError, TaskInput, TaskOutput};
 
 /// Everything a worker is configured with.
 #[derive(Debug, Clone)]
@@ -98,19 +98,20 @@ impl WorkerBuilder {
     }
 
     /// Registers a custom kind: `f` gets the payload and returns the output
-    /// or an error message.
+    /// or an error: any `Display` value (retried under the task's policy),
+    /// or a [`TaskError::rejected`] for an input no attempt can run.
     pub fn handler<F, Fut, E>(mut self, kind: &str, f: F) -> Self
     where
         F: Fn(Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
-        E: std::fmt::Display,
+        E: Into<TaskError>,
     {
         let f = Arc::new(f);
         self.handlers.insert(
             kind.to_string(),
             Handler::Spawn(Arc::new(move |input: TaskInput| {
                 let fut = f(input.payload.0);
-                Box::pin(async move { fut.await.map(Payload).map_err(|e| e.to_string()) })
+                Box::pin(async move { fut.await.map(Payload).map_err(Into::into) })
             })),
         );
         self
@@ -521,6 +522,21 @@ fn result(
     }
 }
 
+/// The result of an attempt that ran to its end.
+fn ended(task_id: u64, attempt: u32, out: TaskOutput) -> AttemptResult {
+    match out {
+        Ok(out) => result(task_id, attempt, AttemptStatus::Ok, out, String::new()),
+        Err(e) => {
+            let status = if e.retryable() {
+                AttemptStatus::Failed
+            } else {
+                AttemptStatus::Rejected
+            };
+            result(task_id, attempt, status, Payload::empty(), e.into_reason())
+        }
+    }
+}
+
 impl Session {
     fn new(
         cfg: Arc<WorkerConfig>,
@@ -584,11 +600,7 @@ impl Session {
         };
         match handler {
             Handler::Inline(f) => {
-                let r = match f(&input) {
-                    Ok(out) => result(id, attempt, AttemptStatus::Ok, out, String::new()),
-                    Err(e) => result(id, attempt, AttemptStatus::Failed, Payload::empty(), e),
-                };
-                self.runs.done.push(r);
+                self.runs.done.push(ended(id, attempt, f(&input)));
             }
             Handler::Spawn(f) => {
                 let (slots, tx) = (self.runs.slots.clone(), self.runs.results_tx.clone());
@@ -604,10 +616,7 @@ impl Session {
                         Some(t) => tokio::time::timeout(t, fut).await.ok(),
                     };
                     let r = match outcome {
-                        Some(Ok(out)) => result(id, attempt, AttemptStatus::Ok, out, String::new()),
-                        Some(Err(e)) => {
-                            result(id, attempt, AttemptStatus::Failed, Payload::empty(), e)
-                        }
+                        Some(out) => ended(id, attempt, out),
                         None => result(
                             id,
                             attempt,

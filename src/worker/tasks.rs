@@ -25,7 +25,54 @@ pub struct TaskInput {
 }
 
 /// A handler's answer: the output, or why it failed.
-pub type TaskOutput = Result<Payload, String>;
+pub type TaskOutput = Result<Payload, TaskError>;
+
+/// Why an attempt failed, and whether another attempt could do better.
+///
+/// Any `Display` value converts into a retryable error, so a handler can
+/// return `Err("reason")` or use `?` on its own errors; an input that no
+/// attempt can run (a payload its kind cannot read) is
+/// [`TaskError::rejected`], and the master then reports the task failed at
+/// once instead of spending its retries and their back-off on it. It has
+/// no `Display` of its own, which is what lets every `Display` type convert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    reason: String,
+    retry: bool,
+}
+
+impl TaskError {
+    /// A failure that cannot succeed on any attempt: not retried.
+    pub fn rejected(reason: impl std::fmt::Display) -> TaskError {
+        TaskError {
+            reason: reason.to_string(),
+            retry: false,
+        }
+    }
+
+    /// Why it failed.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Whether another attempt may succeed (true unless rejected).
+    pub fn retryable(&self) -> bool {
+        self.retry
+    }
+
+    pub(crate) fn into_reason(self) -> String {
+        self.reason
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for TaskError {
+    fn from(e: E) -> TaskError {
+        TaskError {
+            reason: e.to_string(),
+            retry: true,
+        }
+    }
+}
 
 /// A boxed handler future.
 pub type BoxTask = Pin<Box<dyn Future<Output = TaskOutput> + Send>>;
@@ -49,10 +96,12 @@ impl std::fmt::Debug for Handler {
     }
 }
 
-fn text_arg(input: &TaskInput, kind: &str, what: &str) -> Result<u64, String> {
+/// A built-in kind's numeric argument; anything else is rejected, since
+/// every attempt would read the same payload.
+fn text_arg(input: &TaskInput, kind: &str, what: &str) -> Result<u64, TaskError> {
     let text = input.payload.as_text().unwrap_or("").trim();
     text.parse::<u64>()
-        .map_err(|_| format!("{kind}: payload {text:?} is not {what}"))
+        .map_err(|_| TaskError::rejected(format!("{kind}: payload {text:?} is not {what}")))
 }
 
 fn noop(_: &TaskInput) -> TaskOutput {
@@ -65,7 +114,7 @@ fn echo(input: &TaskInput) -> TaskOutput {
 
 fn fail(input: &TaskInput) -> TaskOutput {
     match input.payload.as_text().map(str::trim) {
-        Some(t) if !t.is_empty() => Err(t.to_string()),
+        Some(t) if !t.is_empty() => Err(t.into()),
         _ => Err("failed on purpose (kind fail)".into()),
     }
 }
@@ -76,7 +125,8 @@ fn flaky(input: &TaskInput) -> TaskOutput {
         Err(format!(
             "flaky: attempt {} of the first {n} fails on purpose",
             input.attempt
-        ))
+        )
+        .into())
     } else {
         Ok(Payload::from(format!("ok on attempt {}", input.attempt)))
     }
@@ -227,12 +277,12 @@ async fn read_capped<R: AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, bool) {
 
 async fn exec(input: TaskInput) -> TaskOutput {
     let spec: ExecSpec = serde_json::from_slice(&input.payload).map_err(|e| {
-        format!(
+        TaskError::rejected(format!(
             "exec: payload must be JSON {{\"argv\": [...], \"env\": {{}}, \"cwd\": \"...\"}}: {e}"
-        )
+        ))
     })?;
     let Some(program) = spec.argv.first() else {
-        return Err("exec: argv is empty".into());
+        return Err(TaskError::rejected("exec: argv is empty"));
     };
     let reaper = super::reaper::get();
     let slot = match reaper {
@@ -287,7 +337,7 @@ async fn exec(input: TaskInput) -> TaskOutput {
         };
         return serde_json::to_vec(&report)
             .map(Payload::from)
-            .map_err(|e| format!("exec: cannot encode the output: {e}"));
+            .map_err(|e| format!("exec: cannot encode the output: {e}").into());
     }
     let tail = String::from_utf8_lossy(&err.0);
     let tail = tail.trim();
@@ -300,7 +350,7 @@ async fn exec(input: TaskInput) -> TaskOutput {
         .rev()
         .collect();
     let sep = if tail.is_empty() { "" } else { ": " };
-    Err(match status.code() {
+    Err(TaskError::from(match status.code() {
         Some(code) => format!("{program} exited with status {code}{sep}{tail}"),
         None => {
             use std::os::unix::process::ExitStatusExt;
@@ -310,7 +360,7 @@ async fn exec(input: TaskInput) -> TaskOutput {
                 signal_name(sig)
             )
         }
-    })
+    }))
 }
 
 /// A signal's usual name, for failure reasons people read.

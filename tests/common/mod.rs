@@ -268,6 +268,15 @@ pub fn from_worker() -> Vec<(&'static str, FromWorker)> {
                     output: Payload::empty(),
                     error: Text::from_static("timed out after 1000 ms"),
                 },
+                AttemptResult {
+                    task_id: 9,
+                    attempt: 1,
+                    status: AttemptStatus::Rejected,
+                    output: Payload::empty(),
+                    error: Text::from_static(
+                        "sleep: payload \"soon\" is not a number of milliseconds",
+                    ),
+                },
             ],
         }),
     ));
