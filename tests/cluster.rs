@@ -335,6 +335,110 @@ async fn a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries(w
 
 both_wires!(a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries);
 
+/// A cluster of a worker that allows `exec` ("execer", one slot) and one
+/// that does not ("plain", two slots), with a client that has seen both.
+async fn mixed_kinds_cluster(wire: Wire) -> (Cluster, runner::client::Client) {
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            wire,
+            ..Opts::default()
+        },
+    );
+    c.add_worker("plain", 2, &[]);
+    c.add_worker("execer", 1, &["--allow-exec"]);
+    let client = c.client().await;
+    c.wait_workers(&client, 2).await;
+    (c, client)
+}
+
+const EXEC_TRUE: &str = r#"{"argv":["true"]}"#;
+
+/// With no retries, one `exec` task handed to "plain" would fail
+/// (`unsupported`); every one runs, on "execer", while "plain" runs the
+/// rest.
+async fn tasks_of_a_kind_only_some_workers_run_go_to_those_workers(wire: Wire) {
+    let (_c, mut client) = mixed_kinds_cluster(wire).await;
+    let mut batch: Vec<NewTask> = (0..20)
+        .map(|_| task("exec", EXEC_TRUE, 128, 0, 0))
+        .collect();
+    batch.extend((0..20).map(|_| task("sleep", "20", 128, 0, 0)));
+    let ids = client.submit_batch(batch).await.unwrap();
+    let results = collect(&mut client, 40, Duration::from_secs(20)).await;
+    for (i, id) in ids.enumerate() {
+        let r = &results[&id];
+        assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+        if i < 20 {
+            assert_eq!(r.worker.as_str(), "execer", "{r:?}");
+        }
+    }
+    let sleeps_on_plain = results
+        .values()
+        .filter(|r| r.worker.as_str() == "plain")
+        .count();
+    assert!(sleeps_on_plain > 0, "plain ran none of the sleeps");
+}
+
+both_wires!(tasks_of_a_kind_only_some_workers_run_go_to_those_workers);
+
+/// Occupies "execer" with a long `exec` task, then submits three more that
+/// wait for it, set aside by "plain"; returns (the long one, the three).
+async fn park_three_exec_tasks(c: &Cluster, client: &runner::client::Client) -> (u64, Vec<u64>) {
+    let long = client
+        .submit(task("exec", r#"{"argv":["sleep","30"]}"#, 128, 0, 0))
+        .await
+        .unwrap();
+    c.wait_busy(client, "execer").await;
+    let ids: Vec<u64> = client
+        .submit_batch((0..3).map(|_| task("exec", EXEC_TRUE, 128, 0, 0)).collect())
+        .await
+        .unwrap()
+        .collect();
+    c.wait_status(
+        client,
+        Duration::from_secs(10),
+        "three tasks waiting",
+        |s| s.queues.iter().map(|q| q.depth).sum::<u64>() == 3,
+    )
+    .await;
+    (long, ids)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_waiting_for_their_kinds_last_worker_fail_with_the_reason_once_it_is_gone() {
+    let (mut c, mut client) = mixed_kinds_cluster(Wire::Bincode).await;
+    let (long, waiting) = park_three_exec_tasks(&c, &client).await;
+    c.worker("execer").signal(libc::SIGKILL);
+    let results = collect(&mut client, 4, Duration::from_secs(15)).await;
+    assert_eq!(results[&long].status, TaskStatus::Failed);
+    for id in waiting {
+        let r = &results[&id];
+        assert_eq!(r.status, TaskStatus::Failed, "{r:?}");
+        assert_eq!(r.worker.as_str(), "plain", "{r:?}");
+        assert!(r.errors[0].reason.contains("--allow-exec"), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_waiting_for_a_worker_of_their_kind_can_be_cancelled() {
+    let (c, mut client) = mixed_kinds_cluster(Wire::Bincode).await;
+    let (long, waiting) = park_three_exec_tasks(&c, &client).await;
+    let report = client.cancel(waiting.clone(), "not needed").await.unwrap();
+    assert_eq!(report.cancelled, waiting);
+    let results = collect(&mut client, 3, Duration::from_secs(10)).await;
+    for id in &waiting {
+        assert_eq!(results[id].status, TaskStatus::Cancelled);
+    }
+    client.cancel(vec![long], "").await.unwrap();
+    let s = c
+        .wait_status(&client, Duration::from_secs(10), "nothing left", |s| {
+            s.running == 0
+        })
+        .await;
+    assert!(s.queues.is_empty(), "{:?}", s.queues);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_01_a_task_that_kills_its_worker_every_time_fails_after_its_retries() {
     let (_c, mut client) = Cluster::ready(

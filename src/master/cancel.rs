@@ -222,7 +222,7 @@ impl Shared {
 
     /// Wakes every worker session to look for attempts to take back.
     pub(crate) fn wake_links(&self) {
-        for w in self.registry().workers.values() {
+        for w in self.registry().workers().values() {
             w.cancel.notify_one();
         }
     }
@@ -344,7 +344,9 @@ async fn sweep_queue(shared: &Shared) {
     }
     let taken = {
         let cancels = shared.cancels();
-        shared.queue.sweep(|r| !cancels.contains(r.id))
+        let mut taken = shared.queue.sweep(|r| !cancels.contains(r.id));
+        taken.extend(shared.parked.sweep(|r| !cancels.contains(r.id)));
+        taken
     };
     let mut taken = taken.into_iter().peekable();
     while taken.peek().is_some() {

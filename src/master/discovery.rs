@@ -64,7 +64,7 @@ async fn targets(shared: &Shared) -> Vec<SocketAddr> {
     let mut reg = shared.registry();
     reg.not_workers.retain(|_, until| *until > now);
     let known: std::collections::HashSet<SocketAddr> =
-        reg.workers.values().filter_map(|w| w.listen).collect();
+        reg.workers().values().filter_map(|w| w.listen).collect();
     let mut out = Vec::new();
     for host in hosts {
         for range in &shared.cfg.scan {

@@ -15,6 +15,7 @@ mod cancel;
 pub mod discovery;
 pub mod link;
 mod metrics_http;
+mod parked;
 mod results;
 mod serve;
 
@@ -186,15 +187,77 @@ pub(crate) struct WorkerEntry {
     pub stats: Arc<LinkStats>,
     /// Tells the session to look for attempts of cancelled tasks.
     pub cancel: Arc<Notify>,
+    /// The kinds it registered, sorted.
+    pub kinds: Arc<[Text]>,
 }
 
 #[derive(Default)]
 pub(crate) struct Registry {
-    pub workers: HashMap<Text, WorkerEntry>,
+    workers: HashMap<Text, WorkerEntry>,
+    /// How many registered workers run each kind.
+    kind_workers: HashMap<Text, u32>,
     /// Addresses being probed by the scan right now.
     pub probing: HashSet<SocketAddr>,
     /// Listeners that failed the handshake, skipped until the instant given.
     pub not_workers: HashMap<SocketAddr, Instant>,
+}
+
+impl Registry {
+    /// The registered workers.
+    pub fn workers(&self) -> &HashMap<Text, WorkerEntry> {
+        &self.workers
+    }
+
+    /// Registers `node`: the entry it replaces, and the kinds that no
+    /// registered worker runs any more (the old entry's, if the new lacks
+    /// them).
+    pub fn add_worker(
+        &mut self,
+        node: Text,
+        entry: WorkerEntry,
+    ) -> (Option<WorkerEntry>, Vec<Text>) {
+        for k in entry.kinds.iter() {
+            *self.kind_workers.entry(k.clone()).or_default() += 1;
+        }
+        let old = self.workers.insert(node, entry);
+        let gone = old
+            .as_ref()
+            .map(|o| self.forget_kinds(o))
+            .unwrap_or_default();
+        (old, gone)
+    }
+
+    /// Removes `node`'s entry if it is still `session`'s; returns the kinds
+    /// that no registered worker runs any more.
+    pub fn remove_worker(&mut self, node: &Text, session: u64) -> Vec<Text> {
+        match self.workers.get(node) {
+            Some(w) if w.session == session => {}
+            _ => return Vec::new(),
+        }
+        let Some(old) = self.workers.remove(node) else {
+            return Vec::new();
+        };
+        self.forget_kinds(&old)
+    }
+
+    fn forget_kinds(&mut self, old: &WorkerEntry) -> Vec<Text> {
+        let mut gone = Vec::new();
+        for k in old.kinds.iter() {
+            if let Some(n) = self.kind_workers.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.kind_workers.remove(k);
+                    gone.push(k.clone());
+                }
+            }
+        }
+        gone
+    }
+
+    /// Whether some registered worker runs `kind`.
+    pub fn runs(&self, kind: &Text) -> bool {
+        self.kind_workers.contains_key(kind)
+    }
 }
 
 /// Totals since start.
@@ -213,6 +276,8 @@ pub(crate) struct Shared {
     pub local_addr: SocketAddr,
     pub started: Instant,
     pub queue: PriorityQueue<Record>,
+    /// Queued tasks set aside for the workers that run their kind.
+    pub parked: parked::Parked<Route>,
     /// Woken when records enter the queue.
     pub work: Notify,
     pub next_id: AtomicU64,
@@ -471,6 +536,19 @@ impl Shared {
     }
 
     /// Queues a record (again); during shutdown reports it cancelled instead.
+    /// Parks `record` for the workers that run its kind, if one is
+    /// registered; otherwise gives it back. Under the registry's lock, so
+    /// that the last such worker cannot leave between the look and the
+    /// parking (its leaving takes its kinds' parked tasks back).
+    pub(crate) fn park_for_others(&self, record: Record) -> Result<(), Record> {
+        let r = self.registry();
+        if !r.runs(&record.spec.kind) {
+            return Err(record);
+        }
+        self.parked.park(record);
+        Ok(())
+    }
+
     pub(crate) fn enqueue(self: &Arc<Self>, record: Record, delay: Duration) {
         if self.shutdown.is_cancelled() {
             self.abandon(record, "master shut down before the task finished");
@@ -639,6 +717,7 @@ impl Master {
             local_addr,
             started: Instant::now(),
             queue,
+            parked: parked::Parked::default(),
             work: Notify::new(),
             next_id: AtomicU64::new(next_id),
             next_session: AtomicU64::new(1),
@@ -675,7 +754,7 @@ impl Master {
 
     /// Workers registered now.
     pub fn worker_count(&self) -> usize {
-        self.shared.registry().workers.len()
+        self.shared.registry().workers().len()
     }
 
     /// Stops intake, tells the workers, and waits until that is done. Each
@@ -689,6 +768,10 @@ impl Master {
         s.tracker.wait().await;
         let mut left = 0;
         while let Some((_, record)) = s.queue.pop() {
+            s.abandon(record, "master shut down before the task ran");
+            left += 1;
+        }
+        for record in s.parked.take_all() {
             s.abandon(record, "master shut down before the task ran");
             left += 1;
         }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::link::{Departure, LinkTiming, Outcome, WorkerLink};
+use super::parked::PARK_PER_ROUND_MAX;
 use super::{ClientOut, ClientRoute, LinkStats, Record, Route, Shared, WorkerEntry};
 use crate::metrics::{Histograms, Metric};
 use crate::net::preauth::Preauth;
@@ -497,7 +498,7 @@ pub(crate) fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
     let workers = {
         let reg = shared.registry();
         let mut v: Vec<WorkerInfo> = reg
-            .workers
+            .workers()
             .iter()
             .map(|(id, w)| WorkerInfo {
                 id: id.clone(),
@@ -516,15 +517,7 @@ pub(crate) fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
     let t = &shared.totals;
     StatusReport {
         workers,
-        queues: shared
-            .queue
-            .depths()
-            .into_iter()
-            .map(|(priority, depth)| QueueDepth {
-                priority,
-                depth: depth as u64,
-            })
-            .collect(),
+        queues: queue_depths(shared),
         submitted: t.submitted.load(Ordering::Relaxed),
         completed: t.completed.load(Ordering::Relaxed),
         failed: t.failed.load(Ordering::Relaxed),
@@ -599,7 +592,7 @@ pub(crate) async fn worker_session(
         return Registration::Refused;
     }
     let live_for = shared.cfg.heartbeat * LIVE_WORKER_HEARTBEATS;
-    let taken = shared.registry().workers.get(&node).and_then(|w| {
+    let taken = shared.registry().workers().get(&node).and_then(|w| {
         let now_ms = shared.millis(Instant::now());
         let silent = now_ms.saturating_sub(w.stats.last_heard_ms.load(Ordering::Relaxed));
         (u128::from(silent) < live_for.as_millis()).then_some((w.addr, silent))
@@ -635,13 +628,13 @@ pub(crate) async fn worker_session(
     stats
         .last_heard_ms
         .store(shared.millis(Instant::now()), Ordering::Relaxed);
+    let mut kinds = reg.kinds.clone();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let kinds: Arc<[Text]> = kinds.into();
     {
         let mut r = shared.registry();
-        if let Some(old) = r.workers.remove(&node) {
-            tracing::warn!(worker = %node, old = %old.addr, new = %addr, "worker reconnected; replacing its old session");
-            old.kick.cancel();
-        }
-        r.workers.insert(
+        let (old, gone) = r.add_worker(
             node.clone(),
             WorkerEntry {
                 addr,
@@ -651,8 +644,14 @@ pub(crate) async fn worker_session(
                 kick: kick.clone(),
                 stats: stats.clone(),
                 cancel: cancel.clone(),
+                kinds: kinds.clone(),
             },
         );
+        if let Some(old) = old {
+            tracing::warn!(worker = %node, old = %old.addr, new = %addr, "worker reconnected; replacing its old session");
+            old.kick.cancel();
+        }
+        unpark(&shared, &gone);
         if let Some(l) = listen {
             r.probing.remove(&l);
         }
@@ -686,7 +685,7 @@ pub(crate) async fn worker_session(
         let notified = shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Err(e) = dispatch(&shared, &mut link, &mut write, &stats).await {
+        if let Err(e) = dispatch(&shared, &mut link, &kinds, &mut write, &stats).await {
             break Departure::ConnectionClosed(format!("write failed: {e}"));
         }
         tokio::select! {
@@ -864,20 +863,55 @@ pub(crate) async fn worker_session(
     shared.deliver_all(finished.drain(..));
     {
         let mut r = shared.registry();
-        if r.workers
-            .get(&node)
-            .is_some_and(|w| w.session == session_id)
-        {
-            r.workers.remove(&node);
-        }
+        let gone = r.remove_worker(&node, session_id);
+        unpark(&shared, &gone);
     }
     Registration::Served
 }
 
-/// Fills the worker's credit from the queue, in one `run` frame.
+/// Tasks waiting per priority, highest first: queued and parked alike.
+fn queue_depths(shared: &Shared) -> Vec<QueueDepth> {
+    let mut depth: std::collections::BTreeMap<u8, usize> =
+        shared.queue.depths().into_iter().collect();
+    for (p, n) in shared.parked.depths() {
+        *depth.entry(p).or_default() += n;
+    }
+    depth
+        .into_iter()
+        .rev()
+        .map(|(priority, depth)| QueueDepth {
+            priority,
+            depth: depth as u64,
+        })
+        .collect()
+}
+
+/// The parked tasks of `kinds`, whose last worker has left, go back to the
+/// queue: handed to a worker without the kind, each ends failed with its
+/// reason after its retries, instead of waiting for a worker that may never
+/// come. Called under the registry's lock, so that no task of these kinds
+/// is parked meanwhile.
+fn unpark(shared: &Arc<Shared>, kinds: &[Text]) {
+    for kind in kinds {
+        let back = shared.parked.take_kind(kind);
+        if !back.is_empty() {
+            tracing::warn!(kind = %kind, tasks = back.len(), "no worker runs this kind any more; its waiting tasks go back to the queue");
+            for record in back {
+                shared.queue.push(record.spec.priority, record);
+            }
+            shared.work.notify_waiters();
+        }
+    }
+}
+
+/// Fills the worker's credit from the queue, in one `run` frame. Tasks of
+/// kinds the worker does not run (`kinds`, sorted) are parked for the
+/// workers that do, if any is registered; parked tasks of its kinds come
+/// before the queue's of the same or a lower priority.
 async fn dispatch(
     shared: &Shared,
     link: &mut WorkerLink<Route>,
+    kinds: &[Text],
     write: &mut Writer<ToWorker, FromWorker>,
     stats: &LinkStats,
 ) -> Result<(), ProtoError> {
@@ -891,14 +925,27 @@ async fn dispatch(
     let now = Instant::now();
     let mut tasks = Vec::new();
     let mut cancelled = Vec::new();
+    let runs = |kind: &Text| kinds.binary_search(kind).is_ok();
+    // The last kind seen to run here: a frame's tasks are mostly of one.
+    let mut runs_last: Option<Text> = None;
+    let mut parked = 0;
     {
         // The master runs on one thread: this lock is never contended; it is
         // taken once per frame, not per task.
         let mut hists = shared.hists();
         let mut bytes_left = link.byte_credit();
-        while tasks.len() < credit && bytes_left > 0 {
-            let Some((_, record)) = shared.queue.pop() else {
-                break;
+        while tasks.len() < credit && bytes_left > 0 && parked < PARK_PER_ROUND_MAX {
+            let waiting = if shared.parked.len() > 0 {
+                shared.parked.take(runs, shared.queue.top_priority())
+            } else {
+                None
+            };
+            let record = match waiting {
+                Some(record) => record,
+                None => match shared.queue.pop() {
+                    Some((_, record)) => record,
+                    None => break,
+                },
             };
             if record.id < shared.restored_below && shared.store().done.contains(record.id) {
                 // Restored, then finished by a result reported from before
@@ -914,6 +961,21 @@ async fn dispatch(
                 }
                 Err(record) => record,
             };
+            if runs_last.as_ref() != Some(&record.spec.kind) {
+                if runs(&record.spec.kind) {
+                    runs_last = Some(record.spec.kind.clone());
+                } else {
+                    match shared.park_for_others(record) {
+                        Ok(()) => {
+                            parked += 1;
+                            continue;
+                        }
+                        // No worker runs it: it goes here, to fail with this
+                        // worker's reason.
+                        Err(r) => record = r,
+                    }
+                }
+            }
             hists.record(
                 Metric::QueueWait,
                 now.saturating_duration_since(record.queued_at()),
@@ -936,6 +998,11 @@ async fn dispatch(
     }
     if !cancelled.is_empty() {
         shared.deliver_all(cancelled);
+    }
+    if parked > 0 {
+        // The workers that run them, and this session again if it stopped
+        // at the bound with more of the queue to look at.
+        shared.work.notify_waiters();
     }
     if tasks.is_empty() {
         return Ok(());

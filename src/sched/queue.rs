@@ -103,6 +103,23 @@ impl<T> PriorityQueue<T> {
         None
     }
 
+    /// The highest priority with an item waiting (a snapshot). A bit left
+    /// set by the pop that emptied its level is passed over, not cleared.
+    pub fn top_priority(&self) -> Option<u8> {
+        for w in (0..WORDS).rev() {
+            let mut bits = self.bitmap[w].load(Ordering::Acquire);
+            while bits != 0 {
+                let b = 63 - bits.leading_zeros() as usize;
+                let p = w * 64 + b;
+                if !self.levels[p].is_empty() {
+                    return Some(p as u8);
+                }
+                bits &= !(1 << b);
+            }
+        }
+        None
+    }
+
     /// Takes out every item `keep` refuses and leaves the others in their
     /// order: each level is popped through once and its kept items pushed
     /// back behind, which with no concurrent push restores the level as it
@@ -194,5 +211,19 @@ mod tests {
         q.push(130, ());
         assert_eq!(q.depths(), vec![(130, 1), (7, 3)]);
         assert_eq!(q.len(), 4);
+    }
+
+    #[test]
+    fn the_top_priority_is_the_highest_with_an_item() {
+        let q = PriorityQueue::new();
+        assert_eq!(q.top_priority(), None);
+        for p in [3, 64, 200, 0] {
+            q.push(p, ());
+        }
+        for expected in [200, 64, 3, 0] {
+            assert_eq!(q.top_priority(), Some(expected));
+            q.pop();
+        }
+        assert_eq!(q.top_priority(), None, "emptied levels are passed over");
     }
 }
