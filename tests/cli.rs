@@ -156,6 +156,18 @@ fn bad_arguments_get_clear_errors_not_panics() {
             "must be longer than --heartbeat",
         ),
         (&["master", "--bind", "0.0.0.0"], "without a shared secret"),
+        (
+            &["worker", "--heartbeat", "0s"],
+            "\"0s\" must be more than zero",
+        ),
+        (
+            &["master", "--scan-interval", "0ms"],
+            "must be more than zero",
+        ),
+        (
+            &["master", "--handshake-timeout", "0s"],
+            "must be more than zero",
+        ),
         (&["worker", "--slots", "0"], "0 is not in 1.."),
         (&["submit", "--count", "0", "--", "noop"], "0 is not in 1.."),
         (&["worker", "--id", " "], "must not be empty"),

@@ -335,6 +335,43 @@ async fn a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries(w
 
 both_wires!(a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries);
 
+/// One slot and four prefetched: the batch waits on the worker, and its
+/// slot takes the tasks in the order they came, as the queue gave them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_starts_waiting_attempts_in_the_order_they_came() {
+    let (_c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 1,
+            master_args: &["--prefetch", "4"],
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("order");
+    let script = format!("echo $RUNNER_TASK_ID >> {}; sleep 0.05", log.display());
+    let spec = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
+    for _ in 0..3 {
+        let _ = std::fs::remove_file(&log);
+        let ids: Vec<u64> = client
+            .submit_batch((0..5).map(|_| task("exec", &spec, 128, 0, 0)).collect())
+            .await
+            .unwrap()
+            .collect();
+        let results = collect(&mut client, 5, Duration::from_secs(10)).await;
+        assert!(results.values().all(|r| r.status == TaskStatus::Ok));
+        let order: Vec<u64> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(order, ids);
+    }
+}
+
 /// A cluster of a worker that allows `exec` ("execer", one slot) and one
 /// that does not ("plain", two slots), with a client that has seen both.
 async fn mixed_kinds_cluster(wire: Wire) -> (Cluster, runner::client::Client) {

@@ -416,6 +416,38 @@ fn an_attempt_far_past_its_timeout_is_cancelled_by_the_master() {
     assert_eq!(l.in_flight(), 0);
 }
 
+/// One slot, two prefetched: the second attempt waits on the worker behind a
+/// long first one, and its 500 ms timeout (with the master's 2 s grace here)
+/// counts from when it can start, not from its hand-out.
+#[test]
+fn a_prefetched_attempts_timeout_runs_from_when_a_slot_is_free_for_it() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut l = link(1, 2, t0);
+    l.assign(record(1, 0, 0, t0), t0);
+    l.assign(record(2, 0, 500, t0), t0);
+    // Ticks every 100 ms, as a worker heard at each.
+    let mut cancelled_at = None;
+    for ms in (100..=8_000).step_by(100) {
+        if ms == 4_500 {
+            assert!(matches!(
+                l.finish(done(1, 1, AttemptStatus::Ok), at(ms)),
+                Outcome::Finished { .. }
+            ));
+        }
+        l.heard(at(ms));
+        let t = l.tick(at(ms));
+        if let Some(c) = t.cancels.first() {
+            assert_eq!(c.task_id, 2);
+            cancelled_at = Some(ms);
+            break;
+        }
+    }
+    // Counted from hand-out it would end at 2.5 s; it starts at the tick
+    // after the first attempt's result (4.5 s) and ends 2.5 s later.
+    assert_eq!(cancelled_at, Some(7_000));
+}
+
 #[test]
 fn a_worker_that_hands_back_an_attempt_gets_no_more_and_its_goodbye_charges_nothing() {
     let t0 = Instant::now();

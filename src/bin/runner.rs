@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use runner::client::{Client, ClientOptions};
 use runner::master::{Master, MasterConfig};
-use runner::net::{parse_duration, PortRange};
+use runner::net::{parse_duration, parse_period, PortRange};
 use runner::proto::handshake::Secret;
 use runner::proto::{NewTask, Payload, TaskResult, TaskStatus, Text, Wire};
 use runner::worker::{Worker, WorkerConfig, WorkerExit};
@@ -145,13 +145,13 @@ struct MasterArgs {
     #[arg(long, value_delimiter = ',')]
     scan_hosts: Vec<String>,
     /// How often to scan.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = parse_period, default_value = "2s")]
     scan_interval: Duration,
     /// How often to ping each worker.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_period, default_value = "1s")]
     heartbeat: Duration,
     /// Drop a worker not heard from for this long, and re-run its tasks.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = parse_period, default_value = "3s")]
     worker_timeout: Duration,
     /// Tasks kept in flight on a worker beyond its slots (hides the network
     /// round trip for short tasks; 0 keeps priorities strict).
@@ -163,7 +163,7 @@ struct MasterArgs {
     /// Close a connection that has not completed the handshake (hello and
     /// proofs) within this long: a silent or trickling peer holds nothing
     /// for longer.
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = parse_period, default_value = "15s")]
     handshake_timeout: Duration,
     /// Serve Prometheus metrics (counters, gauges, latency histograms) at
     /// http://ADDR/metrics, e.g. 127.0.0.1:9464.
@@ -232,13 +232,13 @@ struct WorkerArgs {
     /// Close a connection that has not completed the handshake (hello and
     /// proofs) within this long: a silent or trickling peer holds nothing
     /// for longer.
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = parse_period, default_value = "15s")]
     handshake_timeout: Duration,
     /// Terminate after this long without hearing from a master.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = parse_period, default_value = "30s")]
     master_timeout: Duration,
     /// How often to ping the master.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_period, default_value = "1s")]
     heartbeat: Duration,
     /// Run `exec` tasks (programs given by clients). Off by default: only
     /// enable it in a cluster with a secret.

@@ -89,9 +89,19 @@ fn task_bytes<R>(record: &TaskRecord<R>) -> usize {
 struct InFlight<R> {
     record: TaskRecord<R>,
     sent_at: Instant,
+    /// Its place in the order of hand-outs to this worker, which starts
+    /// attempts in that order as its slots free up.
+    seq: u64,
     /// When the master stops waiting for this attempt, if it has a timeout:
-    /// the worker enforces the timeout itself; this is the backstop.
+    /// the worker enforces the timeout itself; this is the backstop. Unset
+    /// while the attempt waits on the worker behind `slots` earlier ones
+    /// (prefetched): its timeout has not begun.
     deadline: Option<Instant>,
+}
+
+/// How long after an attempt starts the master gives up on it.
+fn backstop(timeout_ms: u32, grace: Duration) -> Duration {
+    Duration::from_millis(u64::from(timeout_ms)) + grace
 }
 
 /// Timing of the heartbeat and the backstop for task timeouts.
@@ -171,6 +181,10 @@ pub struct WorkerLink<R> {
     pub failed: u64,
     /// It handed an attempt back: it is stopping, so it gets no more.
     draining: bool,
+    /// Hand-outs so far, numbering [`InFlight::seq`].
+    handed_out: u64,
+    /// Attempts with a timeout whose backstop has not started.
+    unstarted: usize,
 }
 
 impl<R> WorkerLink<R> {
@@ -202,6 +216,8 @@ impl<R> WorkerLink<R> {
             done: 0,
             failed: 0,
             draining: false,
+            handed_out: 0,
+            unstarted: 0,
         }
     }
 
@@ -290,19 +306,54 @@ impl<R> WorkerLink<R> {
             payload: record.spec.payload.clone(),
             timeout_ms: record.spec.timeout_ms,
         };
-        let deadline = (record.spec.timeout_ms > 0).then(|| {
-            now + Duration::from_millis(record.spec.timeout_ms as u64) + self.timing.timeout_grace
-        });
+        // Behind `slots` attempts already out, it waits on the worker: its
+        // backstop starts at the tick that finds it among the first.
+        let starts_now = self.in_flight.len() < self.slots as usize;
+        let deadline = (record.spec.timeout_ms > 0 && starts_now)
+            .then(|| now + backstop(record.spec.timeout_ms, self.timing.timeout_grace));
+        self.unstarted += usize::from(record.spec.timeout_ms > 0 && !starts_now);
         self.in_flight_bytes += task_bytes(&record);
+        self.handed_out += 1;
         self.in_flight.insert(
             record.id,
             InFlight {
                 record,
                 sent_at: now,
+                seq: self.handed_out,
                 deadline,
             },
         );
         a
+    }
+
+    /// Starts the backstop of each attempt with a timeout that is now among
+    /// the worker's first `slots` in hand-out order (those before it have
+    /// finished), at `now`: at most a heartbeat after it started.
+    fn start_backstops(&mut self, now: Instant) {
+        if self.unstarted == 0 {
+            return;
+        }
+        let mut seqs: Vec<u64> = self.in_flight.values().map(|f| f.seq).collect();
+        let slots = (self.slots as usize).min(seqs.len());
+        if slots == 0 {
+            self.unstarted = 0;
+            return;
+        }
+        let (_, last_running, _) = seqs.select_nth_unstable(slots - 1);
+        let last_running = *last_running;
+        let grace = self.timing.timeout_grace;
+        // Counted again here: attempts that finished or were taken back
+        // unstarted were never subtracted.
+        self.unstarted = 0;
+        for f in self.in_flight.values_mut() {
+            if f.deadline.is_none() && f.record.spec.timeout_ms > 0 {
+                if f.seq <= last_running {
+                    f.deadline = Some(now + backstop(f.record.spec.timeout_ms, grace));
+                } else {
+                    self.unstarted += 1;
+                }
+            }
+        }
     }
 
     /// The worker reported how an attempt ended.
@@ -455,6 +506,7 @@ impl<R> WorkerLink<R> {
             self.next_ping = now + self.timing.heartbeat;
             ping = Some(Ping { seq: self.ping_seq });
         }
+        self.start_backstops(now);
         let expired: Vec<u64> = self
             .in_flight
             .iter()

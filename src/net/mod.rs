@@ -71,6 +71,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 500ms, 3s or 1m"))
 }
 
+/// Parses a period or timeout that must be more than zero (a heartbeat, a
+/// scan interval, a deadline): zero would be a busy loop or an instant
+/// failure, never what was meant.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
 /// Why a listener could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {

@@ -267,9 +267,21 @@ impl<R> TaskRecord<R> {
     }
 
     /// The final result of a task stopped before it finished (shutdown, a
-    /// client's cancel) while no attempt was running.
-    pub fn cancelled(self, reason: Text) -> (TaskResult, R) {
-        self.cancelled_on(reason, Text::empty())
+    /// client's cancel) while no attempt was running: its `worker` is the
+    /// one that ran its last attempt, if any did (it may have been waiting
+    /// out a back-off).
+    pub fn cancelled(mut self, reason: Text) -> (TaskResult, R) {
+        let last = self
+            .errors
+            .last()
+            .map(|e| e.worker.clone())
+            .unwrap_or_default();
+        self.errors.push(AttemptError {
+            attempt: self.attempt,
+            worker: Text::empty(),
+            reason,
+        });
+        self.finish(TaskStatus::Cancelled, Payload::empty(), last)
     }
 
     /// The final result of a task stopped while its attempt ran on
@@ -330,6 +342,21 @@ mod tests {
         assert_eq!(result.attempts, 3);
         assert_eq!(result.errors.len(), 3);
         assert_eq!(result.status, TaskStatus::Failed);
+    }
+
+    #[test]
+    fn a_task_cancelled_between_attempts_names_the_worker_of_its_last() {
+        let p = RetryPolicy::default();
+        let mut r = record(2);
+        r.next_attempt();
+        r.fail("w1".into(), "boom".into(), &p);
+        let (result, ()) = r.cancelled("not needed".into());
+        assert_eq!(result.status, TaskStatus::Cancelled);
+        assert_eq!(result.worker, "w1");
+        assert_eq!(result.errors.len(), 2);
+        assert_eq!(result.errors[1].worker, "", "the cancel ran on no worker");
+        let (never_ran, ()) = record(2).cancelled("not needed".into());
+        assert_eq!(never_ran.worker, "");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -167,6 +167,9 @@ pub enum WorkerError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// A configured period or timeout that must be more than zero is zero.
+    #[error("worker {0} must be more than zero")]
+    ZeroPeriod(&'static str),
 }
 
 /// A started worker.
@@ -217,6 +220,15 @@ impl Worker {
 
     /// Binds its port and starts serving in the background.
     pub async fn start(self) -> Result<WorkerHandle, WorkerError> {
+        for (name, d) in [
+            ("heartbeat", self.cfg.heartbeat),
+            ("master_timeout", self.cfg.master_timeout),
+            ("handshake_timeout", self.cfg.handshake_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(WorkerError::ZeroPeriod(name));
+            }
+        }
         reaper::supervise();
         let listener = net::bind_first_free(self.cfg.bind, self.cfg.ports).await?;
         let addr = listener.local_addr()?;
@@ -458,6 +470,10 @@ struct SessionEnd {
 /// them.
 struct Runs {
     slots: Arc<Semaphore>,
+    /// Told once the last spawned attempt has queued for a slot: the next
+    /// queues behind it, so attempts take slots in the order they came
+    /// (the semaphore is fair, but spawned tasks first run in any order).
+    queued_last: Option<oneshot::Receiver<()>>,
     running: HashMap<(u64, u32), AbortHandle>,
     done: Vec<AttemptResult>,
     results_tx: mpsc::UnboundedSender<AttemptResult>,
@@ -469,6 +485,7 @@ impl Runs {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         Runs {
             slots: Arc::new(Semaphore::new(slots as usize)),
+            queued_last: None,
             running: HashMap::new(),
             done: Vec::new(),
             results_tx,
@@ -606,8 +623,23 @@ impl Session {
                 let (slots, tx) = (self.runs.slots.clone(), self.runs.results_tx.clone());
                 let timeout =
                     (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64));
+                let after = self.runs.queued_last.take();
+                let (queued, queued_rx) = oneshot::channel();
+                self.runs.queued_last = Some(queued_rx);
                 let attempt_run = async move {
-                    let Ok(_permit) = slots.acquire_owned().await else {
+                    // The one before it queued first (or is gone).
+                    if let Some(after) = after {
+                        let _ = after.await;
+                    }
+                    let acquire = slots.acquire_owned();
+                    tokio::pin!(acquire);
+                    let ready = futures::poll!(acquire.as_mut());
+                    let _ = queued.send(());
+                    let permit = match ready {
+                        std::task::Poll::Ready(p) => p,
+                        std::task::Poll::Pending => acquire.await,
+                    };
+                    let Ok(_permit) = permit else {
                         return;
                     };
                     let fut = f(input);
