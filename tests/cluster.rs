@@ -335,6 +335,61 @@ async fn a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries(w
 
 both_wires!(a_task_whose_input_its_kind_cannot_read_fails_at_once_without_retries);
 
+/// A lost worker's task runs again before the tasks submitted after it,
+/// not behind the whole backlog of its priority.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_workers_task_runs_again_ahead_of_the_backlog_submitted_after_it() {
+    let (mut c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 2,
+            slots: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let first = client
+        .submit(task("sleep", "1000", 128, 1, 0))
+        .await
+        .unwrap();
+    let s = c
+        .wait_status(
+            &client,
+            Duration::from_secs(10),
+            "the first task out",
+            |s| s.workers.iter().any(|w| w.in_flight > 0),
+        )
+        .await;
+    let holder = s.workers.iter().find(|w| w.in_flight > 0).unwrap();
+    let holder = holder.id.as_str().to_string();
+    let backlog: Vec<u64> = client
+        .submit_batch((0..30).map(|_| task("sleep", "100", 128, 0, 0)).collect())
+        .await
+        .unwrap()
+        .collect();
+    c.worker(&holder).signal(libc::SIGKILL);
+    let mut before = 0;
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = tokio::time::timeout_at(end, client.next_result())
+            .await
+            .expect("the first task's result in time")
+            .expect("connection open");
+        if r.id == first {
+            assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+            break;
+        }
+        assert!(backlog.contains(&r.id));
+        before += 1;
+    }
+    // The other worker was running one of the backlog when the first came
+    // back, and may have finished one more before it; never all thirty.
+    assert!(
+        before <= 4,
+        "{before} of the backlog ran before the lost task"
+    );
+}
+
 /// One slot and four prefetched: the batch waits on the worker, and its
 /// slot takes the tasks in the order they came, as the queue gave them.
 #[tokio::test(flavor = "multi_thread")]

@@ -72,3 +72,26 @@ fn a_higher_priority_pushed_before_a_pop_is_seen_by_it() {
         assert_eq!(q.pop(), None);
     });
 }
+
+#[test]
+fn an_item_pushed_again_racing_a_pop_of_its_level_is_never_stranded() {
+    loom::model(|| {
+        let q = Arc::new(PriorityQueue::new());
+        q.push(9, 1);
+        let pusher = {
+            let q = q.clone();
+            thread::spawn(move || q.push_again(9, 2))
+        };
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            if let Some((_, v)) = q.pop() {
+                got.push(v);
+            }
+        }
+        pusher.join().unwrap();
+        drain(&q, &mut got);
+        got.sort();
+        assert_eq!(got, [1, 2]);
+        assert!(q.is_empty());
+    });
+}

@@ -565,7 +565,8 @@ impl Shared {
                 Err(record) => record,
             };
             record.set_queued_at(Instant::now());
-            self.queue.push(record.spec.priority, record);
+            // Ahead of the tasks submitted since it was first queued.
+            self.queue.push_again(record.spec.priority, record);
             self.work.notify_waiters();
             return;
         }

@@ -897,7 +897,7 @@ fn unpark(shared: &Arc<Shared>, kinds: &[Text]) {
         if !back.is_empty() {
             tracing::warn!(kind = %kind, tasks = back.len(), "no worker runs this kind any more; its waiting tasks go back to the queue");
             for record in back {
-                shared.queue.push(record.spec.priority, record);
+                shared.queue.push_again(record.spec.priority, record);
             }
             shared.work.notify_waiters();
         }

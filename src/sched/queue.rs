@@ -14,6 +14,11 @@
 //! in the level, every item is either seen by that second look or followed by
 //! its pusher's own bit-set: no item is ever stranded behind a clear bit. The
 //! loom model in `tests/loom_scheduler.rs` checks exactly this.
+//!
+//! Each level has a second lane for items that come back ([`PriorityQueue::push_again`]:
+//! a retry, the attempts of a lost worker), popped before the level's new
+//! items: a task that was already handed out does not wait again behind
+//! everything submitted since. A level's bit stands for both lanes.
 
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -44,12 +49,17 @@ impl<T> Level<T> {
     fn is_empty(&self) -> bool {
         self.0.lock().unwrap().is_empty()
     }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
 }
 
 /// A multi-producer, multi-consumer priority queue: higher priority first,
 /// FIFO within a priority.
 pub struct PriorityQueue<T> {
     levels: Box<[Level<T>]>,
+    /// Per level, items pushed again, popped first.
+    again: Box<[Level<T>]>,
     bitmap: [AtomicU64; WORDS],
     depth: Box<[AtomicUsize]>,
 }
@@ -65,6 +75,7 @@ impl<T> PriorityQueue<T> {
     pub fn new() -> Self {
         PriorityQueue {
             levels: (0..LEVELS).map(|_| Level::new()).collect(),
+            again: (0..LEVELS).map(|_| Level::new()).collect(),
             bitmap: std::array::from_fn(|_| AtomicU64::new(0)),
             depth: (0..LEVELS).map(|_| AtomicUsize::new(0)).collect(),
         }
@@ -72,11 +83,30 @@ impl<T> PriorityQueue<T> {
 
     /// Appends `item` at `priority`.
     pub fn push(&self, priority: u8, item: T) {
+        self.push_to(&self.levels, priority, item);
+    }
+
+    /// Appends `item` at `priority` ahead of the items pushed with
+    /// [`PriorityQueue::push`] (behind others pushed again): for an item
+    /// that was taken out before and comes back.
+    pub fn push_again(&self, priority: u8, item: T) {
+        self.push_to(&self.again, priority, item);
+    }
+
+    fn push_to(&self, lanes: &[Level<T>], priority: u8, item: T) {
         let p = priority as usize;
         self.depth[p].fetch_add(1, Ordering::Relaxed);
-        self.levels[p].push(item);
+        lanes[p].push(item);
         // Release: a popper that sees the bit also sees the item.
         self.bitmap[p / 64].fetch_or(1 << (p % 64), Ordering::Release);
+    }
+
+    fn pop_level(&self, p: usize) -> Option<T> {
+        self.again[p].pop().or_else(|| self.levels[p].pop())
+    }
+
+    fn level_is_empty(&self, p: usize) -> bool {
+        self.again[p].is_empty() && self.levels[p].is_empty()
     }
 
     /// Removes the oldest item of the highest non-empty priority.
@@ -86,14 +116,14 @@ impl<T> PriorityQueue<T> {
             while bits != 0 {
                 let b = 63 - bits.leading_zeros() as usize;
                 let p = w * 64 + b;
-                if let Some(item) = self.levels[p].pop() {
+                if let Some(item) = self.pop_level(p) {
                     self.depth[p].fetch_sub(1, Ordering::Relaxed);
                     return Some((p as u8, item));
                 }
                 // The level looked empty: clear its bit, then look again, in
                 // case a push slipped in before the clear (see module doc).
                 self.bitmap[w].fetch_and(!(1 << b), Ordering::AcqRel);
-                if !self.levels[p].is_empty() {
+                if !self.level_is_empty(p) {
                     self.bitmap[w].fetch_or(1 << b, Ordering::Release);
                     continue;
                 }
@@ -111,7 +141,7 @@ impl<T> PriorityQueue<T> {
             while bits != 0 {
                 let b = 63 - bits.leading_zeros() as usize;
                 let p = w * 64 + b;
-                if !self.levels[p].is_empty() {
+                if !self.level_is_empty(p) {
                     return Some(p as u8);
                 }
                 bits &= !(1 << b);
@@ -129,15 +159,17 @@ impl<T> PriorityQueue<T> {
     pub fn sweep(&self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
         let mut out = Vec::new();
         for p in 0..LEVELS {
-            for _ in 0..self.depth[p].load(Ordering::Relaxed) {
-                let Some(item) = self.levels[p].pop() else {
-                    break;
-                };
-                if keep(&item) {
-                    self.levels[p].push(item);
-                } else {
-                    self.depth[p].fetch_sub(1, Ordering::Relaxed);
-                    out.push(item);
+            for lane in [&self.again[p], &self.levels[p]] {
+                for _ in 0..lane.len() {
+                    let Some(item) = lane.pop() else {
+                        break;
+                    };
+                    if keep(&item) {
+                        lane.push(item);
+                    } else {
+                        self.depth[p].fetch_sub(1, Ordering::Relaxed);
+                        out.push(item);
+                    }
                 }
             }
         }
@@ -211,6 +243,22 @@ mod tests {
         q.push(130, ());
         assert_eq!(q.depths(), vec![(130, 1), (7, 3)]);
         assert_eq!(q.len(), 4);
+    }
+
+    #[test]
+    fn items_pushed_again_come_before_new_ones_of_their_priority() {
+        let q = PriorityQueue::new();
+        q.push(5, "new-1");
+        q.push(5, "new-2");
+        q.push_again(5, "again-1");
+        q.push(9, "higher");
+        q.push_again(5, "again-2");
+        assert_eq!(q.depths(), vec![(9, 1), (5, 4)]);
+        assert_eq!(q.sweep(|i| *i != "new-2"), ["new-2"]);
+        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, v)| v)).collect();
+        assert_eq!(order, ["higher", "again-1", "again-2", "new-1"]);
+        assert!(q.is_empty());
+        assert_eq!(q.top_priority(), None);
     }
 
     #[test]
