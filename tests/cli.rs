@@ -161,6 +161,14 @@ fn bad_arguments_get_clear_errors_not_panics() {
             "\"0s\" must be more than zero",
         ),
         (
+            &["submit", "--priority", "-1", "--", "noop"],
+            "-1 is not in 0..=255",
+        ),
+        (
+            &["submit", "--timeout", "-1s", "--", "noop"],
+            "\"-1s\" is not a duration",
+        ),
+        (
             &["master", "--scan-interval", "0ms"],
             "must be more than zero",
         ),

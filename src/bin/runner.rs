@@ -258,19 +258,23 @@ struct SubmitArgs {
     /// The master (HOST:PORT); default: found on this machine.
     #[arg(long)]
     master: Option<String>,
+    // Numbers and durations take values that start with '-' (and refuse
+    // them with the range), instead of clap's "unexpected argument '-1'".
     /// 0-255, higher runs first.
-    #[arg(long, default_value_t = runner::proto::PRIORITY_DEFAULT)]
+    #[arg(long, default_value_t = runner::proto::PRIORITY_DEFAULT, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u8).range(0..=255))]
     priority: u8,
     /// Retries after a failed attempt (0-100).
-    #[arg(long, default_value_t = runner::proto::RETRIES_DEFAULT,
+    #[arg(long, default_value_t = runner::proto::RETRIES_DEFAULT, allow_hyphen_values = true,
           value_parser = clap::value_parser!(u8).range(0..=i64::from(runner::limits::RETRIES_MAX)))]
     retries: u8,
     /// Kill an attempt after this long (e.g. 500ms, 3s, 1m; whole
     /// milliseconds, rounded up); none by default.
-    #[arg(long, value_parser = parse_task_timeout, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_task_timeout, value_name = "DURATION", allow_hyphen_values = true)]
     timeout: Option<u32>,
     /// Submit this many copies.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
     /// Print each result as one JSON object per line.
     #[arg(long)]
