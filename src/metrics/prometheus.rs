@@ -72,7 +72,7 @@ pub fn render(s: &StatusReport, hists: &Histograms) -> String {
         ),
         (
             "runner_attempts_retried_total",
-            "Attempts that failed and were queued again.",
+            "Attempts queued again: failed with retries left, on a lost worker, or handed back.",
             s.retried,
         ),
     ] {
