@@ -156,3 +156,38 @@ async fn spawned_kinds_run_in_parallel_on_the_runtime_given_to_tasks_on() {
     master.shutdown().await;
     tasks_rt.shutdown_background();
 }
+
+/// Without a journal a master keeps a bounded number of results for
+/// clients that are not there: a detached batch whose results would not
+/// all fit is refused `busy` up front, not dropped when it finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
+    let master = Master::start(MasterConfig {
+        ports: PortRange {
+            first: 23080,
+            last: 23080,
+        },
+        scan: Vec::new(),
+        unclaimed_results_max: 10,
+        ..MasterConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::connect(master.local_addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    let fits = client
+        .submit_batch_detached((0..10).map(|_| task("noop", "")).collect())
+        .await
+        .unwrap();
+    assert_eq!(fits.end - fits.start, 10);
+    match client.submit_batch_detached(vec![task("noop", "")]).await {
+        Err(runner::client::ClientError::Refused(e)) => {
+            assert_eq!(e.code, runner::proto::ErrorCode::BUSY);
+            assert!(e.message.contains("at most 10"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    client.close();
+    master.shutdown().await;
+}

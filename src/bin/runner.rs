@@ -811,7 +811,7 @@ fn print_result(r: &TaskResult, json: bool) {
             let what = match status {
                 TaskStatus::Failed => "FAILED",
                 TaskStatus::Unknown =>
-                    "UNKNOWN (the master has no record of it: never accepted, its result already collected, or the master restarted without a journal)",
+                    "UNKNOWN (the master has no record of it: never accepted, its result already collected, the master restarted without a journal, or, without a journal, its client left while a million other results waited to be fetched; the master's log says when it drops results)",
                 _ => "CANCELLED",
             };
             match r.attempts {

@@ -88,6 +88,15 @@ pub struct MasterConfig {
     pub metrics: Option<SocketAddr>,
     /// Journal accepted tasks and results here, and resume from it.
     pub journal: Option<JournalConfig>,
+    /// Without a journal, most results kept for clients that are not
+    /// there to take them (detached submissions, clients that left):
+    /// detached batches past it are refused `busy`; results past it are
+    /// dropped, and the log says so.
+    pub unclaimed_results_max: usize,
+    /// How long tasks of a kind keep waiting for a worker that runs it
+    /// after the last such worker left (one restarting, or found again by
+    /// the next scan), before they go to the others and fail there.
+    pub kind_grace: Duration,
 }
 
 impl Default for MasterConfig {
@@ -114,9 +123,15 @@ impl Default for MasterConfig {
             node: String::new(),
             metrics: None,
             journal: None,
+            unclaimed_results_max: UNCLAIMED_RESULTS_MAX,
+            kind_grace: KIND_GRACE_DEFAULT,
         }
     }
 }
+
+/// Default of [`MasterConfig::kind_grace`]: a worker's restart, and a scan
+/// or two to find it.
+pub const KIND_GRACE_DEFAULT: Duration = Duration::from_secs(30);
 
 /// What goes to a client's writer: messages in order, results batched.
 #[derive(Debug)]
@@ -132,6 +147,14 @@ impl ClientOut {
         match self {
             ClientOut::Msg(_) => 0,
             ClientOut::Results(r, _) => r.len(),
+        }
+    }
+
+    /// The bytes its results weigh in the client's queue.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            ClientOut::Msg(_) => 0,
+            ClientOut::Results(_, w) => *w,
         }
     }
 }
@@ -312,11 +335,34 @@ pub(crate) struct Shared {
     pub ids_from: u64,
     /// Tasks being cancelled, and attempts to stop: see `cancel.rs`.
     pub cancel: cancel::CancelState,
+    /// Results dropped because too many waited unclaimed, and when that
+    /// was last logged (ms since start): the log says so once a second.
+    pub unclaimed_dropped: AtomicU64,
+    pub unclaimed_logged_ms: AtomicU64,
+    /// Detached tasks not finished yet, whose results will need keeping.
+    pub detached_pending: AtomicU64,
 }
 
-/// Most results kept for clients that went away, without a journal (with
-/// one, every result is kept until acknowledged, on disk as well).
-pub(crate) const UNCLAIMED_RESULTS_MAX: usize = 1_000_000;
+/// Default of [`MasterConfig::unclaimed_results_max`]: most results kept
+/// for clients that went away, without a journal (with one, every result
+/// is kept until acknowledged, on disk as well).
+pub const UNCLAIMED_RESULTS_MAX: usize = 1_000_000;
+
+/// Results dropped in one turn, for one log line.
+#[derive(Default)]
+struct Dropped {
+    count: u64,
+    first: u64,
+}
+
+impl Dropped {
+    fn note(&mut self, id: u64) {
+        if self.count == 0 {
+            self.first = id;
+        }
+        self.count += 1;
+    }
+}
 
 /// With a journal, new batches are refused (`busy`) while this many results
 /// wait for an acknowledgement: clients that never acknowledge slow
@@ -369,6 +415,7 @@ impl Shared {
         let mut delivered = 0;
         let mut reports = Vec::new();
         let mut orphaned = false;
+        let mut dropped = Dropped::default();
         {
             let mut st = self.store();
             for (mut result, reply) in finished {
@@ -413,14 +460,21 @@ impl Shared {
                     st.watchers.remove(&id).unwrap_or_default()
                 };
                 watchers.retain(|t| !t.tx.is_closed() && !Arc::ptr_eq(t, &reply));
+                if Arc::ptr_eq(&reply, &self.detached) {
+                    let _ = self.detached_pending.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    );
+                }
                 let to_reply = !reply.tx.is_closed();
                 if self.journal.is_some() {
                     st.kept.insert(id, result.clone());
                 } else if watchers.is_empty() && !to_reply {
-                    if st.kept.len() < UNCLAIMED_RESULTS_MAX {
+                    if st.kept.len() < self.cfg.unclaimed_results_max {
                         st.kept.insert(id, result.clone());
                     } else {
-                        tracing::warn!(task = id, "client gone and {UNCLAIMED_RESULTS_MAX} results already unclaimed; result dropped");
+                        dropped.note(id);
                     }
                 }
                 match result.status {
@@ -437,6 +491,7 @@ impl Shared {
                 }
             }
         }
+        self.log_dropped(dropped);
         for (route, results) in out.0 {
             self.send_results(results, &route);
         }
@@ -514,13 +569,44 @@ impl Shared {
         if self.journal.is_some() || results.is_empty() {
             return;
         }
-        let mut st = self.store();
-        for r in results {
-            if st.kept.len() < UNCLAIMED_RESULTS_MAX {
-                st.kept.insert(r.id, r);
-            } else {
-                tracing::warn!(task = r.id, "client gone and {UNCLAIMED_RESULTS_MAX} results already unclaimed; result dropped");
+        let mut dropped = Dropped::default();
+        {
+            let mut st = self.store();
+            for r in results {
+                if st.kept.len() < self.cfg.unclaimed_results_max {
+                    st.kept.insert(r.id, r);
+                } else {
+                    dropped.note(r.id);
+                }
             }
+        }
+        self.log_dropped(dropped);
+    }
+
+    /// Logs results dropped for want of room: one line a second at most,
+    /// with the count so far, rather than one per result.
+    fn log_dropped(&self, dropped: Dropped) {
+        if dropped.count == 0 {
+            return;
+        }
+        let total = self
+            .unclaimed_dropped
+            .fetch_add(dropped.count, Ordering::Relaxed)
+            + dropped.count;
+        let now = self.millis(Instant::now()).max(1);
+        let last = self.unclaimed_logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + 1000)
+            && self
+                .unclaimed_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                first_task = dropped.first,
+                dropped_since_start = total,
+                "results whose client is gone dropped: {} already wait to be fetched, the most kept without a journal",
+                self.cfg.unclaimed_results_max
+            );
         }
     }
 
@@ -735,6 +821,9 @@ impl Master {
             detached,
             ids_from: if journaled { 1 } else { next_id },
             cancel: cancel::CancelState::new(restored_out),
+            unclaimed_dropped: AtomicU64::new(0),
+            unclaimed_logged_ms: AtomicU64::new(0),
+            detached_pending: AtomicU64::new(0),
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared

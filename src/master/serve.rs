@@ -244,6 +244,22 @@ fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient
             )));
             return;
         }
+    } else if Arc::ptr_eq(route, &shared.detached) {
+        // Their results could not all be kept: refused now rather than
+        // dropped when they finish.
+        let waiting =
+            shared.store().kept.len() + shared.detached_pending.load(Ordering::Relaxed) as usize;
+        let max = shared.cfg.unclaimed_results_max;
+        if waiting + s.tasks.len() > max {
+            say(ToClient::Error(ErrorMsg::new(
+                ErrorCode::BUSY,
+                format!("{waiting} results wait to be fetched or will, and this master keeps at most {max} without a journal; fetch them (runner results) or start the master with --journal"),
+            )));
+            return;
+        }
+        shared
+            .detached_pending
+            .fetch_add(s.tasks.len() as u64, Ordering::Relaxed);
     }
     let n = s.tasks.len() as u64;
     let first_id = shared.next_id.fetch_add(n, Ordering::Relaxed);
@@ -341,8 +357,12 @@ async fn client_writer(
         } else {
             tokio::select! {
                 biased;
-                // A client that does not read is dropped, not waited for.
-                _ = too_slow.cancelled() => return,
+                // A client that does not read is dropped, not waited for;
+                // what it was not sent is kept for a fetch.
+                _ = too_slow.cancelled() => {
+                    client_gone(&mut write, rx, &shared).await;
+                    return;
+                }
                 _ = gone.cancelled() => {
                     client_gone(&mut write, rx, &shared).await;
                     return;
@@ -365,13 +385,17 @@ async fn client_writer(
         if first.results() == 0 && !closing {
             tokio::task::yield_now().await;
         }
-        // Take what else is queued, up to about a frame's worth of results.
+        // Take what else is queued, up to about a frame's worth of results
+        // and of bytes: what is taken counts as queued until written, so a
+        // turn that took more would count results the client already has.
         let mut taken = first.results();
+        let mut taken_bytes = first.weight();
         items.push(first);
-        while taken < crate::limits::BATCH_TASKS_MAX {
+        while taken < crate::limits::BATCH_TASKS_MAX && taken_bytes < WRITE_TURN_BYTES_MAX {
             match rx.try_recv() {
                 Ok(item) => {
                     taken += item.results().max(1);
+                    taken_bytes += item.weight();
                     items.push(item);
                 }
                 Err(_) => break,
@@ -405,7 +429,9 @@ async fn client_writer(
         outbox.wrote.set(Instant::now());
         // What was taken stays counted as queued until it is written.
         let mut taken_weight = 0;
-        for item in items.drain(..) {
+        let mut broken = false;
+        let mut pending = items.drain(..);
+        for item in pending.by_ref() {
             match item {
                 ClientOut::Results(r, weight) => {
                     taken_weight += weight;
@@ -419,16 +445,28 @@ async fn client_writer(
                     if !flush_results(&mut write, &mut results, &outbox.wrote).await
                         || write.feed(m).await.is_err()
                     {
-                        return;
+                        broken = true;
+                        break;
                     }
                 }
             }
         }
-        if !flush_results(&mut write, &mut results, &outbox.wrote).await
+        if broken
+            || !flush_results(&mut write, &mut results, &outbox.wrote).await
             || write.flush().await.is_err()
         {
+            // The connection broke: the results not yet handed to it are
+            // kept for a fetch, as are those still queued.
+            shared.keep_unsent(std::mem::take(&mut results));
+            for item in pending {
+                if let ClientOut::Results(r, _) = item {
+                    shared.keep_unsent(r);
+                }
+            }
+            client_gone(&mut write, rx, &shared).await;
             return;
         }
+        drop(pending);
         outbox.wrote.set(Instant::now());
         outbox
             .queued_bytes
@@ -472,19 +510,28 @@ async fn client_gone(
 /// messages.
 const GONE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most result bytes a client's writer takes from its queue in one turn.
+const WRITE_TURN_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Writes `results` in frames within the protocol's limits. False if the
+/// connection broke; `results` then holds those not handed to it (the
+/// frame being written when it broke is lost with the connection's
+/// buffers, as are frames written before it and not yet read).
 async fn flush_results(
     write: &mut Writer<ToClient, FromClient>,
     results: &mut Vec<TaskResult>,
     wrote: &crate::instant::AtomicInstant,
 ) -> bool {
-    // Within the protocol's limits per frame; each frame taken by the
-    // connection is progress (a large result set takes a while).
-    for batch in crate::proto::batches(std::mem::take(results)) {
+    // Each frame taken by the connection is progress (a large result set
+    // takes a while).
+    let mut batches = crate::proto::batches(std::mem::take(results)).into_iter();
+    for batch in batches.by_ref() {
         if write
             .feed(ToClient::Results(Results { results: batch }))
             .await
             .is_err()
         {
+            results.extend(batches.flatten());
             return false;
         }
         wrote.set(Instant::now());
