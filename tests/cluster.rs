@@ -429,12 +429,14 @@ async fn a_worker_starts_waiting_attempts_in_the_order_they_came() {
 
 /// A cluster of a worker that allows `exec` ("execer", one slot) and one
 /// that does not ("plain", two slots), with a client that has seen both.
+/// Tasks wait 2 s for a kind's worker once its last has left.
 async fn mixed_kinds_cluster(wire: Wire) -> (Cluster, runner::client::Client) {
     let mut c = Cluster::start(
         PORT_BASE,
         Opts {
             workers: 0,
             wire,
+            master_args: &["--kind-grace", "2s"],
             ..Opts::default()
         },
     );
@@ -498,17 +500,41 @@ async fn park_three_exec_tasks(c: &Cluster, client: &runner::client::Client) -> 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tasks_waiting_for_their_kinds_last_worker_fail_with_the_reason_once_it_is_gone() {
+async fn tasks_waiting_for_their_kinds_last_worker_fail_with_the_reason_after_the_grace() {
     let (mut c, mut client) = mixed_kinds_cluster(Wire::Bincode).await;
     let (long, waiting) = park_three_exec_tasks(&c, &client).await;
     c.worker("execer").signal(libc::SIGKILL);
-    let results = collect(&mut client, 4, Duration::from_secs(15)).await;
-    assert_eq!(results[&long].status, TaskStatus::Failed);
+    let killed = std::time::Instant::now();
+    let lost = collect(&mut client, 1, Duration::from_secs(10)).await;
+    assert_eq!(lost[&long].status, TaskStatus::Failed, "no retries");
+    let results = collect(&mut client, 3, Duration::from_secs(15)).await;
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1500),
+        "they waited out the 2 s grace"
+    );
     for id in waiting {
         let r = &results[&id];
         assert_eq!(r.status, TaskStatus::Failed, "{r:?}");
         assert_eq!(r.worker.as_str(), "plain", "{r:?}");
         assert!(r.errors[0].reason.contains("--allow-exec"), "{r:?}");
+    }
+}
+
+/// The only `exec` worker is killed with tasks waiting for it; a new one
+/// comes within the grace and runs them: none is spent on "plain".
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_waiting_for_their_kind_run_on_a_worker_of_it_that_comes_within_the_grace() {
+    let (mut c, mut client) = mixed_kinds_cluster(Wire::Bincode).await;
+    let (long, waiting) = park_three_exec_tasks(&c, &client).await;
+    c.worker("execer").signal(libc::SIGKILL);
+    let lost = collect(&mut client, 1, Duration::from_secs(10)).await;
+    assert_eq!(lost[&long].status, TaskStatus::Failed, "no retries");
+    c.add_worker("execer-2", 1, &["--allow-exec"]);
+    let results = collect(&mut client, 3, Duration::from_secs(10)).await;
+    for id in waiting {
+        let r = &results[&id];
+        assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+        assert_eq!(r.worker.as_str(), "execer-2", "{r:?}");
     }
 }
 

@@ -157,6 +157,11 @@ struct MasterArgs {
     /// round trip for short tasks; 0 keeps priorities strict).
     #[arg(long, default_value_t = 0)]
     prefetch: u32,
+    /// When the last worker that runs a kind (say, the only one with
+    /// --allow-exec) leaves, its tasks wait this long for another before
+    /// they go to the other workers and fail there.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    kind_grace: Duration,
     /// Allow a non-loopback --bind without a secret.
     #[arg(long)]
     insecure: bool,
@@ -655,6 +660,7 @@ async fn master(a: MasterArgs) -> Result<ExitCode, Failure> {
         scan_interval: a.scan_interval,
         heartbeat: a.heartbeat,
         worker_timeout: a.worker_timeout,
+        kind_grace: a.kind_grace,
         prefetch: a.prefetch,
         secret,
         wire: a.common.wire.into(),

@@ -219,6 +219,9 @@ pub(crate) struct Registry {
     workers: HashMap<Text, WorkerEntry>,
     /// How many registered workers run each kind.
     kind_workers: HashMap<Text, u32>,
+    /// Kinds whose last worker left, and when: their tasks keep waiting
+    /// for [`MasterConfig::kind_grace`].
+    kinds_gone: HashMap<Text, Instant>,
     /// Addresses being probed by the scan right now.
     pub probing: HashSet<SocketAddr>,
     /// Listeners that failed the handshake, skipped until the instant given.
@@ -241,6 +244,7 @@ impl Registry {
     ) -> (Option<WorkerEntry>, Vec<Text>) {
         for k in entry.kinds.iter() {
             *self.kind_workers.entry(k.clone()).or_default() += 1;
+            self.kinds_gone.remove(k);
         }
         let old = self.workers.insert(node, entry);
         let gone = old
@@ -277,9 +281,31 @@ impl Registry {
         gone
     }
 
-    /// Whether some registered worker runs `kind`.
-    pub fn runs(&self, kind: &Text) -> bool {
+    /// Whether some registered worker runs `kind`, or did less than
+    /// `grace` before `now`.
+    pub fn runs(&self, kind: &Text, now: Instant, grace: Duration) -> bool {
         self.kind_workers.contains_key(kind)
+            || self
+                .kinds_gone
+                .get(kind)
+                .is_some_and(|at| now.saturating_duration_since(*at) < grace)
+    }
+
+    /// Notes that the last worker of each of `kinds` left at `at`.
+    pub fn kinds_left(&mut self, kinds: &[Text], at: Instant) {
+        for k in kinds {
+            self.kinds_gone.insert(k.clone(), at);
+        }
+    }
+
+    /// Whether `kind` is still without a worker since its last left at
+    /// `at` (none has registered it since): then its waiting tasks give up.
+    pub fn still_gone(&mut self, kind: &Text, at: Instant) -> bool {
+        if self.kinds_gone.get(kind) == Some(&at) && !self.kind_workers.contains_key(kind) {
+            self.kinds_gone.remove(kind);
+            return true;
+        }
+        false
     }
 }
 
@@ -628,7 +654,7 @@ impl Shared {
     /// parking (its leaving takes its kinds' parked tasks back).
     pub(crate) fn park_for_others(&self, record: Record) -> Result<(), Record> {
         let r = self.registry();
-        if !r.runs(&record.spec.kind) {
+        if !r.runs(&record.spec.kind, Instant::now(), self.cfg.kind_grace) {
             return Err(record);
         }
         self.parked.park(record);

@@ -698,7 +698,7 @@ pub(crate) async fn worker_session(
             tracing::warn!(worker = %node, old = %old.addr, new = %addr, "worker reconnected; replacing its old session");
             old.kick.cancel();
         }
-        unpark(&shared, &gone);
+        unpark(&shared, &mut r, &gone);
         if let Some(l) = listen {
             r.probing.remove(&l);
         }
@@ -911,7 +911,7 @@ pub(crate) async fn worker_session(
     {
         let mut r = shared.registry();
         let gone = r.remove_worker(&node, session_id);
-        unpark(&shared, &gone);
+        unpark(&shared, &mut r, &gone);
     }
     Registration::Served
 }
@@ -933,12 +933,40 @@ fn queue_depths(shared: &Shared) -> Vec<QueueDepth> {
         .collect()
 }
 
-/// The parked tasks of `kinds`, whose last worker has left, go back to the
+/// The last worker of each of `kinds` has left (`r` is the registry, locked):
+/// their parked tasks wait [`super::MasterConfig::kind_grace`] for another
+/// (a restarted worker, found again by the next scan), then go back to the
 /// queue: handed to a worker without the kind, each ends failed with its
-/// reason after its retries, instead of waiting for a worker that may never
-/// come. Called under the registry's lock, so that no task of these kinds
-/// is parked meanwhile.
-fn unpark(shared: &Arc<Shared>, kinds: &[Text]) {
+/// reason after its retries, instead of waiting for a worker that may
+/// never come.
+fn unpark(shared: &Arc<Shared>, r: &mut super::Registry, kinds: &[Text]) {
+    if kinds.is_empty() || shared.shutdown.is_cancelled() {
+        return;
+    }
+    let at = Instant::now();
+    r.kinds_left(kinds, at);
+    for kind in kinds {
+        if shared.parked.len() > 0 {
+            tracing::warn!(kind = %kind, grace_s = shared.cfg.kind_grace.as_secs_f64(), "the last worker that runs this kind left; its waiting tasks wait for another this long");
+        }
+        let (shared, kind) = (shared.clone(), kind.clone());
+        let grace = shared.cfg.kind_grace;
+        shared.tracker.clone().spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+            let mut r = shared.registry();
+            if r.still_gone(&kind, at) {
+                give_up_waiting(&shared, &[kind]);
+            }
+        });
+    }
+}
+
+/// The parked tasks of `kinds` go back to the queue (under the registry's
+/// lock, so that none of these kinds is parked meanwhile).
+fn give_up_waiting(shared: &Arc<Shared>, kinds: &[Text]) {
     for kind in kinds {
         let back = shared.parked.take_kind(kind);
         if !back.is_empty() {
