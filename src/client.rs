@@ -68,6 +68,20 @@ pub enum ClientError {
     /// range: here they are ([`Client::submit_batches`] returns them so).
     #[error("the batch was accepted in {} parts whose ids are not consecutive: {:?}", .0.len(), .0)]
     NotConsecutive(Vec<Range<u64>>),
+    /// A batch sent as several messages was accepted in part: `accepted`
+    /// holds the ids of the parts that were (they run, and their results
+    /// come), `unsure` how many tasks of the next part may or may not have
+    /// been (the connection was lost before its answer), and `error` why
+    /// the rest was not.
+    #[error("{} of the batch's tasks were accepted (ids {:?}); {}the rest were not: {error}", .accepted.iter().map(|r| r.end - r.start).sum::<u64>(), .accepted, if *.unsure > 0 { format!("{} may or may not have been; ", .unsure) } else { String::new() })]
+    Partial {
+        /// Ids of the accepted parts, in order.
+        accepted: Vec<Range<u64>>,
+        /// Tasks of the part whose acceptance is unknown (0 if none).
+        unsure: u64,
+        /// Why the rest was not accepted.
+        error: Box<ClientError>,
+    },
 }
 
 enum Cmd {
@@ -207,7 +221,29 @@ impl Client {
     ) -> Result<Vec<Range<u64>>, ClientError> {
         let mut ranges: Vec<Range<u64>> = Vec::new();
         for tasks in crate::proto::batches(tasks) {
-            let acc = self.send_batch_as(tasks, detached)?.await?;
+            let n = tasks.len() as u64;
+            let acc = match self.send_batch_as(tasks, detached) {
+                Ok(acc) => acc.await,
+                Err(e) => Err(e),
+            };
+            let acc = match acc {
+                Ok(acc) => acc,
+                Err(e) if ranges.is_empty() => return Err(e),
+                Err(error) => {
+                    // A refusal answers this part; a lost connection leaves
+                    // it unknown.
+                    let unsure = if matches!(error, ClientError::Refused(_)) {
+                        0
+                    } else {
+                        n
+                    };
+                    return Err(ClientError::Partial {
+                        accepted: ranges,
+                        unsure,
+                        error: Box::new(error),
+                    });
+                }
+            };
             let r = acc.first_id..acc.first_id + acc.count as u64;
             match ranges.last_mut() {
                 Some(prev) if prev.end == r.start => prev.end = r.end,

@@ -191,3 +191,41 @@ async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
     client.close();
     master.shutdown().await;
 }
+
+/// A batch sent as several messages, refused after its first part: the
+/// error names the part that was accepted (its tasks run), not only the
+/// refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_refused_after_its_first_part_names_the_ids_that_were_accepted() {
+    let master = Master::start(MasterConfig {
+        ports: PortRange {
+            first: 23081,
+            last: 23081,
+        },
+        scan: Vec::new(),
+        unclaimed_results_max: 20_000,
+        ..MasterConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::connect(master.local_addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    let part = runner::limits::BATCH_TASKS_MAX as u64;
+    let tasks = (0..2 * part).map(|_| task("noop", "")).collect();
+    match client.submit_batches(tasks, true).await {
+        Err(runner::client::ClientError::Partial {
+            accepted,
+            unsure,
+            error,
+        }) => {
+            assert_eq!(accepted.len(), 1);
+            assert_eq!(accepted[0].end - accepted[0].start, part);
+            assert_eq!(unsure, 0, "the second part was refused, not lost");
+            assert!(matches!(*error, runner::client::ClientError::Refused(_)));
+        }
+        other => panic!("{other:?}"),
+    }
+    client.close();
+    master.shutdown().await;
+}

@@ -876,11 +876,38 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
     let reconnect = (!a.detach).then_some(a.reconnect);
     let client = connect(&a.common, &a.master, reconnect).await?;
     let tasks = vec![task; a.count as usize];
-    let ranges = client
-        .submit_batches(tasks, a.detach)
-        .await
-        .map_err(|e| e.to_string())?;
+    // Accepted in part (a later part refused, or the connection lost): the
+    // accepted tasks run, so their ids are printed and their results
+    // awaited as any others, and the run ends with exit status 1.
+    let (ranges, partial) = match client.submit_batches(tasks, a.detach).await {
+        Ok(ranges) => (ranges, None),
+        Err(runner::client::ClientError::Partial {
+            accepted,
+            unsure,
+            error,
+        }) => (accepted, Some((unsure, error))),
+        Err(e) => return Err(e.to_string().into()),
+    };
     let ids: Vec<u64> = ranges.iter().flat_map(|r| r.clone()).collect();
+    let count = ids.len();
+    if let Some((unsure, error)) = &partial {
+        let unsure = if *unsure > 0 {
+            format!(" ({unsure} more may or may not have been)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "runner: only {count} of {} tasks were accepted{unsure}: {error}",
+            a.count
+        );
+    }
+    let partial_exit = |code: ExitCode| {
+        if partial.is_some() {
+            ExitCode::FAILURE
+        } else {
+            code
+        }
+    };
     // Before the ids are printed: whoever reads them may interrupt at once.
     let interrupted = shutdown_signal();
     // One range as `submit` always printed it; a batch split into messages
@@ -889,36 +916,34 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
         [r] => format!("{}..={}", r.start, r.end.saturating_sub(1)),
         _ => id_ranges(&ids),
     };
-    let plural = if a.count == 1 { "" } else { "s" };
+    let plural = if count == 1 { "" } else { "s" };
     if a.detach {
         if a.json {
             let parts: Vec<[u64; 2]> = ranges.iter().map(|r| [r.start, r.end - 1]).collect();
             say(format_args!(
                 "{}",
-                serde_json::json!({"first_id": ids[0], "count": a.count, "ranges": parts})
+                serde_json::json!({"first_id": ids[0], "count": count, "ranges": parts})
             ));
         } else {
             say(format_args!(
-                "submitted {} task{plural}: ids {shown}; fetch with `runner results {}`",
-                a.count,
+                "submitted {count} task{plural}: ids {shown}; fetch with `runner results {}`",
                 id_ranges(&ids)
             ));
         }
         client.shutdown().await;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(partial_exit(ExitCode::SUCCESS));
     }
     if a.json {
         // Stdout holds one JSON object per result; the ids, which a
         // `runner cancel` or `runner results` needs while they run, go to
         // stderr.
-        eprintln!("submitted {} task{plural} (ids {shown})", a.count);
+        eprintln!("submitted {count} task{plural} (ids {shown})");
     } else {
-        say(format_args!(
-            "submitted {} task{plural} (ids {shown})",
-            a.count
-        ));
+        say(format_args!("submitted {count} task{plural} (ids {shown})"));
     }
-    Ok(print_results(client, ids, a.json, interrupted).await?)
+    Ok(partial_exit(
+        print_results(client, ids, a.json, interrupted).await?,
+    ))
 }
 
 /// Prints the results of `ids` (ascending) as they arrive, then closes;

@@ -172,11 +172,10 @@ impl BatchWeight for TaskResult {
 /// (an item heavier than that alone is a batch of its own; the protocol's
 /// payload limit keeps it within a frame). Small items stay one batch, with
 /// no copy.
-pub fn batches<T: BatchWeight>(mut items: Vec<T>) -> Vec<Vec<T>> {
-    let mut out = Vec::new();
-    while !items.is_empty() {
-        let mut n = 0;
-        let mut bytes = 0;
+pub fn batches<T: BatchWeight>(items: Vec<T>) -> Vec<Vec<T>> {
+    // How many items the first batch takes.
+    let first_batch = |items: &[T]| {
+        let (mut n, mut bytes) = (0, 0);
         while n < items.len() && n < crate::limits::BATCH_TASKS_MAX {
             let w = items[n].batch_weight();
             if n > 0 && bytes + w > BATCH_BYTES_MAX {
@@ -185,8 +184,23 @@ pub fn batches<T: BatchWeight>(mut items: Vec<T>) -> Vec<Vec<T>> {
             bytes += w;
             n += 1;
         }
-        let rest = items.split_off(n);
-        out.push(std::mem::replace(&mut items, rest));
+        n
+    };
+    if first_batch(&items) == items.len() {
+        return if items.is_empty() {
+            Vec::new()
+        } else {
+            vec![items]
+        };
+    }
+    // Each batch its own allocation of its own size (splitting the rest
+    // off instead kept every batch at the capacity of all that followed
+    // it: memory quadratic in the items).
+    let mut out = Vec::new();
+    let mut rest = items.into_iter();
+    while rest.len() > 0 {
+        let n = first_batch(rest.as_slice());
+        out.push(rest.by_ref().take(n).collect());
     }
     out
 }
@@ -222,6 +236,8 @@ mod batch_tests {
         let lens: Vec<usize> = b.iter().map(Vec::len).collect();
         let max = crate::limits::BATCH_TASKS_MAX;
         assert_eq!(lens, vec![max, max, 40_000 - 2 * max]);
+        // Each holds memory for its own items only, not for all after it.
+        assert!(b.iter().all(|batch| batch.capacity() == batch.len()));
     }
 
     #[test]
