@@ -135,8 +135,13 @@ fn fault_07_a_flipped_bit_in_the_last_record_drops_that_record_only() {
     bytes[last] ^= 0x10;
     fs::write(&path, &bytes).unwrap();
     let (_j, r) = open(&path).unwrap();
-    let (_, why) = r.torn.expect("reported");
+    let (at, why) = r.torn.expect("reported");
     assert!(why.contains("checksum"), "{why}");
+    assert_eq!(
+        fs::read(runner::journal::torn_path(&path)).unwrap(),
+        &bytes[at..],
+        "the cut bytes are kept beside the journal"
+    );
     // The last record was the acknowledgement of 1 and 2: they are kept.
     assert_eq!(
         r.state.results.keys().copied().collect::<Vec<_>>(),
@@ -167,6 +172,41 @@ fn fault_07_a_flipped_bit_in_a_middle_record_refuses_to_start() {
         bytes,
         "a corrupt journal is not modified"
     );
+}
+
+/// A damaged salt fails every record's checksum: the first record looks
+/// damaged with the whole journal after it, which no torn write leaves.
+#[test]
+fn fault_07_a_damaged_header_refuses_to_start_rather_than_cut_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[13] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let err = open(&path).expect_err("refused");
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("more than a write cut short leaves"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), bytes, "not modified");
+}
+
+/// Zeros over the last few records, from inside one: acknowledged records
+/// may be among them, so nothing is cut.
+#[test]
+fn fault_07_zeros_over_more_than_the_last_record_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let n = bytes.len();
+    let from = n - (n - record::HEADER_LEN) * 2 / 3;
+    bytes[from..].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let err = open(&path).expect_err("refused");
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "not modified");
 }
 
 #[test]

@@ -128,8 +128,9 @@ pub enum JournalError {
         /// Ours.
         supported: u32,
     },
-    /// A damaged record with intact records after it: not a torn write.
-    #[error("the journal {} is corrupt at byte {offset} ({why}), with intact records after it (at byte {intact_after}); refusing to start rather than skip acknowledged work. Keep a copy of the file for inspection; to start anyway, move it aside", .file.display())]
+    /// A damaged record that is not a torn last write: intact records
+    /// follow it, or more bytes than one record.
+    #[error("the journal {} is corrupt at byte {offset} ({why}), {}; refusing to start rather than skip acknowledged work. Keep a copy of the file for inspection; to start anyway, move it aside", .file.display(), match .intact_after { Some(at) => format!("with intact records after it (at byte {at})"), None => format!("{tail_bytes} bytes before its end: more than a write cut short leaves") })]
     Corrupt {
         /// The file (empty for an image not read from one).
         file: PathBuf,
@@ -137,8 +138,10 @@ pub enum JournalError {
         offset: u64,
         /// What is wrong.
         why: String,
-        /// Where the next intact record starts.
-        intact_after: u64,
+        /// Where the next intact record starts, if one was found.
+        intact_after: Option<u64>,
+        /// Bytes from the damage to the end of the file.
+        tail_bytes: u64,
     },
     /// Another master holds the file.
     #[error("journal {0} is in use by another master (it holds the file's lock)")]
@@ -262,12 +265,14 @@ impl Journal {
                     offset,
                     why,
                     intact_after,
+                    tail_bytes,
                     ..
                 } => JournalError::Corrupt {
                     file: path.clone(),
                     offset,
                     why,
                     intact_after,
+                    tail_bytes,
                 },
                 JournalError::NewerVersion {
                     found, supported, ..
@@ -279,11 +284,22 @@ impl Journal {
                 e => e,
             })?;
             if let Some((at, why)) = &r.torn {
+                // The cut bytes are kept beside it, for whoever wonders.
+                let aside = torn_path(&path);
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(JOURNAL_FILE_MODE)
+                    .open(&aside)
+                    .and_then(|mut f| f.write_all(&data[*at..]))
+                    .map_err(io(&aside, "keep the torn tail"))?;
                 tracing::warn!(
                     journal = %path.display(),
                     offset = at,
                     cut_bytes = data.len() - at,
-                    "the journal's last record is torn ({why}); cutting it (it was never acknowledged)"
+                    kept_in = %aside.display(),
+                    "the journal's last record is torn ({why}); cutting it (a write cut short is never acknowledged)"
                 );
                 file.set_len(r.valid_len as u64)
                     .map_err(io(&path, "truncate the torn tail"))?;
@@ -443,8 +459,17 @@ impl Journal {
 }
 
 fn compacting_path(path: &Path) -> PathBuf {
+    beside(path, ".compacting")
+}
+
+/// Where the last torn tail cut from the journal is kept.
+pub fn torn_path(path: &Path) -> PathBuf {
+    beside(path, ".torn")
+}
+
+fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".compacting");
+    name.push(suffix);
     path.with_file_name(name)
 }
 

@@ -357,9 +357,56 @@ fn decode(kind: Kind, body: &Bytes) -> Result<Record, ProtoError> {
     })
 }
 
-/// True when some intact record starts anywhere in `data[from..]`: then the
-/// damage before it is not a torn tail (which nothing follows) but
-/// corruption in the middle of the journal.
-pub fn intact_record_after(data: &Bytes, from: usize, salt: Salt) -> Option<usize> {
-    (from + 1..data.len()).find(|&at| matches!(read_at(data, at, salt), Read::Record(..)))
+/// Whether an intact record starts after a damaged one.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    /// None does: the damage runs to the end.
+    Nothing,
+    /// One starts at this offset.
+    At(usize),
+    /// The search gave up (see [`SEARCH_BYTES_MAX`]).
+    Unknown,
+}
+
+/// Most bytes the search for an intact record checksums before it gives
+/// up: a few tenths of a second, whatever the damage.
+pub const SEARCH_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Whether some intact record starts anywhere in `data[from + 1..]`: then
+/// the damage at `from` is not a torn tail (which nothing follows) but
+/// corruption in the middle of the journal. Offsets whose length or kind
+/// byte cannot start a record are passed over before any checksum.
+pub fn intact_record_after(data: &Bytes, from: usize, salt: Salt) -> After {
+    let mut budget = SEARCH_BYTES_MAX;
+    for at in from + 1..data.len().saturating_sub(RECORD_PREFIX_LEN) {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0
+            || len > RECORD_BYTES_MAX
+            || data.len() - at - RECORD_PREFIX_LEN < len
+            || Kind::from_byte(data[at + RECORD_PREFIX_LEN]).is_none()
+        {
+            continue;
+        }
+        if len > budget {
+            return After::Unknown;
+        }
+        budget -= len;
+        if let Read::Record(..) = read_at(data, at, salt) {
+            return After::At(at);
+        }
+    }
+    After::Nothing
+}
+
+/// Whether the bytes from a damaged record to the end (`rest`) can be what
+/// a write cut short leaves: zeros (space the file system extended but did
+/// not fill), a record prefix, or one record that reaches or passes the
+/// end (cut off, or with a flipped byte). Anything longer is not a torn
+/// last write.
+pub fn torn_shape(rest: &[u8]) -> bool {
+    if rest.iter().all(|b| *b == 0) || rest.len() < RECORD_PREFIX_LEN + 1 {
+        return true;
+    }
+    let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    len > 0 && len <= RECORD_BYTES_MAX && rest.len() <= RECORD_PREFIX_LEN + len
 }

@@ -148,12 +148,21 @@ pub fn replay(data: &Bytes) -> Result<Replayed, JournalError> {
                 at = next;
             }
             Read::Bad(why) => {
-                if let Some(next) = record::intact_record_after(data, at, salt) {
+                let rest = &data[at..];
+                let after = match record::intact_record_after(data, at, salt) {
+                    record::After::Nothing if !record::torn_shape(rest) => record::After::Unknown,
+                    after => after,
+                };
+                if after != record::After::Nothing {
                     return Err(JournalError::Corrupt {
                         file: Default::default(),
                         offset: at as u64,
                         why,
-                        intact_after: next as u64,
+                        intact_after: match after {
+                            record::After::At(next) => Some(next as u64),
+                            _ => None,
+                        },
+                        tail_bytes: rest.len() as u64,
                     });
                 }
                 return Ok(Replayed {
