@@ -715,8 +715,7 @@ async fn a_python_stdlib_json_client_written_from_the_spec_submits_and_reads_res
     assert!(stdout.contains("python client: ok"), "{stdout}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_stopped_with_ctrl_c_hands_its_tasks_back_uncharged() {
+async fn a_worker_stopped_by(sig: i32) {
     let (mut c, mut client) = Cluster::ready(
         PORT_BASE,
         Opts {
@@ -731,7 +730,7 @@ async fn a_worker_stopped_with_ctrl_c_hands_its_tasks_back_uncharged() {
         .await
         .unwrap();
     c.wait_busy(&client, "w1").await;
-    c.worker("w1").signal(libc::SIGINT);
+    c.worker("w1").signal(sig);
     let w1 = c.worker("w1");
     assert!(w1.wait_exit(Duration::from_secs(10)).success());
     assert!(
@@ -751,6 +750,18 @@ async fn a_worker_stopped_with_ctrl_c_hands_its_tasks_back_uncharged() {
         results.values().any(|r| r.attempts == 2),
         "some were handed back and re-run"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_ctrl_c_hands_its_tasks_back_uncharged() {
+    a_worker_stopped_by(libc::SIGINT).await;
+}
+
+/// A hang-up (its terminal or SSH session gone) stops it the same way,
+/// not as a `kill -9` would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_terminal_hangs_up_hands_its_tasks_back_uncharged() {
+    a_worker_stopped_by(libc::SIGHUP).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -591,14 +591,19 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         use tokio::signal::unix::{signal, SignalKind};
         // Installed now, not at the first poll: a signal that comes after
         // this call is never missed (it would otherwise end the process).
+        // SIGHUP too (the terminal or SSH session went away): a node stops
+        // as on SIGTERM, handing back what it runs, rather than dying on the
+        // spot like a `kill -9`.
         let int = signal(SignalKind::interrupt());
         let term = signal(SignalKind::terminate());
+        let hup = signal(SignalKind::hangup());
         async move {
-            match (int, term) {
-                (Ok(mut int), Ok(mut term)) => {
+            match (int, term, hup) {
+                (Ok(mut int), Ok(mut term), Ok(mut hup)) => {
                     tokio::select! {
                         _ = int.recv() => {}
                         _ = term.recv() => {}
+                        _ = hup.recv() => {}
                     }
                 }
                 _ => {
@@ -613,7 +618,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Longest a node spends stopping after SIGINT or SIGTERM before it exits
+/// Longest a node spends stopping after SIGINT, SIGTERM or SIGHUP before it exits
 /// regardless: a peer that stopped reading must not keep it alive.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
