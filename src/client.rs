@@ -457,6 +457,14 @@ struct Driver {
     next_cancel: u64,
 }
 
+/// A session that lasted less than this ended "soon": the next reconnect
+/// waits (see [`Driver::run`]).
+const RECONNECT_STABLE: Duration = Duration::from_secs(2);
+/// The first and the longest wait before reconnecting after sessions that
+/// ended soon, doubling between.
+const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
+
 /// How a connection ended.
 enum End {
     /// The client closed it.
@@ -471,7 +479,12 @@ impl Driver {
         mut conn: net::Conn<FromClient, ToClient>,
         closed: tokio::sync::watch::Sender<Option<String>>,
     ) {
+        // Sessions that end soon after they start (a master that takes the
+        // connection, then drops it again: its journal cannot be written)
+        // are retried ever more slowly, not in a loop.
+        let mut pause = Duration::ZERO;
         loop {
+            let began = Instant::now();
             let why = match self.session(&mut conn).await {
                 End::ByClient(why) => {
                     let _ = closed.send(Some(why));
@@ -494,7 +507,14 @@ impl Driver {
                 let _ = closed.send(Some(why));
                 return;
             };
-            tracing::warn!(master = %self.addr, "lost the master ({why}); reconnecting for up to {} s", limit.as_secs());
+            pause = if began.elapsed() < RECONNECT_STABLE {
+                (pause * 2).clamp(RECONNECT_PAUSE_MIN, RECONNECT_PAUSE_MAX)
+            } else {
+                Duration::ZERO
+            };
+            tracing::warn!(master = %self.addr, "lost the master ({why}); reconnecting for up to {} s{}", limit.as_secs(),
+                if pause.is_zero() { String::new() } else { format!(", after {} ms", pause.as_millis()) });
+            tokio::time::sleep(pause).await;
             match self.redial(limit).await {
                 Some(c) => conn = c,
                 None => {
