@@ -326,6 +326,42 @@ fn compaction_keeps_the_live_state_and_shrinks_the_file_to_it() {
     );
 }
 
+/// A master restarted more often than its journal grew twice over had
+/// never compacted it: the bar was twice the size found at the start.
+#[test]
+fn a_journal_opened_past_its_compaction_threshold_is_compacted_at_its_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let mut cfg = JournalConfig {
+        compact_at: 1 << 30,
+        ..JournalConfig::new(&path, Durability::None)
+    };
+    let (j, _) = Journal::open(&cfg).unwrap();
+    for id in 1..=2000u64 {
+        j.append(Entry::Accepted {
+            first_id: id,
+            tasks: &[task(id)],
+        });
+        j.append(Entry::Finished(&result(id)));
+        j.append(Entry::Forgotten(&[id]));
+    }
+    j.close();
+    let before = fs::metadata(&path).unwrap().len();
+    cfg.compact_at = before / 2;
+    let (j, _) = Journal::open(&cfg).unwrap();
+    j.append(Entry::Accepted {
+        first_id: 2001,
+        tasks: &[task(2001)],
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while j.stats().compactions.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no compaction after the reopen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    j.close();
+    assert!(fs::metadata(&path).unwrap().len() < before / 10);
+}
+
 #[test]
 fn appends_are_stored_in_order_and_fsync_shares_syncs_between_records() {
     let dir = tempfile::tempdir().unwrap();

@@ -510,7 +510,10 @@ struct Writer {
     inner: Arc<Inner>,
     file: File,
     file_len: u64,
-    /// File size after the last compaction (or at start).
+    /// File size after this writer's last compaction; 0 before its first,
+    /// so that a journal opened past the threshold is compacted at its
+    /// first append (a master restarted more often than it compacted
+    /// would otherwise never compact: the bar was twice the size found).
     compacted_len: u64,
     spare: BytesMut,
     unsynced: bool,
@@ -524,7 +527,7 @@ impl Writer {
             inner,
             file,
             file_len: len,
-            compacted_len: len,
+            compacted_len: 0,
             spare: BytesMut::with_capacity(1 << 20),
             unsynced: false,
             last_sync: Instant::now(),
