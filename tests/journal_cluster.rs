@@ -202,8 +202,14 @@ async fn a_master_stopped_with_ctrl_c_keeps_unfinished_tasks_for_its_next_start(
     c.master.signal(libc::SIGINT);
     assert!(c.master.wait_exit(Duration::from_secs(10)).success());
     c.restart_master(&args);
-    c.add_worker("w1", 2, &[]);
     let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    let s = client.status(false).await.unwrap();
+    assert_eq!(
+        (s.submitted, s.queues.iter().map(|q| q.depth).sum::<u64>()),
+        (5, 5),
+        "the tasks taken on from the journal count as submitted"
+    );
+    c.add_worker("w1", 2, &[]);
     client.fetch(ids.clone().collect()).unwrap();
     for _ in ids {
         let r = tokio::time::timeout(Duration::from_secs(20), client.next_result())
@@ -215,6 +221,8 @@ async fn a_master_stopped_with_ctrl_c_keeps_unfinished_tasks_for_its_next_start(
             (TaskStatus::Ok, Some("kept"))
         );
     }
+    let s = client.status(false).await.unwrap();
+    assert_eq!((s.submitted, s.completed), (5, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

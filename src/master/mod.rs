@@ -803,8 +803,14 @@ impl Master {
         };
         let queue = PriorityQueue::new();
         let mut restored_out = rustc_hash::FxHashMap::default();
+        let totals = Totals::default();
         if let Some(r) = restored {
             let now = Instant::now();
+            // Taken on from the journal: counted as submitted here, so that
+            // what finishes never adds up to more than what came in.
+            totals
+                .submitted
+                .store(r.pending.len() as u64, Ordering::Relaxed);
             for (_, p) in r.pending {
                 if p.attempt > 0 {
                     restored_out.insert(p.id, p.attempt);
@@ -835,7 +841,7 @@ impl Master {
             next_id: AtomicU64::new(next_id),
             next_session: AtomicU64::new(1),
             registry: Mutex::new(Registry::default()),
-            totals: Totals::default(),
+            totals,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             clients: TaskTracker::new(),
