@@ -354,7 +354,12 @@ fn a_journal_opened_past_its_compaction_threshold_is_compacted_at_its_next_appen
         tasks: &[task(2001)],
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while j.stats().compactions.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while j
+        .stats()
+        .compactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
         assert!(Instant::now() < deadline, "no compaction after the reopen");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -12,9 +12,13 @@ use support::{collect, Cluster, Opts};
 const PORT_BASE: u16 = 25000;
 
 fn get(addr: &str, path: &str) -> String {
+    request(addr, "GET", path)
+}
+
+fn request(addr: &str, method: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -79,6 +83,13 @@ async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
         "{body}"
     );
     assert!(get(&metrics, "/other").starts_with("HTTP/1.1 404"));
+    // A query, as some scrape configurations add, and a HEAD.
+    assert!(get(&metrics, "/metrics?format=text").contains("runner_workers 1"));
+    let head = request(&metrics, "HEAD", "/metrics");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
 
     match promtool() {
         Some(tool) => {

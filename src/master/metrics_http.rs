@@ -46,17 +46,20 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
+    let (method, target) = (
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
+    // Scrape configurations may add a query (`?format=...`): the path alone
+    // decides.
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
-        (b"GET", b"/metrics") => {
+        (b"GET" | b"HEAD", b"/metrics") => {
             let report = status_report(shared, false);
             let text = prometheus::render(&report, &shared.histograms());
             ("200 OK", prometheus::CONTENT_TYPE, text)
         }
-        (b"GET", _) => (
+        (b"GET" | b"HEAD", _) => (
             "404 Not Found",
             "text/plain",
             "only /metrics is served here\n".to_string(),
@@ -67,9 +70,11 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
             "GET /metrics\n".to_string(),
         ),
     };
+    let len = body.len();
+    // HEAD: the same head, no body.
+    let body = if method == b"HEAD" { "" } else { body.as_str() };
     let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
     );
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await
