@@ -179,6 +179,10 @@ fn bad_arguments_get_clear_errors_not_panics() {
         (&["worker", "--slots", "0"], "0 is not in 1.."),
         (&["submit", "--count", "0", "--", "noop"], "0 is not in 1.."),
         (&["worker", "--id", " "], "must not be empty"),
+        (
+            &["worker", "--id", "a\nb"],
+            "must not hold control characters",
+        ),
         (&["cancel", "9-3"], "must not exceed the last"),
         (&["results", "seven"], "expected a task id like 7"),
         (

@@ -1068,6 +1068,11 @@ fn parse_node_id(s: &str) -> Result<String, String> {
             runner::limits::TEXT_BYTES_MAX
         ));
     }
+    if s.chars().any(char::is_control) {
+        return Err(
+            "a worker's id must not hold control characters (it goes into logs and tables)".into(),
+        );
+    }
     Ok(s.to_string())
 }
 

@@ -629,11 +629,11 @@ pub(crate) async fn worker_session(
             return Registration::Refused;
         }
     };
-    if node.is_empty() {
+    if node.is_empty() || node.chars().any(char::is_control) {
         let _ = write
             .send(ToWorker::Error(ErrorMsg::new(
                 ErrorCode::INVALID,
-                "a worker needs a node id",
+                "a worker needs a node id without control characters",
             )))
             .await;
         return Registration::Refused;
