@@ -424,9 +424,7 @@ fn describe(clock: &Clock, r: &TaskResult, kind: &str) {
     };
     match r.status {
         TaskStatus::Ok if r.errors.is_empty() => {
-            if kind != "noop" {
-                clock.say(format_args!("task {} ({what}) ok on {}", r.id, r.worker));
-            }
+            clock.say(format_args!("task {} ({what}) ok on {}", r.id, r.worker));
         }
         TaskStatus::Ok => {
             clock.say(format_args!(

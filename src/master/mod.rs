@@ -863,7 +863,9 @@ impl Master {
             .spawn(serve::accept_loop(shared.clone(), listener));
         shared.tracker.spawn(discovery::scan_loop(shared.clone()));
         if let Some(l) = metrics {
-            tracing::info!(addr = ?l.local_addr().ok(), "serving Prometheus /metrics");
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "serving Prometheus /metrics");
+            }
             shared.tracker.spawn(metrics_http::serve(shared.clone(), l));
         }
         Ok(Master { shared })
@@ -899,8 +901,8 @@ impl Master {
         }
         if left > 0 && s.journal.is_some() {
             tracing::info!(
-                unfinished = left,
-                "queued tasks stay in the journal; they resume when the master restarts"
+                queued = left,
+                "queued tasks, and those that were running, stay in the journal; they resume when the master restarts"
             );
         } else if left > 0 {
             tracing::info!(cancelled = left, "queued tasks reported cancelled");

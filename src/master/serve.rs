@@ -896,7 +896,7 @@ pub(crate) async fn worker_session(
     let now = Instant::now();
     let outcomes = link.depart(&departure, now);
     if !outcomes.is_empty() && departure != Departure::Shutdown {
-        tracing::info!(worker = %node, attempts = outcomes.len(), "re-queuing the lost worker's attempts");
+        tracing::info!(worker = %node, attempts = outcomes.len(), "the lost worker's attempts go back to the queue (those with no retries left fail)");
     }
     for o in outcomes {
         match o {
