@@ -764,6 +764,46 @@ async fn a_worker_whose_terminal_hangs_up_hands_its_tasks_back_uncharged() {
     a_worker_stopped_by(libc::SIGHUP).await;
 }
 
+/// A stopped worker is replaced by another with its id; resumed, it is
+/// refused at every scan (`duplicate_node`, about every 5 s), which is not
+/// hearing from a master: it ends at its master-timeout (10 s, longer than
+/// between two refusals) instead of lingering for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_refused_for_a_duplicate_id_ends_at_its_master_timeout() {
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            master_timeout: "10s",
+            ..Opts::default()
+        },
+    )
+    .await;
+    c.add_worker("same", 1, &[]);
+    c.wait_workers(&client, 1).await;
+    c.worker("same").signal(libc::SIGSTOP);
+    c.wait_status(
+        &client,
+        Duration::from_secs(15),
+        "the stopped one removed",
+        |s| s.workers.is_empty(),
+    )
+    .await;
+    c.add_worker("same", 1, &[]);
+    c.wait_workers(&client, 1).await;
+    let old = c.worker("same");
+    old.signal(libc::SIGCONT);
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        old.seen.iter().any(|l| l.contains("master-timeout")),
+        "{:?}",
+        old.seen
+    );
+    let s = client.status(false).await.unwrap();
+    assert_eq!(s.workers.len(), 1, "the new one stays");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_can_dial_a_known_master() {
     // The master scans nothing; the worker dials it.

@@ -360,8 +360,9 @@ impl Worker {
                     }
                     session_seq += 1;
                     let (kick, drain) = (CancellationToken::new(), CancellationToken::new());
+                    // Not yet heard from: a master that refuses this worker
+                    // (another took its id) must not keep it alive.
                     tracing::info!(master = %peer.node, %peer_addr, "connected to master");
-                    watch.heard(Instant::now());
                     let (r, w) = net::split(conn);
                     let heard = Arc::new(AtomicInstant::new(Instant::now()));
                     let s = Session::new(cfg.clone(), self.handlers.clone(), self.tasks_on.clone(), addr, runs.take().unwrap_or_else(|| Runs::new(cfg.slots)), heard.clone());
@@ -374,7 +375,9 @@ impl Worker {
                     session = Some(Current { id: session_seq, kick, drain, master: peer.node.clone(), heard });
                 }
                 Some((id, end)) = end_rx.recv() => {
-                    watch.heard(end.last_heard);
+                    if let Some(at) = end.last_heard {
+                        watch.heard(at);
+                    }
                     tracing::warn!("master session ended: {}", end.reason);
                     if session.as_ref().is_some_and(|c| c.id == id) {
                         session = None;
@@ -461,7 +464,9 @@ impl Current {
 /// Why and when a master session ended, and what it leaves running.
 struct SessionEnd {
     reason: String,
-    last_heard: Instant,
+    /// When the master last sent anything but an error (none: it refused
+    /// this worker, or said nothing).
+    last_heard: Option<Instant>,
     runs: Runs,
 }
 
@@ -702,9 +707,10 @@ impl Session {
         drain: CancellationToken,
     ) -> SessionEnd {
         let mut watch = MasterWatch::new(self.cfg.master_timeout, Instant::now());
-        let end = |reason: String, watch: MasterWatch, runs: Runs| SessionEnd {
+        let mut heard_any = false;
+        let end = |reason: String, watch: MasterWatch, heard_any: bool, runs: Runs| SessionEnd {
             reason,
-            last_heard: watch.last_heard(),
+            last_heard: heard_any.then(|| watch.last_heard()),
             runs,
         };
         let mut kinds: Vec<Text> = self
@@ -719,7 +725,7 @@ impl Session {
             listen: Text::from(self.listen.to_string()),
         };
         if let Err(e) = write.send(FromWorker::Register(register)).await {
-            return end(format!("could not register: {e}"), watch, self.runs);
+            return end(format!("could not register: {e}"), watch, false, self.runs);
         }
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -739,9 +745,12 @@ impl Session {
                         }
                         Some(Ok(m)) => m,
                     };
-                    let now = Instant::now();
-                    watch.heard(now);
-                    self.heard.set(now);
+                    if !matches!(msg, ToWorker::Error(_)) {
+                        let now = Instant::now();
+                        watch.heard(now);
+                        self.heard.set(now);
+                        heard_any = true;
+                    }
                     match msg {
                         ToWorker::Run(run) => {
                             for a in run.tasks {
@@ -803,6 +812,6 @@ impl Session {
                 }
             }
         };
-        end(reason, watch, self.runs)
+        end(reason, watch, heard_any, self.runs)
     }
 }
