@@ -367,6 +367,40 @@ fn a_journal_opened_past_its_compaction_threshold_is_compacted_at_its_next_appen
     assert!(fs::metadata(&path).unwrap().len() < before / 10);
 }
 
+/// Deleted under a running master, the journal is written again under its
+/// name from what the open file holds: nothing acknowledged is lost.
+#[test]
+fn a_journal_deleted_while_in_use_is_written_again_under_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let cfg = JournalConfig::new(&path, Durability::Fsync);
+    let (j, _) = Journal::open(&cfg).unwrap();
+    let accept = |id: u64| {
+        j.append(Entry::Accepted {
+            first_id: id,
+            tasks: &[task(id)],
+        });
+    };
+    accept(1);
+    fs::remove_file(&path).unwrap();
+    accept(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the journal was not written again"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    accept(3);
+    j.close();
+    let (_j, r) = Journal::open(&cfg).unwrap();
+    assert_eq!(
+        r.state.pending.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+}
+
 #[test]
 fn appends_are_stored_in_order_and_fsync_shares_syncs_between_records() {
     let dir = tempfile::tempdir().unwrap();

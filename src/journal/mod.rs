@@ -519,6 +519,8 @@ struct Writer {
     unsynced: bool,
     last_sync: Instant,
     compactor: Option<std::thread::JoinHandle<Result<Compacted, JournalError>>>,
+    /// When a deleted journal was last written again.
+    rewritten_at: Option<Instant>,
 }
 
 impl Writer {
@@ -532,6 +534,7 @@ impl Writer {
             unsynced: false,
             last_sync: Instant::now(),
             compactor: None,
+            rewritten_at: None,
         }
     }
 
@@ -715,28 +718,56 @@ impl Writer {
             }
             return;
         }
-        if self.compactor.is_some()
-            || self.inner.failing.load(Ordering::Relaxed)
-            || self.file_len < self.inner.compact_at.max(2 * self.compacted_len)
-        {
+        if self.compactor.is_some() || self.inner.failing.load(Ordering::Relaxed) {
+            return;
+        }
+        // Someone deleted the file under the master (a cleaner, a mistaken
+        // `rm`): what is acknowledged from now on would be lost with the
+        // last descriptor. A compaction, which reads through the open
+        // descriptor, puts the journal back under its name.
+        let deleted = self.file.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.nlink() == 0
+        });
+        if deleted {
+            // Once a second at most, should writing it again fail.
+            if self
+                .rewritten_at
+                .is_some_and(|t| t.elapsed() < RETRY_INTERVAL)
+            {
+                return;
+            }
+            self.rewritten_at = Some(Instant::now());
+            tracing::error!(journal = %self.inner.path.display(), "the journal file was deleted while in use; writing it again from the live state");
+        } else if self.file_len < self.inner.compact_at.max(2 * self.compacted_len) {
             return;
         }
         let (path, upto) = (self.inner.path.clone(), self.file_len);
+        let Ok(source) = self.file.try_clone() else {
+            return;
+        };
         tracing::debug!(bytes = upto, "compacting the journal");
         self.compactor = std::thread::Builder::new()
             .name("journal-compact".into())
-            .spawn(move || compact(&path, upto))
+            .spawn(move || compact(&path, &source, upto))
             .ok();
     }
 
     /// Appends what was written since the compaction started to the new
     /// file and puts it in place of the old one.
     fn install(&mut self, mut c: Compacted) -> Result<(), JournalError> {
+        use std::os::unix::fs::FileExt;
         let path = self.inner.path.clone();
-        let mut old = File::open(&path).map_err(io(&path, "reopen"))?;
-        old.seek(SeekFrom::Start(c.upto))
-            .map_err(io(&path, "seek"))?;
-        let tail = std::io::copy(&mut old, &mut c.file).map_err(io(&path, "copy the tail"))?;
+        // Through the open descriptor (positioned reads leave the writer's
+        // offset alone), which holds the journal even if its name is gone.
+        let mut tail = vec![0u8; (self.file_len - c.upto) as usize];
+        self.file
+            .read_exact_at(&mut tail, c.upto)
+            .map_err(io(&path, "read the tail"))?;
+        c.file
+            .write_all(&tail)
+            .map_err(io(&path, "copy the tail"))?;
+        let tail = tail.len();
         c.file.sync_all().map_err(io(&path, "sync"))?;
         let new_len = c.file.metadata().map_err(io(&path, "stat"))?.len();
         // Locked before it takes the journal's name, so the name is never
@@ -770,16 +801,20 @@ impl Writer {
     }
 }
 
-/// Replays the first `upto` bytes of the journal and writes their live state
-/// as a new journal beside it.
-fn compact(path: &Path, upto: u64) -> Result<Compacted, JournalError> {
+/// Replays the first `upto` bytes of the journal (read from `source`, a
+/// descriptor of it) and writes their live state as a new journal beside it.
+fn compact(path: &Path, source: &File, upto: u64) -> Result<Compacted, JournalError> {
+    use std::os::unix::fs::FileExt;
     let mut data = vec![0u8; upto as usize];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut data))
+    source
+        .read_exact_at(&mut data, 0)
         .map_err(io(path, "read for compaction"))?;
     let replayed = replay::replay(&Bytes::from(data))?;
     let tmp = compacting_path(path);
+    // Readable too: it becomes the journal, which the next compaction
+    // reads through this descriptor.
     let mut file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
