@@ -56,7 +56,20 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     let (status, ctype, body) = match (method, path) {
         (b"GET" | b"HEAD", b"/metrics") => {
             let report = status_report(shared, false);
-            let text = prometheus::render(&report, &shared.histograms());
+            let gauges = prometheus::MasterGauges {
+                results_kept: shared.store().kept.len() as u64,
+                journal: shared.journal.as_ref().map(|j| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let st = j.stats();
+                    prometheus::JournalGauges {
+                        failing: j.failure().is_some(),
+                        bytes: st.file_len.load(Relaxed),
+                        compactions: st.compactions.load(Relaxed),
+                        syncs: st.syncs.load(Relaxed),
+                    }
+                }),
+            };
+            let text = prometheus::render(&report, &shared.histograms(), &gauges);
             ("200 OK", prometheus::CONTENT_TYPE, text)
         }
         (b"GET" | b"HEAD", _) => (

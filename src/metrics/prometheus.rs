@@ -51,9 +51,65 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
     let _ = writeln!(out, "{name}_count {}", h.len());
 }
 
+/// What the master knows beyond the status report: results kept for
+/// fetching, and its journal's state if it keeps one.
+#[derive(Debug, Default)]
+pub struct MasterGauges {
+    /// Results kept until a client fetches or acknowledges them.
+    pub results_kept: u64,
+    /// The journal, if any.
+    pub journal: Option<JournalGauges>,
+}
+
+/// A journal's state, for operators.
+#[derive(Debug, Default)]
+pub struct JournalGauges {
+    /// Whether writing it fails now (acknowledgements paused).
+    pub failing: bool,
+    /// The file's size.
+    pub bytes: u64,
+    /// Compactions since start.
+    pub compactions: u64,
+    /// `fdatasync` calls since start.
+    pub syncs: u64,
+}
+
 /// Renders the whole exposition.
-pub fn render(s: &StatusReport, hists: &Histograms) -> String {
+pub fn render(s: &StatusReport, hists: &Histograms, m: &MasterGauges) -> String {
     let mut out = String::with_capacity(8 * 1024);
+    family(
+        &mut out,
+        "runner_results_kept",
+        "gauge",
+        "Results kept until a client fetches or acknowledges them.",
+    );
+    let _ = writeln!(out, "runner_results_kept {}", m.results_kept);
+    if let Some(j) = &m.journal {
+        for (name, kind, help, v) in [
+            (
+                "runner_journal_failing",
+                "gauge",
+                "1 while the journal cannot be written (acknowledgements paused, new tasks refused).",
+                u64::from(j.failing),
+            ),
+            ("runner_journal_bytes", "gauge", "The journal file's size.", j.bytes),
+            (
+                "runner_journal_compactions_total",
+                "counter",
+                "Journal compactions since the master started.",
+                j.compactions,
+            ),
+            (
+                "runner_journal_syncs_total",
+                "counter",
+                "Journal fdatasync calls since the master started.",
+                j.syncs,
+            ),
+        ] {
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
     for (name, help, v) in [
         (
             "runner_tasks_submitted_total",
@@ -192,6 +248,15 @@ mod tests {
                 histograms: vec![],
             },
             &hs,
+            &MasterGauges {
+                results_kept: 2,
+                journal: Some(JournalGauges {
+                    failing: true,
+                    bytes: 4096,
+                    compactions: 1,
+                    syncs: 9,
+                }),
+            },
         );
         let line = |prefix: &str| {
             text.lines()
@@ -215,6 +280,9 @@ mod tests {
             line("runner_end_to_end_seconds_count"),
             "runner_end_to_end_seconds_count 4"
         );
+        assert_eq!(line("runner_results_kept"), "runner_results_kept 2");
+        assert_eq!(line("runner_journal_failing"), "runner_journal_failing 1");
+        assert_eq!(line("runner_journal_bytes"), "runner_journal_bytes 4096");
         assert_eq!(
             line("runner_tasks_submitted_total"),
             "runner_tasks_submitted_total 4"
