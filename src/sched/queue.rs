@@ -60,6 +60,9 @@ pub struct PriorityQueue<T> {
     levels: Box<[Level<T>]>,
     /// Per level, items pushed again, popped first.
     again: Box<[Level<T>]>,
+    /// Items in all the `again` lanes: while 0 (the usual case) a pop does
+    /// not look at them.
+    again_len: AtomicUsize,
     bitmap: [AtomicU64; WORDS],
     depth: Box<[AtomicUsize]>,
 }
@@ -76,6 +79,7 @@ impl<T> PriorityQueue<T> {
         PriorityQueue {
             levels: (0..LEVELS).map(|_| Level::new()).collect(),
             again: (0..LEVELS).map(|_| Level::new()).collect(),
+            again_len: AtomicUsize::new(0),
             bitmap: std::array::from_fn(|_| AtomicU64::new(0)),
             depth: (0..LEVELS).map(|_| AtomicUsize::new(0)).collect(),
         }
@@ -90,6 +94,9 @@ impl<T> PriorityQueue<T> {
     /// [`PriorityQueue::push`] (behind others pushed again): for an item
     /// that was taken out before and comes back.
     pub fn push_again(&self, priority: u8, item: T) {
+        // Counted before the item is in: a pop that finds it also sees it
+        // counted.
+        self.again_len.fetch_add(1, Ordering::Release);
         self.push_to(&self.again, priority, item);
     }
 
@@ -102,7 +109,13 @@ impl<T> PriorityQueue<T> {
     }
 
     fn pop_level(&self, p: usize) -> Option<T> {
-        self.again[p].pop().or_else(|| self.levels[p].pop())
+        if self.again_len.load(Ordering::Acquire) > 0 {
+            if let Some(item) = self.again[p].pop() {
+                self.again_len.fetch_sub(1, Ordering::Relaxed);
+                return Some(item);
+            }
+        }
+        self.levels[p].pop()
     }
 
     fn level_is_empty(&self, p: usize) -> bool {
@@ -159,7 +172,7 @@ impl<T> PriorityQueue<T> {
     pub fn sweep(&self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
         let mut out = Vec::new();
         for p in 0..LEVELS {
-            for lane in [&self.again[p], &self.levels[p]] {
+            for (again, lane) in [(true, &self.again[p]), (false, &self.levels[p])] {
                 for _ in 0..lane.len() {
                     let Some(item) = lane.pop() else {
                         break;
@@ -168,6 +181,9 @@ impl<T> PriorityQueue<T> {
                         lane.push(item);
                     } else {
                         self.depth[p].fetch_sub(1, Ordering::Relaxed);
+                        if again {
+                            self.again_len.fetch_sub(1, Ordering::Relaxed);
+                        }
                         out.push(item);
                     }
                 }
