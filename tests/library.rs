@@ -157,18 +157,16 @@ async fn spawned_kinds_run_in_parallel_on_the_runtime_given_to_tasks_on() {
     tasks_rt.shutdown_background();
 }
 
-/// Without a journal a master keeps a bounded number of results for
-/// clients that are not there: a detached batch whose results would not
-/// all fit is refused `busy` up front, not dropped when it finishes.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
+/// A master on `port` that finds no workers and keeps at most
+/// `unclaimed_results_max` results for absent clients, and a client.
+async fn master_alone(port: u16, unclaimed_results_max: usize) -> (Master, Client) {
     let master = Master::start(MasterConfig {
         ports: PortRange {
-            first: 23080,
-            last: 23080,
+            first: port,
+            last: port,
         },
         scan: Vec::new(),
-        unclaimed_results_max: 10,
+        unclaimed_results_max,
         ..MasterConfig::default()
     })
     .await
@@ -176,6 +174,15 @@ async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
     let client = Client::connect(master.local_addr(), ClientOptions::default())
         .await
         .unwrap();
+    (master, client)
+}
+
+/// Without a journal a master keeps a bounded number of results for
+/// clients that are not there: a detached batch whose results would not
+/// all fit is refused `busy` up front, not dropped when it finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
+    let (master, client) = master_alone(23080, 10).await;
     let fits = client
         .submit_batch_detached((0..10).map(|_| task("noop", "")).collect())
         .await
@@ -197,20 +204,7 @@ async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
 /// refusal.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_refused_after_its_first_part_names_the_ids_that_were_accepted() {
-    let master = Master::start(MasterConfig {
-        ports: PortRange {
-            first: 23081,
-            last: 23081,
-        },
-        scan: Vec::new(),
-        unclaimed_results_max: 20_000,
-        ..MasterConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = Client::connect(master.local_addr(), ClientOptions::default())
-        .await
-        .unwrap();
+    let (master, client) = master_alone(23081, 20_000).await;
     let part = runner::limits::BATCH_TASKS_MAX as u64;
     let tasks = (0..2 * part).map(|_| task("noop", "")).collect();
     match client.submit_batches(tasks, true).await {
