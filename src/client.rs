@@ -1,8 +1,10 @@
 //! [`Client`]: submit tasks to a master and read their results, over one
 //! connection shared by every call.
 //!
-//! Every result received is acknowledged to the master, which may then
-//! forget it. With [`ClientOptions::reconnect`] set, a client that loses its
+//! Every result is acknowledged to the master, which may then forget it,
+//! once the program has taken it ([`Client::next_result`]): one received
+//! but never taken (the program ended first) stays with a master that keeps
+//! a journal, for a later fetch. With [`ClientOptions::reconnect`] set, a client that loses its
 //! master (a crash, a restart on its journal) dials it again and fetches
 //! every task it holds an id for and has no result of; a result it already
 //! has is dropped if it comes again, so each arrives exactly once.
@@ -93,6 +95,8 @@ enum Cmd {
     ),
     Status(bool, oneshot::Sender<StatusReport>),
     Fetch(Vec<u64>),
+    /// Results the program has taken, to acknowledge.
+    Ack(Vec<u64>),
     /// Ids (at most a message's worth), the reason, who waits for the report.
     Cancel(Vec<u64>, Text, oneshot::Sender<CancelReport>),
     Close,
@@ -108,6 +112,9 @@ pub struct Client {
     /// The rest of the frame being handed out, and when it was read.
     ready: std::collections::VecDeque<TaskResult>,
     ready_at: Instant,
+    /// Ids of the results of the frame being handed out that were taken:
+    /// acknowledged together once the frame is.
+    taken: Vec<u64>,
     closed: tokio::sync::watch::Receiver<Option<String>>,
     peer: String,
 }
@@ -149,6 +156,7 @@ impl Client {
             results,
             ready: std::collections::VecDeque::new(),
             ready_at: Instant::now(),
+            taken: Vec::new(),
             closed,
             peer: peer.node.to_string(),
         })
@@ -320,6 +328,10 @@ impl Client {
     pub async fn next_received(&mut self) -> Option<(TaskResult, Instant)> {
         loop {
             if let Some(r) = self.ready.pop_front() {
+                self.taken.push(r.id);
+                if self.ready.is_empty() {
+                    let _ = self.cmds.send(Cmd::Ack(std::mem::take(&mut self.taken)));
+                }
                 return Some((r, self.ready_at));
             }
             let (at, batch) = self.results.recv().await?;
@@ -608,6 +620,15 @@ impl Driver {
                             return End::Lost(format!("write failed: {e}"));
                         }
                     }
+                    Some(Cmd::Ack(ids)) => {
+                        if unacked.is_empty() {
+                            ack_due.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                        }
+                        unacked.extend(ids);
+                        if let Err(e) = send_acks(conn, &mut unacked, crate::limits::BATCH_TASKS_MAX).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        }
+                    }
                     Some(Cmd::Fetch(ids)) => {
                         if tracking {
                             self.outstanding.extend(ids.iter().copied());
@@ -632,21 +653,26 @@ impl Driver {
                             }
                         }
                         ToClient::Results(mut r) => {
-                            if unacked.is_empty() {
-                                ack_due.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
-                            }
-                            unacked.extend(r.results.iter().map(|r| r.id));
+                            // Acknowledged once the program takes them
+                            // (`Cmd::Ack`); a second copy, which it never
+                            // sees, at once.
                             if tracking {
                                 // A result fetched again after a reconnect
                                 // may come twice: hand out the first only.
-                                r.results.retain(|r| self.outstanding.remove(&r.id));
+                                let before = unacked.len();
+                                r.results.retain(|r| {
+                                    let first = self.outstanding.remove(&r.id);
+                                    if !first {
+                                        unacked.push(r.id);
+                                    }
+                                    first
+                                });
+                                if before == 0 && !unacked.is_empty() {
+                                    ack_due.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                                }
                             }
                             if !r.results.is_empty() {
                                 let _ = self.results.send((Instant::now(), r.results));
-                            }
-                            let full = crate::limits::BATCH_TASKS_MAX;
-                            if let Err(e) = send_acks(conn, &mut unacked, full).await {
-                                return End::Lost(format!("write failed: {e}"));
                             }
                         }
                         ToClient::Status(s) => {

@@ -225,6 +225,49 @@ async fn a_master_stopped_with_ctrl_c_keeps_unfinished_tasks_for_its_next_start(
     assert_eq!((s.submitted, s.completed), (5, 5));
 }
 
+/// A program that ends before it takes results its connection received
+/// leaves them with the master: a result is acknowledged when taken, not
+/// when it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_received_but_never_taken_stay_with_the_master_for_a_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = ["--journal", journal.to_str().unwrap()];
+    let (c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &extra,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let ids = client
+        .submit_batch(vec![task("echo", "untaken"); 3])
+        .await
+        .unwrap();
+    // The status answer comes after the results on the same connection:
+    // once it says they are done, this client has received them.
+    c.wait_status(&client, Duration::from_secs(10), "the tasks done", |s| {
+        s.completed == 3
+    })
+    .await;
+    client.shutdown().await;
+    let mut other = c.client().await;
+    other.fetch(ids.clone().collect()).unwrap();
+    for _ in ids {
+        let r = tokio::time::timeout(Duration::from_secs(10), other.next_result())
+            .await
+            .expect("result in time")
+            .expect("result");
+        assert_eq!(
+            (r.status, r.output.as_text()),
+            (TaskStatus::Ok, Some("untaken")),
+            "{r:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetching_an_id_the_master_never_gave_answers_unknown() {
     let dir = tempfile::tempdir().unwrap();
