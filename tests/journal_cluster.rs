@@ -10,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use runner::client::{Client, ClientOptions};
 use runner::proto::{NewTask, Payload, TaskStatus, Text};
-use support::{Cluster, Opts};
+use support::{collect, Cluster, Opts};
 
 const PORT_BASE: u16 = 23000;
 
@@ -160,11 +160,10 @@ async fn a_worker_reports_results_that_finished_while_its_master_was_away() {
     c.restart_master(&args);
     let mut client = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
     client.fetch(ids.clone().collect()).unwrap();
-    for _ in ids.clone() {
-        let r = tokio::time::timeout(Duration::from_secs(20), client.next_result())
-            .await
-            .expect("result in time")
-            .expect("result");
+    for r in collect(&mut client, ids.clone().count(), Duration::from_secs(20))
+        .await
+        .values()
+    {
         assert_eq!(r.status, TaskStatus::Ok);
         assert_eq!(
             r.attempts, 1,
@@ -211,11 +210,10 @@ async fn a_master_stopped_with_ctrl_c_keeps_unfinished_tasks_for_its_next_start(
     );
     c.add_worker("w1", 2, &[]);
     client.fetch(ids.clone().collect()).unwrap();
-    for _ in ids {
-        let r = tokio::time::timeout(Duration::from_secs(20), client.next_result())
-            .await
-            .expect("result in time")
-            .expect("result");
+    for r in collect(&mut client, ids.count(), Duration::from_secs(20))
+        .await
+        .values()
+    {
         assert_eq!(
             (r.status, r.output.as_text()),
             (TaskStatus::Ok, Some("kept"))
@@ -255,11 +253,10 @@ async fn results_received_but_never_taken_stay_with_the_master_for_a_fetch() {
     client.shutdown().await;
     let mut other = c.client().await;
     other.fetch(ids.clone().collect()).unwrap();
-    for _ in ids {
-        let r = tokio::time::timeout(Duration::from_secs(10), other.next_result())
-            .await
-            .expect("result in time")
-            .expect("result");
+    for r in collect(&mut other, ids.count(), Duration::from_secs(10))
+        .await
+        .values()
+    {
         assert_eq!(
             (r.status, r.output.as_text()),
             (TaskStatus::Ok, Some("untaken")),
