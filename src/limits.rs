@@ -55,6 +55,16 @@ pub const CLIENT_STALL_MS: u64 = 5_000;
 /// disconnected however recently it read.
 pub const CLIENT_OUTBOX_BYTES_HARD_MAX: usize = 16 * CLIENT_OUTBOX_BYTES_MAX;
 
+/// Without a journal, most results written to one client and not yet
+/// acknowledged that the master keeps, so that they can be fetched again if
+/// the connection ends before the client has them. A client that
+/// acknowledges as it reads stays far below; one that never does is not
+/// worth more memory.
+pub const CLIENT_UNACKED_RESULTS_MAX: usize = 65_536;
+
+/// The same bound in bytes, weighed as in [`CLIENT_OUTBOX_BYTES_MAX`].
+pub const CLIENT_UNACKED_BYTES_MAX: usize = 4 * CLIENT_OUTBOX_BYTES_MAX;
+
 /// Smallest shared secret accepted, in bytes (128 bits).
 pub const SECRET_BYTES_MIN: usize = 16;
 

@@ -1534,3 +1534,81 @@ async fn an_exec_task_never_sees_the_clusters_secret() {
         assert!(out.contains("worker-environ-unreadable"), "{out}");
     }
 }
+
+/// Without a journal, too, a result is the master's to keep until the
+/// client acknowledges it: one written to a connection that then ends (it
+/// broke with the result in its buffers, or the program stopped before it
+/// took it) is there for a fetch; one acknowledged is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_a_client_did_not_acknowledge_before_its_connection_ended_wait_for_a_fetch() {
+    let (c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let addr = c.addr;
+    // A JSON client that reads its three results, acknowledges the first
+    // and hangs up.
+    let ids = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
+        let mut next = || -> serde_json::Value {
+            loop {
+                let m: serde_json::Value =
+                    serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+                if m["type"] != "ping" {
+                    return m;
+                }
+            }
+        };
+        writeln!(s, r#"{{"type":"hello","role":"client","node":"hangs-up"}}"#).unwrap();
+        assert_eq!(next()["type"], "hello");
+        let task = r#"{"kind":"echo","payload":"unacknowledged"}"#;
+        writeln!(s, r#"{{"type":"submit","tasks":[{task},{task},{task}]}}"#).unwrap();
+        let accepted = next();
+        assert_eq!(accepted["type"], "accepted", "{accepted}");
+        let first = accepted["first_id"].as_u64().unwrap();
+        let mut got = 0;
+        while got < 3 {
+            let m = next();
+            assert_eq!(m["type"], "results", "{m}");
+            got += m["results"].as_array().unwrap().len();
+        }
+        writeln!(s, r#"{{"type":"ack","ids":[{first}]}}"#).unwrap();
+        first..first + 3
+    })
+    .await
+    .unwrap();
+    // The acknowledgement is read before the end of the connection.
+    support::wait_for_text(
+        || c.master_log(),
+        "the client left results unacknowledged",
+        Duration::from_secs(10),
+    )
+    .await;
+    let log = c.master_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the client left results unacknowledged"))
+        .unwrap();
+    assert!(
+        line.contains("hangs-up") && line.contains("kept=2"),
+        "{line}"
+    );
+    client.fetch(ids.clone().collect()).unwrap();
+    let got = collect(&mut client, 3, Duration::from_secs(10)).await;
+    assert_eq!(got[&ids.start].status, TaskStatus::Unknown, "acknowledged");
+    for id in ids.start + 1..ids.end {
+        assert_eq!(
+            (got[&id].status, got[&id].output.as_text()),
+            (TaskStatus::Ok, Some("unacknowledged")),
+            "{:?}",
+            got[&id]
+        );
+    }
+}

@@ -57,7 +57,7 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         (b"GET" | b"HEAD", b"/metrics") => {
             let report = status_report(shared, false);
             let gauges = prometheus::MasterGauges {
-                results_kept: shared.store().kept.len() as u64,
+                results_kept: shared.store().kept_len() as u64,
                 journal: shared.journal.as_ref().map(|j| {
                     use std::sync::atomic::Ordering::Relaxed;
                     let st = j.stats();

@@ -374,6 +374,11 @@ pub(crate) struct Shared {
 /// is kept until acknowledged, on disk as well).
 pub const UNCLAIMED_RESULTS_MAX: usize = 1_000_000;
 
+/// Without a journal, most results kept that were written to connections
+/// which ended before their clients acknowledged them: past it, the oldest
+/// are dropped (they were sent once; a fetch of one answers `unknown`).
+pub const LEFT_RESULTS_MAX: usize = 262_144;
+
 /// Results dropped in one turn, for one log line.
 #[derive(Default)]
 struct Dropped {
@@ -607,6 +612,30 @@ impl Shared {
             }
         }
         self.log_dropped(dropped);
+    }
+
+    /// Keeps the results written to a client whose connection ended before
+    /// it acknowledged them (see [`results::Unacked`]), for a fetch.
+    pub(crate) fn keep_left(&self, results: Vec<TaskResult>) {
+        if results.is_empty() {
+            return;
+        }
+        let mut dropped = Dropped::default();
+        {
+            let mut st = self.store();
+            for r in results {
+                if let Some(id) = st.left.insert(r, LEFT_RESULTS_MAX) {
+                    dropped.note(id);
+                }
+            }
+        }
+        if dropped.count > 0 {
+            tracing::warn!(
+                first_task = dropped.first,
+                dropped = dropped.count,
+                "results sent to clients that went away without acknowledging them dropped, oldest first: at most {LEFT_RESULTS_MAX} are kept without a journal"
+            );
+        }
     }
 
     /// Logs results dropped for want of room: one line a second at most,

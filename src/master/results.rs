@@ -11,8 +11,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use rustc_hash::FxHashMap;
+
 use super::Route;
-use crate::proto::{TaskResult, TaskStatus, Text};
+use crate::proto::{BatchWeight, TaskResult, TaskStatus, Text};
 
 /// Ids that have finished: every id below `base`, plus the set bits.
 #[derive(Debug)]
@@ -80,6 +82,9 @@ pub(crate) struct ResultStore {
     /// Results not yet acknowledged by a client (or with no client to take
     /// them), by id.
     pub kept: HashMap<u64, TaskResult>,
+    /// Without a journal: results written to connections that ended before
+    /// their clients acknowledged them.
+    pub left: Left,
     /// Clients attached by id to unfinished tasks.
     pub watchers: HashMap<u64, Vec<Route>>,
 }
@@ -89,8 +94,117 @@ impl ResultStore {
         ResultStore {
             done,
             kept: HashMap::new(),
+            left: Left::default(),
             watchers: HashMap::new(),
         }
+    }
+
+    /// The result kept for `id`, if any.
+    pub fn get(&self, id: u64) -> Option<&TaskResult> {
+        self.kept.get(&id).or_else(|| self.left.results.get(&id))
+    }
+
+    /// Results kept for a fetch, of either kind.
+    pub fn kept_len(&self) -> usize {
+        self.kept.len() + self.left.results.len()
+    }
+}
+
+/// Results written to one client's connection that it has not acknowledged
+/// yet, on a master without a journal (with one, [`ResultStore::kept`]
+/// holds every result until acknowledged). When the connection ends, those
+/// still here go to [`Left`]: the client may not have read them (they were
+/// in the connection's buffers when it broke), or its program ended before
+/// taking them, and a fetch after a reconnect finds them.
+#[derive(Default)]
+pub(crate) struct Unacked {
+    results: FxHashMap<u64, TaskResult>,
+    bytes: usize,
+    /// Results not tracked for want of room: a client this far behind
+    /// with its acknowledgements (or one that never sends any) loses
+    /// them if its connection breaks before it reads them.
+    pub untracked: u64,
+}
+
+impl Unacked {
+    /// Notes results about to be written to the connection.
+    pub fn track(&mut self, batch: &[TaskResult]) {
+        for r in batch {
+            if self.results.len() >= crate::limits::CLIENT_UNACKED_RESULTS_MAX
+                || self.bytes >= crate::limits::CLIENT_UNACKED_BYTES_MAX
+            {
+                self.untracked += 1;
+                continue;
+            }
+            self.bytes += r.batch_weight();
+            if let Some(old) = self.results.insert(r.id, r.clone()) {
+                self.bytes -= old.batch_weight();
+            }
+        }
+    }
+
+    /// The client holds these.
+    pub fn acked(&mut self, ids: &[u64]) {
+        if self.results.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Some(r) = self.results.remove(id) {
+                self.bytes -= r.batch_weight();
+            }
+        }
+    }
+
+    /// Everything still unacknowledged, when the connection has ended.
+    pub fn take(&mut self) -> Vec<TaskResult> {
+        self.bytes = 0;
+        self.results.drain().map(|(_, r)| r).collect()
+    }
+}
+
+/// Results left unacknowledged by connections that ended (see
+/// [`Unacked`]), kept for a fetch. Unlike [`ResultStore::kept`], which
+/// holds results no client was sent and is bounded by refusing detached
+/// batches, these were sent once already: past
+/// [`crate::limits::LEFT_RESULTS_MAX`] the oldest are dropped to make room.
+#[derive(Default)]
+pub(crate) struct Left {
+    results: FxHashMap<u64, TaskResult>,
+    /// Ids in the order they were left, for dropping the oldest; ids since
+    /// acknowledged stay until they reach the front or a compaction.
+    order: VecDeque<u64>,
+}
+
+impl Left {
+    /// Keeps `r`; returns the id of a result dropped to make room.
+    pub fn insert(&mut self, r: TaskResult, max: usize) -> Option<u64> {
+        let id = r.id;
+        if self.results.insert(id, r).is_none() {
+            self.order.push_back(id);
+        }
+        let mut dropped = None;
+        while self.results.len() > max {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.results.remove(&oldest).is_some() {
+                dropped = Some(oldest);
+            }
+        }
+        if self.order.len() > 2 * self.results.len() + 1024 {
+            let results = &self.results;
+            self.order.retain(|id| results.contains_key(id));
+        }
+        dropped
+    }
+
+    /// Forgets `id`'s result; whether one was kept.
+    pub fn remove(&mut self, id: u64) -> bool {
+        !self.results.is_empty() && self.results.remove(&id).is_some()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
     }
 }
 
@@ -125,6 +239,53 @@ mod tests {
         assert!(d.contains(69) && d.contains(71));
         assert!(d.insert(70));
         assert!(d.words.len() <= 2, "finished prefixes are trimmed");
+    }
+
+    fn result(id: u64) -> TaskResult {
+        TaskResult {
+            status: TaskStatus::Ok,
+            ..unknown(id)
+        }
+    }
+
+    #[test]
+    fn left_results_past_their_bound_drop_the_oldest_first() {
+        let mut left = Left::default();
+        for id in 1..=3 {
+            assert_eq!(left.insert(result(id), 3), None);
+        }
+        assert!(left.remove(2), "acknowledged");
+        assert_eq!(left.insert(result(4), 3), None, "room again");
+        assert_eq!(left.insert(result(5), 3), Some(1), "the oldest goes");
+        assert_eq!(
+            left.insert(result(6), 3),
+            Some(3),
+            "an acknowledged id is skipped"
+        );
+        let kept: Vec<u64> = (1..=6).filter(|id| left.results.contains_key(id)).collect();
+        assert_eq!(kept, [4, 5, 6]);
+    }
+
+    #[test]
+    fn left_results_do_not_grow_their_order_without_bound_as_they_are_acknowledged() {
+        let mut left = Left::default();
+        for id in 1..100_000 {
+            left.insert(result(id), 10);
+            left.remove(id);
+        }
+        assert!(left.order.len() <= 1025, "{}", left.order.len());
+    }
+
+    #[test]
+    fn unacked_results_are_bounded_per_connection_and_forgotten_when_acknowledged() {
+        let mut u = Unacked::default();
+        let n = crate::limits::CLIENT_UNACKED_RESULTS_MAX as u64;
+        let batch: Vec<TaskResult> = (1..=n + 5).map(result).collect();
+        u.track(&batch);
+        assert_eq!(u.untracked, 5);
+        u.acked(&(1..=n).collect::<Vec<_>>());
+        assert!(u.take().is_empty());
+        assert_eq!(u.bytes, 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::link::{Departure, LinkTiming, Outcome, WorkerLink};
 use super::parked::PARK_PER_ROUND_MAX;
+use super::results::Unacked;
 use super::{ClientOut, ClientRoute, LinkStats, Record, Route, Shared, WorkerEntry};
 use crate::metrics::{Histograms, Metric};
 use crate::net::preauth::Preauth;
@@ -125,6 +126,11 @@ async fn client_session(
     // route, so its queue would otherwise stay open (and take their results)
     // until the last of them finished.
     let gone = tokio_util::sync::CancellationToken::new();
+    // With a journal every result is kept until acknowledged anyway.
+    let unacked = shared
+        .journal
+        .is_none()
+        .then(|| Arc::new(Mutex::new(Unacked::default())));
     let writer = tokio::spawn(client_writer(
         write,
         rx,
@@ -132,6 +138,7 @@ async fn client_session(
         Outbox {
             queued_bytes,
             wrote,
+            unacked: unacked.clone(),
         },
         too_slow.clone(),
         gone.clone(),
@@ -174,7 +181,7 @@ async fn client_session(
                 say(ToClient::Status(status_report(&shared, req.histograms)))
             }
             FromClient::Fetch(f) => fetch(&shared, &route, f),
-            FromClient::Ack(a) => ack(&shared, a),
+            FromClient::Ack(a) => ack(&shared, unacked.as_deref(), a),
             FromClient::CancelTasks(c) => super::cancel::cancel_tasks(&shared, &route, c),
             FromClient::Ping(p) => say(ToClient::Pong(Pong { seq: p.seq })),
             FromClient::Pong(_) => {}
@@ -207,6 +214,19 @@ async fn client_session(
         writer.abort();
     }
     let _ = writer.await;
+    if let Some(unacked) = unacked {
+        let mut unacked = unacked.lock().unwrap_or_else(|e| e.into_inner());
+        let left = unacked.take();
+        if !left.is_empty() || unacked.untracked > 0 {
+            tracing::info!(
+                client = %peer.node,
+                kept = left.len(),
+                not_kept = unacked.untracked,
+                "the client left results unacknowledged; those kept wait for a fetch"
+            );
+        }
+        shared.keep_left(left);
+    }
     tracing::info!(%addr, client = %peer.node, "client disconnected");
 }
 
@@ -294,7 +314,7 @@ fn fetch(shared: &Shared, route: &Route, f: Fetch) {
     {
         let mut st = shared.store();
         for id in f.ids {
-            if let Some(r) = st.kept.get(&id) {
+            if let Some(r) = st.get(id) {
                 now.push(r.clone());
             } else if id == 0 || id >= next_id || st.done.contains(id) {
                 now.push(super::results::unknown(id));
@@ -312,8 +332,16 @@ fn fetch(shared: &Shared, route: &Route, f: Fetch) {
 }
 
 /// A client holds these results: forget them (and journal that).
-fn ack(shared: &Shared, a: Ack) {
+fn ack(shared: &Shared, unacked: Option<&Mutex<Unacked>>, a: Ack) {
+    if let Some(u) = unacked {
+        u.lock().unwrap_or_else(|e| e.into_inner()).acked(&a.ids);
+    }
     let mut st = shared.store();
+    if !st.left.is_empty() {
+        for id in &a.ids {
+            st.left.remove(*id);
+        }
+    }
     if st.kept.is_empty() {
         return;
     }
@@ -332,6 +360,8 @@ fn ack(shared: &Shared, a: Ack) {
 struct Outbox {
     queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     wrote: Arc<crate::instant::AtomicInstant>,
+    /// Without a journal, results written and not yet acknowledged.
+    unacked: Option<Arc<Mutex<Unacked>>>,
 }
 
 /// Writes a client's messages in order, folding consecutive results into
@@ -442,7 +472,7 @@ async fn client_writer(
                     }
                 }
                 ClientOut::Msg(m) => {
-                    if !flush_results(&mut write, &mut results, &outbox.wrote).await
+                    if !flush_results(&mut write, &mut results, &outbox).await
                         || write.feed(m).await.is_err()
                     {
                         broken = true;
@@ -452,7 +482,7 @@ async fn client_writer(
             }
         }
         if broken
-            || !flush_results(&mut write, &mut results, &outbox.wrote).await
+            || !flush_results(&mut write, &mut results, &outbox).await
             || write.flush().await.is_err()
         {
             // The connection broke: the results not yet handed to it are
@@ -514,18 +544,22 @@ const GONE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const WRITE_TURN_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Writes `results` in frames within the protocol's limits. False if the
-/// connection broke; `results` then holds those not handed to it (the
-/// frame being written when it broke is lost with the connection's
-/// buffers, as are frames written before it and not yet read).
+/// connection broke; `results` then holds those not handed to it. Those
+/// handed to it (the frame being written when it broke, and frames written
+/// before it and perhaps never read) are in the outbox's `unacked` until
+/// the client acknowledges them.
 async fn flush_results(
     write: &mut Writer<ToClient, FromClient>,
     results: &mut Vec<TaskResult>,
-    wrote: &crate::instant::AtomicInstant,
+    outbox: &Outbox,
 ) -> bool {
     // Each frame taken by the connection is progress (a large result set
     // takes a while).
     let mut batches = crate::proto::batches(std::mem::take(results)).into_iter();
     for batch in batches.by_ref() {
+        if let Some(u) = &outbox.unacked {
+            u.lock().unwrap_or_else(|e| e.into_inner()).track(&batch);
+        }
         if write
             .feed(ToClient::Results(Results { results: batch }))
             .await
@@ -534,7 +568,7 @@ async fn flush_results(
             results.extend(batches.flatten());
             return false;
         }
-        wrote.set(Instant::now());
+        outbox.wrote.set(Instant::now());
     }
     true
 }
@@ -1230,8 +1264,12 @@ mod tests {
         let mut results: Vec<TaskResult> = (1..=total as u64)
             .map(super::super::results::unknown)
             .collect();
-        let wrote = crate::instant::AtomicInstant::new(Instant::now());
-        assert!(flush_results(&mut write, &mut results, &wrote).await);
+        let outbox = Outbox {
+            queued_bytes: Default::default(),
+            wrote: Arc::new(crate::instant::AtomicInstant::new(Instant::now())),
+            unacked: None,
+        };
+        assert!(flush_results(&mut write, &mut results, &outbox).await);
         write.flush().await.unwrap();
         assert!(results.is_empty());
 
