@@ -28,6 +28,15 @@ pub struct DemoOptions {
     pub wire: Wire,
     /// Where the nodes log.
     pub log_dir: PathBuf,
+    /// The cluster's secret, for the demo's client.
+    pub secret: Option<crate::proto::handshake::Secret>,
+    /// The file it came from, passed on to the nodes (a secret from
+    /// `RUNNER_SECRET` reaches them through the environment).
+    pub secret_file: Option<PathBuf>,
+    /// The master's first port.
+    pub port: u16,
+    /// The workers' range, which the master scans.
+    pub worker_ports: crate::net::PortRange,
 }
 
 /// Why the demo could not finish.
@@ -165,13 +174,18 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
     let clock = Clock(Instant::now());
     let wire = opts.wire.to_string();
     let logs = opts.log_dir.display().to_string();
+    let worker_ports = format!("{}-{}", opts.worker_ports.first, opts.worker_ports.last);
+    let secret_args: Vec<String> = match &opts.secret_file {
+        Some(f) => vec!["--secret-file".into(), f.display().to_string()],
+        None => Vec::new(),
+    };
     println!(
         "runner demo: a master and {} workers as separate processes, {} tasks, {} wire; logs in {}/",
         opts.workers, opts.tasks, wire, logs
     );
     let (tx, mut lines) = mpsc::unbounded_channel();
 
-    // 1. The master takes the first free port from 4999.
+    // 1. The master takes the first free port from --port (4999).
     let master_args: Vec<String> = [
         "master",
         "--quiet",
@@ -179,6 +193,10 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
         &logs,
         "--wire",
         &wire,
+        "--port",
+        &opts.port.to_string(),
+        "--scan",
+        &worker_ports,
         "--scan-interval",
         "250ms",
         "--heartbeat",
@@ -188,6 +206,7 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(secret_args.iter().cloned())
     .collect();
     let mut master = spawn_node("master", &master_args, &tx)?;
     let (_, line) = expect_line(&mut lines, &clock, "master address", |n, l| {
@@ -201,7 +220,7 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
             DemoError::Failed(format!("cannot read the master's address from {line:?}"))
         })?;
 
-    // 2. Each worker takes the first free port of 5000-5100.
+    // 2. Each worker takes the first free port of --worker-ports (5000-5100).
     let mut workers = Vec::new();
     for i in 1..=opts.workers {
         let id = format!("worker-{i}");
@@ -220,9 +239,12 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
             "200ms",
             "--master-timeout",
             DEMO_MASTER_TIMEOUT,
+            "--port-range",
+            &worker_ports,
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(secret_args.iter().cloned())
         .collect();
         workers.push(spawn_node(&id, &args, &tx)?);
     }
@@ -239,6 +261,7 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
     let client_opts = ClientOptions {
         wire: opts.wire,
         name: "demo".into(),
+        secret: opts.secret.clone(),
         ..ClientOptions::default()
     };
     let mut client = Client::connect(addr, client_opts)
@@ -399,7 +422,7 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
     let code = wait_exit(&mut master, &mut lines, &clock).await?;
     clock.say(format_args!("master exited ({code})"));
     clock.say(format_args!(
-        "the workers now have no master; each terminates itself after its master-timeout ({DEMO_MASTER_TIMEOUT})"
+        "the workers now have no master; each terminates itself after its master-timeout ({DEMO_MASTER_TIMEOUT}), with exit status 3"
     ));
     for w in &mut workers {
         let code = wait_exit(w, &mut lines, &clock).await?;

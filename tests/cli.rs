@@ -184,6 +184,21 @@ fn bad_arguments_get_clear_errors_not_panics() {
             "must not hold control characters",
         ),
         (&["cancel", "9-3"], "must not exceed the last"),
+        (
+            &["worker", "--heartbeat", "2s", "--master-timeout", "1s"],
+            "must be longer than --heartbeat",
+        ),
+        (&["master", "--scan-hosts", ""], "an empty host name"),
+        (
+            &["master", "--scan-hosts", "node1,node2:5000"],
+            "no port: the master scans the --scan ports",
+        ),
+        (&["demo", "--workers", "0"], "0 is not in 1..=50"),
+        (&["demo", "--tasks", "5"], "5 is not in 20..=100000"),
+        (
+            &["submit", "--master", "127.0.0.1:1", "--", ""],
+            "the task's kind is empty",
+        ),
         (&["results", "seven"], "expected a task id like 7"),
         (
             &["submit", "--master", "127.0.0.1:1", "--", "noop"],
@@ -484,4 +499,65 @@ async fn exec_output_cut_at_the_limit_says_so() {
         "{}",
         &out[out.len().saturating_sub(200)..]
     );
+}
+
+/// Runs `runner demo` on ports of its own with `extra` arguments and
+/// `env`; returns what it printed.
+fn demo(extra: &[&str], env: &[(&str, &str)]) -> String {
+    let block = support::port_block(PORT_BASE);
+    let logs = tempfile::tempdir().unwrap();
+    let port = block.to_string();
+    let workers = format!("{}-{}", block + 1, block + support::BLOCK - 1);
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "demo",
+        "--port",
+        &port,
+        "--worker-ports",
+        &workers,
+        "--log-dir",
+    ])
+    .arg(logs.path())
+    .args(extra)
+    .env_remove(runner::proto::handshake::SECRET_ENV);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("runs");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{said}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
+/// The README's first command: the demo runs its mix, stops the master,
+/// and its workers end for want of one, with the status that says so.
+#[test]
+fn the_demo_runs_its_mix_and_every_node_ends() {
+    let said = demo(&[], &[]);
+    assert!(said.contains("master exited (exit status: 0)"), "{said}");
+    for w in 1..=3 {
+        assert!(
+            said.contains(&format!("worker-{w} exited (exit status: 3)")),
+            "{said}"
+        );
+    }
+}
+
+/// With a secret (here from the environment) every node of the demo and
+/// its own client authenticate.
+#[test]
+fn the_demo_runs_with_a_secret() {
+    let said = demo(
+        &["--wire", "json", "--workers", "1"],
+        &[(
+            runner::proto::handshake::SECRET_ENV,
+            "demo-secret-of-enough-bytes",
+        )],
+    );
+    assert!(said.contains("worker-1 exited (exit status: 3)"), "{said}");
 }

@@ -187,7 +187,12 @@ async fn workers_terminate_themselves_when_the_master_is_killed(wire: Wire) {
     c.master.signal(libc::SIGKILL);
     for w in &mut c.workers {
         let status = w.wait_exit(Duration::from_secs(10));
-        assert!(status.success(), "{}: {status}", w.name);
+        assert_eq!(
+            status.code(),
+            Some(support::MASTER_TIMEOUT_EXIT),
+            "{}: {status}",
+            w.name
+        );
         assert!(
             w.seen
                 .iter()
@@ -794,7 +799,11 @@ async fn a_worker_refused_for_a_duplicate_id_ends_at_its_master_timeout() {
     let old = c.worker("same");
     old.signal(libc::SIGCONT);
     let status = old.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        status.code(),
+        Some(support::MASTER_TIMEOUT_EXIT),
+        "{status:?}"
+    );
     assert!(
         old.seen.iter().any(|l| l.contains("master-timeout")),
         "{:?}",

@@ -243,6 +243,23 @@ fn a_file_that_is_not_a_journal_is_refused() {
 }
 
 #[test]
+fn a_journal_in_a_missing_directory_is_refused_naming_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    match open(&missing.join("journal")) {
+        Err(e @ JournalError::NoDirectory { .. }) => {
+            let said = e.to_string();
+            assert!(
+                said.contains(&format!("mkdir -p {}", missing.display())),
+                "{said}"
+            );
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(!missing.exists(), "not created behind the user's back");
+}
+
+#[test]
 fn a_second_master_cannot_open_a_journal_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j");

@@ -380,12 +380,12 @@ fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
     for (args, code, needle) in [
         (
             &["--kind", "sleep", "--tasks", "10"][..],
-            1,
+            2,
             "--kind sleep needs --arg",
         ),
         (
             &["--kind", "spin", "--tasks", "10"],
-            1,
+            2,
             "--kind spin needs --arg",
         ),
         (
@@ -427,7 +427,7 @@ fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
                 "--relay-work",
                 "1ms",
             ],
-            1,
+            2,
             "the relay could not keep up",
         ),
         (&["--concurrency", "0", "--tasks", "10"], 2, "at least 1"),
@@ -484,7 +484,7 @@ fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
         ),
         (
             &["--rate", "-5", "--duration", "1s"],
-            1,
+            2,
             "--rate must be a positive",
         ),
         (
@@ -492,6 +492,31 @@ fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
             2,
             "--report /dev/null",
         ),
+        (
+            &[
+                "--kind",
+                "sleep",
+                "--arg",
+                "1",
+                "--payload-bytes",
+                "100",
+                "--tasks",
+                "1",
+            ],
+            2,
+            "payload is its --arg",
+        ),
+        (
+            &["--batch", "0", "--tasks", "1"],
+            2,
+            "--batch must be from 1",
+        ),
+        (
+            &["--fail-fraction", "2", "--tasks", "1"],
+            2,
+            "--fail-fraction must be from 0 to 1",
+        ),
+        (&["--kind", "noop"], 2, "give --tasks N or --duration D"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
             .args(args)

@@ -304,8 +304,39 @@ fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
         }
         return Ok(());
     }
+    if a.tasks.is_none() && a.duration.is_none() {
+        return Err("give --tasks N or --duration D (see --help)".into());
+    }
     if a.tasks == Some(0) {
         return Err("--tasks must be at least 1".into());
+    }
+    if a.batch == 0 || a.batch > runner::limits::BATCH_TASKS_MAX {
+        return Err(format!(
+            "--batch must be from 1 to {}",
+            runner::limits::BATCH_TASKS_MAX
+        ));
+    }
+    if !(0.0..=1.0).contains(&a.fail_fraction) {
+        return Err("--fail-fraction must be from 0 to 1".into());
+    }
+    if let Some(rate) = a.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err("--rate must be a positive number of tasks per second".into());
+        }
+        if a.relay_work.as_secs_f64() * rate >= 1.0 {
+            return Err(format!(
+                "--relay-work {:?} at --rate {rate}/s is more than a second of work a second: \
+                 the relay could not keep up (at most {:?} at this rate)",
+                a.relay_work,
+                Duration::from_secs_f64(1.0 / rate)
+            ));
+        }
+    }
+    if a.arg.is_some() && given("payload_bytes") {
+        return Err(format!(
+            "--payload-bytes sets the payload of kinds without --arg; a --kind {} task's payload is its --arg",
+            a.kind
+        ));
     }
     if a.duration.is_some_and(|d| d.is_zero()) {
         return Err("--duration must be more than 0".into());
@@ -520,19 +551,6 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
     if a.fake_workers > 0 {
         return run_pool(a, &command).await;
     }
-    if a.tasks.is_none() && a.duration.is_none() {
-        return Err("give --tasks N or --duration D (see --help)".into());
-    }
-    if let Some(rate) = a.rate {
-        if a.relay_work.as_secs_f64() * rate >= 1.0 {
-            return Err(format!(
-                "--relay-work {:?} at --rate {rate}/s is more than a second of work a second: \
-                 the relay could not keep up (at most {:?} at this rate)",
-                a.relay_work,
-                Duration::from_secs_f64(1.0 / rate)
-            ));
-        }
-    }
     let base = if a.baseline {
         let b = baseline::run(baseline::ROUND_TRIPS_DEFAULT, baseline::FRAMES_DEFAULT)
             .await
@@ -574,7 +592,14 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let opts = options(&a, master);
-    let o = loadgen::run(opts).await.map_err(|e| e.to_string())?;
+    let o = match loadgen::run(opts).await {
+        Ok(o) => o,
+        Err(loadgen::LoadError::Usage(why)) => {
+            eprintln!("loadgen: {why}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     report::print_summary(&o);
     let mut summary = report::summary_json(&o, &command);
     if let Some(b) = &base {
@@ -690,8 +715,8 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
     }
     if o.lost > 0 || o.duplicated > 0 || o.unexpected > 0 {
         eprintln!(
-            "loadgen: FAILED: {} lost, {} duplicated, {} unexpected results",
-            o.lost, o.duplicated, o.unexpected
+            "loadgen: FAILED: {} lost (no result within --drain-timeout {:?} of the last submission), {} duplicated, {} unexpected results",
+            o.lost, a.drain_timeout, o.duplicated, o.unexpected
         );
         return Ok(ExitCode::FAILURE);
     }

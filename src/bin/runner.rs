@@ -47,7 +47,7 @@ enum Command {
     Submit(SubmitArgs),
     /// Fetch the results of tasks by id (submitted earlier, e.g. with
     /// `submit --detach`, or before the master restarted on its journal);
-    /// waits for unfinished ones.
+    /// waits for unfinished ones; exits non-zero if any failed or is unknown.
     Results(ResultsArgs),
     /// Show the master's workers, queues and totals.
     Status(StatusArgs),
@@ -75,6 +75,11 @@ const USAGE_EXIT: u8 = 2;
 /// Exit status of a client command stopped by Ctrl-C or SIGTERM, as a shell
 /// reports a process ended by SIGINT.
 const INTERRUPTED_EXIT: u8 = 130;
+
+/// Exit status of a worker that terminated itself for want of a master: a
+/// failure, so that a supervisor restarts it (`Restart=on-failure`) to wait
+/// for the next master, where a worker that was told to stop exits 0.
+const MASTER_TIMEOUT_EXIT: u8 = 3;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum WireArg {
@@ -131,18 +136,20 @@ struct MasterArgs {
     common: Common,
     #[command(flatten)]
     log: Logging,
-    /// Address to listen on. Anything but loopback needs a secret (or
-    /// --insecure).
+    /// IP address to listen on (0.0.0.0 for every interface). Anything but
+    /// loopback needs a secret (or --insecure).
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// First port to try; the next ones are tried while taken.
+    /// First port to try; while it is taken, the next ones are tried, up to
+    /// 100 more (0 lets the system pick a free port).
     #[arg(long, default_value_t = runner::master::PORT_DEFAULT)]
     port: u16,
     /// Port ranges to scan for workers (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "5000-5100")]
     scan: Vec<PortRange>,
-    /// Other hosts to scan, besides localhost (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    /// Other hosts to scan, besides localhost (comma-separated names or IP
+    /// addresses).
+    #[arg(long, value_delimiter = ',', value_parser = parse_scan_host)]
     scan_hosts: Vec<String>,
     /// How often to scan.
     #[arg(long, value_parser = parse_period, default_value = "2s")]
@@ -220,7 +227,8 @@ struct WorkerArgs {
     /// Node id, unique in the cluster (default: worker-<pid>).
     #[arg(long, value_parser = parse_node_id)]
     id: Option<String>,
-    /// Address to listen on.
+    /// IP address to listen on (0.0.0.0 for every interface). Anything but
+    /// loopback needs a secret (or --insecure).
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Listen on the first free port of this range.
@@ -239,7 +247,8 @@ struct WorkerArgs {
     /// for longer.
     #[arg(long, value_parser = parse_period, default_value = "15s")]
     handshake_timeout: Duration,
-    /// Terminate after this long without hearing from a master.
+    /// Terminate (exit status 3) after this long without hearing from a
+    /// master.
     #[arg(long, value_parser = parse_period, default_value = "30s")]
     master_timeout: Duration,
     /// How often to ping the master.
@@ -325,7 +334,7 @@ struct CancelArgs {
     #[arg(long)]
     master: Option<String>,
     /// Why, for the tasks' results (their submitter sees it).
-    #[arg(long, default_value = "", value_parser = parse_reason)]
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = parse_reason)]
     reason: String,
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -342,7 +351,8 @@ struct StatusArgs {
     /// The master (HOST:PORT); default: found on this machine.
     #[arg(long)]
     master: Option<String>,
-    /// Print JSON.
+    /// Print the master's status report as JSON (its `histograms` list only
+    /// those with samples; the table shows all, empty ones as 0).
     #[arg(long)]
     json: bool,
     /// Also show the master's latency histograms (queue wait, dispatch to
@@ -356,15 +366,21 @@ struct StatusArgs {
 struct DemoArgs {
     #[command(flatten)]
     common: Common,
-    /// Worker processes to start.
-    #[arg(long, default_value_t = 3)]
+    /// Worker processes to start (1 to 50).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     workers: u32,
-    /// Tasks to run (at least 20).
-    #[arg(long, default_value_t = 40)]
+    /// Tasks to run (20 to 100000).
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(20..=100_000))]
     tasks: u32,
     /// Where the nodes write their logs.
     #[arg(long, default_value = "logs")]
     log_dir: PathBuf,
+    /// The master's first port to try (the next ones are tried while taken).
+    #[arg(long, default_value_t = 4999)]
+    port: u16,
+    /// The workers' port range, which the master scans.
+    #[arg(long, default_value = "5000-5100")]
+    worker_ports: PortRange,
 }
 
 fn main() -> ExitCode {
@@ -460,15 +476,27 @@ fn main() -> ExitCode {
             workers: 3,
             tasks: 40,
             log_dir: PathBuf::from("logs"),
+            port: 4999,
+            worker_ports: PortRange {
+                first: 5000,
+                last: 5100,
+            },
         })) {
-            Command::Demo(a) => runner::demo::run(runner::demo::DemoOptions {
-                workers: a.workers,
-                tasks: a.tasks,
-                wire: a.common.wire.into(),
-                log_dir: a.log_dir,
-            })
-            .await
-            .map_err(|e| Failure::Run(e.to_string())),
+            Command::Demo(a) => {
+                let secret = load_secret(&a.common).map_err(Failure::Run)?;
+                runner::demo::run(runner::demo::DemoOptions {
+                    workers: a.workers,
+                    tasks: a.tasks,
+                    wire: a.common.wire.into(),
+                    log_dir: a.log_dir,
+                    secret,
+                    secret_file: a.common.secret_file,
+                    port: a.port,
+                    worker_ports: a.worker_ports,
+                })
+                .await
+                .map_err(|e| Failure::Run(e.to_string()))
+            }
             Command::Master(a) => master(a).await,
             Command::Worker(a) => worker(a, tasks_on).await,
             Command::Submit(a) => submit(a).await,
@@ -683,6 +711,12 @@ async fn master(a: MasterArgs) -> Result<ExitCode, Failure> {
             cfg.worker_timeout, cfg.heartbeat
         )));
     }
+    if cfg.worker_timeout < cfg.heartbeat * 3 {
+        eprintln!(
+            "runner: warning: --heartbeat ({:?}) is more than a third of --worker-timeout ({:?}): a worker that misses one or two pings (a brief stall of either side) is dropped and its tasks run again",
+            cfg.heartbeat, cfg.worker_timeout
+        );
+    }
     let m = Master::start(cfg).await.map_err(|e| e.to_string())?;
     say(format_args!("master listening on {}", m.local_addr()));
     exit_if_stopping_hangs("master".into());
@@ -726,6 +760,18 @@ async fn worker(
         wire: a.common.wire.into(),
         ..defaults
     };
+    if cfg.master_timeout <= cfg.heartbeat {
+        return Err(Failure::Usage(format!(
+            "--master-timeout ({:?}) must be longer than --heartbeat ({:?}), or the worker would give up on a live master",
+            cfg.master_timeout, cfg.heartbeat
+        )));
+    }
+    if cfg.master_timeout < cfg.heartbeat * 3 {
+        eprintln!(
+            "runner: warning: --heartbeat ({:?}) is more than a third of --master-timeout ({:?}): a brief stall of either side can make this worker terminate",
+            cfg.heartbeat, cfg.master_timeout
+        );
+    }
     let mut builder = Worker::builder().config(cfg);
     if let Some(rt) = tasks_on {
         builder = builder.tasks_on(rt);
@@ -735,13 +781,18 @@ async fn worker(
     exit_if_stopping_hangs(format!("worker {id}"));
     let exit = w.run_until(shutdown_signal()).await;
     match exit {
-        WorkerExit::MasterTimeout(d) => say(format_args!(
-            "worker {id} terminating: no master for {:.1}s (master-timeout)",
-            d.as_secs_f64()
-        )),
-        WorkerExit::Shutdown => say(format_args!("worker {id} stopped")),
+        WorkerExit::MasterTimeout(d) => {
+            say(format_args!(
+                "worker {id} terminating: no master for {:.1}s (master-timeout)",
+                d.as_secs_f64()
+            ));
+            Ok(ExitCode::from(MASTER_TIMEOUT_EXIT))
+        }
+        WorkerExit::Shutdown => {
+            say(format_args!("worker {id} stopped"));
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(
@@ -772,6 +823,11 @@ fn task_from_args(a: &SubmitArgs) -> Result<NewTask, Failure> {
         .task
         .split_first()
         .ok_or_else(|| Failure::Usage("give a task: -- KIND [ARGS..]".into()))?;
+    if kind.trim().is_empty() {
+        return Err(Failure::Usage(
+            "the task's kind is empty: give one, e.g. -- echo hello".into(),
+        ));
+    }
     let payload = if kind == "exec" {
         if args.is_empty() {
             return Err(Failure::Usage(
@@ -1074,6 +1130,24 @@ fn parse_node_id(s: &str) -> Result<String, String> {
         );
     }
     Ok(s.to_string())
+}
+
+fn parse_scan_host(s: &str) -> Result<String, String> {
+    let host = s.trim();
+    if host.is_empty() {
+        return Err(
+            "an empty host name: give names or IP addresses separated by commas, e.g. --scan-hosts 10.0.0.2,node3".into(),
+        );
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(host.to_string());
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) || host.contains(':') {
+        return Err(format!(
+            "{host:?} is not a host name or IP address (no spaces, and no port: the master scans the --scan ports on each host)"
+        ));
+    }
+    Ok(host.to_string())
 }
 
 async fn results(a: ResultsArgs) -> Result<ExitCode, Failure> {

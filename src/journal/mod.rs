@@ -115,6 +115,16 @@ pub enum JournalError {
         /// The error.
         source: std::io::Error,
     },
+    /// The journal's directory does not exist. Not created: a mistyped
+    /// path (a mount point, say) would put the journal somewhere nobody
+    /// looks.
+    #[error("journal {}: the directory {} does not exist; create it (mkdir -p {}) or give a path in an existing one", .path.display(), .dir.display(), .dir.display())]
+    NoDirectory {
+        /// The journal.
+        path: PathBuf,
+        /// Its missing directory.
+        dir: PathBuf,
+    },
     /// The file is not a journal.
     #[error("not a runner journal: {0}")]
     NotAJournal(String),
@@ -248,7 +258,21 @@ impl Journal {
             // Clients' payloads (programs, their environments) are in it.
             .mode(JOURNAL_FILE_MODE)
             .open(&path)
-            .map_err(io(&path, "open"))?;
+            .map_err(|source| {
+                let dir = match path.parent() {
+                    Some(d) if d.as_os_str().is_empty() => Path::new("."),
+                    Some(d) => d,
+                    None => Path::new("/"),
+                };
+                if source.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+                    JournalError::NoDirectory {
+                        path: path.clone(),
+                        dir: dir.to_path_buf(),
+                    }
+                } else {
+                    io(&path, "open")(source)
+                }
+            })?;
         lock(&file, &path)?;
         // Left by a compaction interrupted by a crash (only the lock holder
         // may remove it: a live master may be writing it).

@@ -273,7 +273,11 @@ fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient
         if waiting + s.tasks.len() > max {
             say(ToClient::Error(ErrorMsg::new(
                 ErrorCode::BUSY,
-                format!("{waiting} results wait to be fetched or will, and this master keeps at most {max} without a journal; fetch them (runner results) or start the master with --journal"),
+                format!(
+                    "a detached batch of {} tasks does not fit: {waiting} results wait to be fetched or will, this master keeps at most {max} without a journal, so {} more fit now; fetch results (runner results) or start the master with --journal",
+                    s.tasks.len(),
+                    max.saturating_sub(waiting)
+                ),
             )));
             return;
         }

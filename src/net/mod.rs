@@ -86,7 +86,7 @@ pub fn parse_period(s: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// Every port of the range is taken.
-    #[error("every port in {range} on {host} is in use; free one or choose another range")]
+    #[error("{} on {host} in use; free one or choose another range", if .range.first == .range.last { format!("port {range} is") } else { format!("every port in {range} is") })]
     RangeExhausted {
         /// The address.
         host: IpAddr,

@@ -170,6 +170,15 @@ pub enum WorkerError {
     /// A configured period or timeout that must be more than zero is zero.
     #[error("worker {0} must be more than zero")]
     ZeroPeriod(&'static str),
+    /// The heartbeat is not shorter than the master-timeout: the worker
+    /// would give up on a live master between two of its pings.
+    #[error("the worker's master-timeout ({master_timeout:?}) must be longer than its heartbeat ({heartbeat:?})")]
+    HeartbeatTooLong {
+        /// The configured heartbeat.
+        heartbeat: std::time::Duration,
+        /// The configured master-timeout.
+        master_timeout: std::time::Duration,
+    },
 }
 
 /// A started worker.
@@ -228,6 +237,12 @@ impl Worker {
             if d.is_zero() {
                 return Err(WorkerError::ZeroPeriod(name));
             }
+        }
+        if self.cfg.master_timeout <= self.cfg.heartbeat {
+            return Err(WorkerError::HeartbeatTooLong {
+                heartbeat: self.cfg.heartbeat,
+                master_timeout: self.cfg.master_timeout,
+            });
         }
         reaper::supervise();
         let listener = net::bind_first_free(self.cfg.bind, self.cfg.ports).await?;

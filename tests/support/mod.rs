@@ -35,6 +35,9 @@ macro_rules! both_wires {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_runner");
 
+/// Exit status of a worker that terminated itself for want of a master.
+pub const MASTER_TIMEOUT_EXIT: i32 = 3;
+
 /// A block of ports of its own for each cluster in this test binary, so tests
 /// running in parallel never scan each other's workers. Each test binary
 /// starts from its own base (set by `PORT_BASE` in the test file).
