@@ -223,3 +223,61 @@ async fn a_batch_refused_after_its_first_part_names_the_ids_that_were_accepted()
     client.close();
     master.shutdown().await;
 }
+
+/// A client whose sessions keep ending soon after they start (a master
+/// that takes each connection and drops it, as one whose journal cannot be
+/// written does) reconnects ever more slowly, not in a loop: here through
+/// a proxy that cuts every connection after the first one 50 ms in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_whose_sessions_end_at_once_reconnects_ever_more_slowly() {
+    let (master, _client) = master_alone(23082, 10).await;
+    let to = master.local_addr();
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let cut_first = Arc::new(tokio::sync::Notify::new());
+    let cut = cut_first.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = proxy.accept().await.unwrap();
+            let n = counted.fetch_add(1, Ordering::Relaxed);
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+                let pipe = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                if n == 0 {
+                    tokio::select! {
+                        _ = pipe => {}
+                        _ = cut.notified() => {}
+                    }
+                } else {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), pipe).await;
+                }
+            });
+        }
+    });
+    let client = Client::connect(
+        proxy_addr,
+        ClientOptions {
+            reconnect: Some(Duration::from_secs(60)),
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    client.status(false).await.unwrap();
+    cut_first.notify_one();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Pauses of 100, 200, 400, 800 and 1,600 ms, each after a 50 ms session:
+    // about 6 connections in 3 s. Without them, one every 50 ms: 60.
+    let made = connections.load(Ordering::Relaxed) - 1;
+    assert!(
+        (2..=10).contains(&made),
+        "{made} connections in {:?}",
+        start.elapsed()
+    );
+    client.close();
+    master.shutdown().await;
+}
