@@ -566,3 +566,55 @@ fn a_new_journal_is_readable_by_its_owner_alone() {
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "clients' payloads are in it: {mode:o}");
 }
+
+/// A compacted journal of unfinished tasks, most never handed out, is no
+/// bigger than the records it replaces, and replays to the same state:
+/// runs of consecutive fresh ids go back as `Accepted` records.
+#[test]
+fn compacting_a_backlog_of_unfinished_tasks_does_not_grow_it() {
+    let mut state = runner::journal::State {
+        next_id: 20_001,
+        ..Default::default()
+    };
+    let mut accepted = bytes::BytesMut::new();
+    for first in (1..20_001).step_by(1000) {
+        let tasks: Vec<NewTask> = (first..first + 1000).map(task).collect();
+        Entry::Accepted {
+            first_id: first,
+            tasks: &tasks,
+        }
+        .encode(&mut accepted, record::Salt::NONE)
+        .unwrap();
+        state.apply(runner::journal::Record::Accepted {
+            first_id: first,
+            tasks,
+        });
+    }
+    // Some were handed out, one failed once, one finished (a gap).
+    state.apply(runner::journal::Record::Dispatched(vec![
+        (5, 1),
+        (6, 1),
+        (7_000, 2),
+    ]));
+    state.apply(runner::journal::Record::AttemptFailed {
+        id: 7_000,
+        error: AttemptError {
+            attempt: 1,
+            worker: Text::from_static("w1"),
+            reason: Text::from_static("lost"),
+        },
+    });
+    state.apply(runner::journal::Record::Finished(result(9_000)));
+    let mut compacted = Vec::new();
+    runner::journal::write_state(&mut compacted, &state, record::Salt::NONE).unwrap();
+    assert!(
+        compacted.len() <= accepted.len() + 1024,
+        "{} bytes compacted from {} of accepted records",
+        compacted.len(),
+        accepted.len()
+    );
+    let r = runner::journal::replay::replay(&bytes::Bytes::from(compacted)).unwrap();
+    assert_eq!(r.state.next_id, state.next_id);
+    assert_eq!(r.state.pending, state.pending);
+    assert_eq!(r.state.results, state.results);
+}

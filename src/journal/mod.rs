@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::proto::{BatchWeight, NewTask};
+
 pub use record::{Entry, PendingTask, Record};
 pub use replay::{Replayed, State};
 
@@ -865,12 +867,49 @@ pub fn write_state(out: &mut impl Write, state: &State, salt: record::Salt) -> s
     Entry::NextId(state.next_id)
         .encode(&mut buf, salt)
         .map_err(bad)?;
+    // Unfinished tasks never handed out (a backlog, usually most of them)
+    // go as `Accepted` records of consecutive ids, as they came: one
+    // `Pending` each would weigh about twice as much as the records the
+    // compaction replaces.
+    let mut run: Vec<NewTask> = Vec::new();
+    let (mut run_first, mut run_bytes) = (0u64, 0usize);
+    let emit_run = |run: &mut Vec<NewTask>, first: u64, buf: &mut BytesMut| {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let e = Entry::Accepted {
+            first_id: first,
+            tasks: run,
+        }
+        .encode(buf, salt)
+        .map_err(bad);
+        run.clear();
+        e
+    };
     for p in state.pending.values() {
-        Entry::Pending(p).encode(&mut buf, salt).map_err(bad)?;
+        let fresh = p.attempt == 0 && p.errors.is_empty();
+        let joins = fresh
+            && p.id == run_first.wrapping_add(run.len() as u64)
+            && run.len() < crate::limits::BATCH_TASKS_MAX
+            && run_bytes < crate::proto::BATCH_BYTES_MAX;
+        if !joins {
+            emit_run(&mut run, run_first, &mut buf)?;
+            run_bytes = 0;
+        }
+        if fresh {
+            if run.is_empty() {
+                run_first = p.id;
+            }
+            run_bytes += p.spec.batch_weight();
+            run.push(p.spec.clone());
+        } else {
+            Entry::Pending(p).encode(&mut buf, salt).map_err(bad)?;
+        }
         if buf.len() >= 1 << 20 {
             flush(&mut buf, out)?;
         }
     }
+    emit_run(&mut run, run_first, &mut buf)?;
     for r in state.results.values() {
         Entry::Finished(r).encode(&mut buf, salt).map_err(bad)?;
         if buf.len() >= 1 << 20 {
