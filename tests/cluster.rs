@@ -1621,3 +1621,45 @@ async fn results_a_client_did_not_acknowledge_before_its_connection_ended_wait_f
         );
     }
 }
+
+/// A stopped worker that the master is writing a task too large for the
+/// connection's buffers to: the write never ends, and the worker is still
+/// removed once it has taken nothing for a worker-timeout, its task run
+/// elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_02_a_stopped_worker_is_removed_while_a_write_to_it_is_stuck() {
+    let (mut c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    c.worker("w1").signal(libc::SIGSTOP);
+    let big = NewTask {
+        kind: Text::from_static("echo"),
+        payload: Payload::from(vec![b'x'; runner::limits::PAYLOAD_BYTES_MAX]),
+        priority: 128,
+        retries: 3,
+        timeout_ms: 0,
+    };
+    let id = client.submit(big).await.unwrap();
+    c.add_worker("w2", 1, &[]);
+    let r = collect(&mut client, 1, Duration::from_secs(30))
+        .await
+        .remove(&id)
+        .unwrap();
+    assert_eq!(
+        (r.status, r.worker.as_str()),
+        (TaskStatus::Ok, "w2"),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(r.output.len(), runner::limits::PAYLOAD_BYTES_MAX);
+    assert!(
+        c.master_log().contains("took nothing for"),
+        "the log says why w1 went"
+    );
+    c.worker("w1").signal(libc::SIGCONT);
+}

@@ -765,13 +765,24 @@ pub(crate) async fn worker_session(
     // Results finished in one turn, delivered together; kept to reuse its
     // allocation.
     let mut finished: Vec<(TaskResult, Route)> = Vec::new();
+    // A worker that takes nothing written to it for a worker-timeout is
+    // lost, like one not heard from: while a write to it waits, this loop
+    // reads nothing and its timer does not run.
+    let stall = shared.cfg.worker_timeout;
+    // Messages for the worker from one turn, written together.
+    let mut out: Vec<ToWorker> = Vec::new();
 
     let departure = loop {
         let notified = shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Err(e) = dispatch(&shared, &mut link, &kinds, &mut write, &stats).await {
-            break Departure::ConnectionClosed(format!("write failed: {e}"));
+        let sent = net::write_unless_stalled(
+            dispatch(&shared, &mut link, &kinds, &mut write, &stats),
+            read.get_ref().as_ref(),
+            stall,
+        );
+        if let Err(e) = sent.await {
+            break Departure::ConnectionClosed(e.to_string());
         }
         tokio::select! {
             biased;
@@ -780,7 +791,8 @@ pub(crate) async fn worker_session(
                 let msg = match frame {
                     None => break Departure::ConnectionClosed("closed by the worker".into()),
                     Some(Err(e)) => {
-                        let _ = write.send(ToWorker::Error(ErrorMsg::new(e.code(), e.to_string()))).await;
+                        let error = ToWorker::Error(ErrorMsg::new(e.code(), e.to_string()));
+                        let _ = tokio::time::timeout(ERROR_SEND_TIMEOUT, write.send(error)).await;
                         break Departure::ConnectionClosed(format!("bad input: {e}"));
                     }
                     Some(Ok(m)) => m,
@@ -803,8 +815,9 @@ pub(crate) async fn worker_session(
                         stats.failed.store(link.failed, Ordering::Relaxed);
                     }
                     FromWorker::Ping(p) => {
-                        if write.send(ToWorker::Pong(Pong { seq: p.seq })).await.is_err() {
-                            break Departure::ConnectionClosed("write failed".into());
+                        let pong = write.send(ToWorker::Pong(Pong { seq: p.seq }));
+                        if let Err(e) = net::write_unless_stalled(pong, read.get_ref().as_ref(), stall).await {
+                            break Departure::ConnectionClosed(e.to_string());
                         }
                     }
                     FromWorker::Pong(p) => {
@@ -819,7 +832,8 @@ pub(crate) async fn worker_session(
                     }
                     other => {
                         let why = format!("{} after registration", other.name());
-                        let _ = write.send(ToWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why.clone()))).await;
+                        let error = ToWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why.clone()));
+                        let _ = tokio::time::timeout(ERROR_SEND_TIMEOUT, write.send(error)).await;
                         break Departure::ConnectionClosed(why);
                     }
                 }
@@ -851,18 +865,16 @@ pub(crate) async fn worker_session(
                     }
                     // A failed write ends the session below; the result
                     // stands either way.
-                    let _ = write.feed(ToWorker::Cancel(c)).await;
+                    out.push(ToWorker::Cancel(c));
                 }
                 shared.deliver_all(finished.drain(..));
                 // Attempts from before the restart that a worker may still
                 // run: this one is told of each (it ignores those it lacks).
                 let orphans = shared.orphans().since(&mut orphans_sent);
-                for c in orphans {
-                    let _ = write.feed(ToWorker::Cancel(c)).await;
-                }
+                out.extend(orphans.into_iter().map(ToWorker::Cancel));
                 stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
-                if let Err(e) = write.flush().await {
-                    break Departure::ConnectionClosed(format!("write failed: {e}"));
+                if let Err(e) = net::write_unless_stalled(write_all(&mut write, &mut out), read.get_ref().as_ref(), stall).await {
+                    break Departure::ConnectionClosed(e.to_string());
                 }
             }
             _ = &mut wake => {
@@ -882,16 +894,15 @@ pub(crate) async fn worker_session(
                 }
                 for c in t.cancels {
                     tracing::warn!(worker = %node, task = c.task_id, attempt = c.attempt, "attempt overdue; cancelling it");
-                    let _ = write.feed(ToWorker::Cancel(c)).await;
+                    out.push(ToWorker::Cancel(c));
                 }
                 for o in t.outcomes {
                     act(&shared, &node, o, &mut shared.hists(), now, &mut finished);
                 }
                 shared.deliver_all(finished.drain(..));
-                if let Some(p) = t.ping {
-                    if write.send(ToWorker::Ping(p)).await.is_err() {
-                        break Departure::ConnectionClosed("write failed".into());
-                    }
+                out.extend(t.ping.map(ToWorker::Ping));
+                if let Err(e) = net::write_unless_stalled(write_all(&mut write, &mut out), read.get_ref().as_ref(), stall).await {
+                    break Departure::ConnectionClosed(e.to_string());
                 }
             }
             _ = kick.cancelled() => {
@@ -902,14 +913,15 @@ pub(crate) async fn worker_session(
                         // again after the restart, and the worker keeps
                         // running them for the next master.)
                         for (c, record) in link.cancel(|_| true) {
-                            let _ = write.feed(ToWorker::Cancel(c)).await;
+                            out.push(ToWorker::Cancel(c));
                             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
                             let why = Text::from_static("master shut down while the task was running; stopped on its worker");
                             let (result, reply) = record.cancelled_on(why, node.clone());
                             shared.deliver(result, &reply);
                         }
                     }
-                    let _ = write.send(ToWorker::Goodbye(Goodbye { reason: Text::from_static("master shutting down") })).await;
+                    out.push(ToWorker::Goodbye(Goodbye { reason: Text::from_static("master shutting down") }));
+                    let _ = net::write_unless_stalled(write_all(&mut write, &mut out), read.get_ref().as_ref(), stall).await;
                     break Departure::Shutdown;
                 }
                 break Departure::Replaced;
@@ -953,6 +965,23 @@ pub(crate) async fn worker_session(
     }
     Registration::Served
 }
+
+/// Writes `out` (emptied) and flushes; nothing to write is no write.
+async fn write_all(
+    write: &mut Writer<ToWorker, FromWorker>,
+    out: &mut Vec<ToWorker>,
+) -> Result<(), ProtoError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    for m in out.drain(..) {
+        write.feed(m).await?;
+    }
+    write.flush().await
+}
+
+/// How long an `error` to a peer being dropped may take to write.
+const ERROR_SEND_TIMEOUT: Duration = Duration::from_millis(crate::limits::ERROR_SEND_TIMEOUT_MS);
 
 /// Tasks waiting per priority, highest first: queued and parked alike.
 fn queue_depths(shared: &Shared) -> Vec<QueueDepth> {

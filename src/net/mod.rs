@@ -13,7 +13,7 @@ use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 pub mod preauth;
 
 use crate::proto::handshake::{self, Handshake, HandshakeError, Identity, Peer, Side};
-use crate::proto::{Common, Message, Role, Wire, WireCodec};
+use crate::proto::{Common, Message, ProtoError, Role, Wire, WireCodec};
 
 /// A typed connection: sends `Tx`, receives `Rx`.
 pub type Conn<Tx, Rx> = Framed<TcpStream, WireCodec<Tx, Rx>>;
@@ -254,11 +254,14 @@ where
 #[cfg(target_os = "linux")]
 const TCPI_DATA_SEGS_IN: usize = 152;
 
-/// How many data segments the connection has received from its peer, in
-/// order or not (TCP's own count, `tcpi_data_segs_in`); `None` where the
-/// kernel does not say. What arrives behind a lost segment is counted
-/// before it can be read: see [`crate::master::link::WorkerLink::transport`].
-pub fn data_segments_in(stream: &TcpStream) -> Option<u32> {
+/// Offset of `tcpi_bytes_acked` (since Linux 4.1): the third of the 4 `u64`
+/// after the 8 bytes of `u8` fields and 24 `u32`.
+#[cfg(target_os = "linux")]
+const TCPI_BYTES_ACKED: usize = 120;
+
+/// `N` bytes of the connection's `struct tcp_info` at `offset`; `None` where
+/// the kernel does not say.
+fn tcp_info_field<const N: usize>(stream: &TcpStream, offset: usize) -> Option<[u8; N]> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -275,17 +278,95 @@ pub fn data_segments_in(stream: &TcpStream) -> Option<u32> {
                 &mut len,
             )
         };
-        let end = TCPI_DATA_SEGS_IN + 4;
+        let end = offset + N;
         if rc != 0 || (len as usize) < end {
             return None;
         }
-        let bytes: [u8; 4] = info[TCPI_DATA_SEGS_IN..end].try_into().ok()?;
-        Some(u32::from_ne_bytes(bytes))
+        info[offset..end].try_into().ok()
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = stream;
+        let _ = (stream, offset);
         None
+    }
+}
+
+/// How many data segments the connection has received from its peer, in
+/// order or not (TCP's own count, `tcpi_data_segs_in`); `None` where the
+/// kernel does not say. What arrives behind a lost segment is counted
+/// before it can be read: see [`crate::master::link::WorkerLink::transport`].
+pub fn data_segments_in(stream: &TcpStream) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        tcp_info_field(stream, TCPI_DATA_SEGS_IN).map(u32::from_ne_bytes)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        tcp_info_field::<4>(stream, 0).map(u32::from_ne_bytes)
+    }
+}
+
+/// How many bytes the peer has acknowledged (`tcpi_bytes_acked`): it grows
+/// while the peer takes what is written to it, and stops when the peer's
+/// program stops reading (its receive window closes) or the peer is gone.
+pub fn bytes_acked(stream: &TcpStream) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        tcp_info_field(stream, TCPI_BYTES_ACKED).map(u64::from_ne_bytes)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        tcp_info_field::<8>(stream, 0).map(u64::from_ne_bytes)
+    }
+}
+
+/// Why a write to a peer was given up.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The write itself failed.
+    #[error("write failed: {0}")]
+    Failed(#[from] ProtoError),
+    /// The peer took no byte of it for this long.
+    #[error("the connection took nothing for {0:?} (the peer is not reading: stopped, or hung)")]
+    Stalled(Duration),
+}
+
+/// Awaits `write`, a write to `stream`'s peer, unless the peer takes no
+/// byte for `stall`: a peer that stopped reading (a stopped process whose
+/// kernel still answers) would otherwise hold the writer forever, and with
+/// it everything else the writer's task does. Where the kernel does not
+/// count acknowledged bytes, `stall` bounds the whole write.
+pub async fn write_unless_stalled<F>(
+    write: F,
+    stream: &TcpStream,
+    stall: Duration,
+) -> Result<(), WriteError>
+where
+    F: std::future::Future<Output = Result<(), ProtoError>>,
+{
+    tokio::pin!(write);
+    // Most writes complete at once: no clock, timer or system call for
+    // them.
+    if let std::task::Poll::Ready(r) = futures::poll!(&mut write) {
+        return r.map_err(WriteError::Failed);
+    }
+    let check = (stall / 4).max(Duration::from_millis(10));
+    let mut acked = bytes_acked(stream);
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => return r.map_err(WriteError::Failed),
+            _ = tokio::time::sleep(check) => {
+                let now = bytes_acked(stream);
+                if now.is_some() && now != acked {
+                    acked = now;
+                    since = tokio::time::Instant::now();
+                } else if since.elapsed() >= stall {
+                    return Err(WriteError::Stalled(stall));
+                }
+            }
+        }
     }
 }
 
