@@ -618,3 +618,64 @@ fn compacting_a_backlog_of_unfinished_tasks_does_not_grow_it() {
     assert_eq!(r.state.pending, state.pending);
     assert_eq!(r.state.results, state.results);
 }
+
+/// A torn tail is cut even where its copy cannot be kept (a full disk, a
+/// read-only directory; here its name is taken by a directory): the master
+/// starts rather than refuse over a copy for inspection.
+#[test]
+fn a_torn_tail_is_cut_even_when_its_copy_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let full = fs::read(&path).unwrap();
+    fs::write(&path, &full[..full.len() - 3]).unwrap();
+    fs::create_dir(runner::journal::torn_path(&path)).unwrap();
+    let (j, r) = open(&path).expect("starts");
+    j.close();
+    assert!(r.torn.is_some());
+    assert_eq!(fs::metadata(&path).unwrap().len() as usize, r.valid_len);
+}
+
+/// A journal given as a symbolic link: compactions replace the file it
+/// names, and the link stays a link (else the target is left stale, and a
+/// master given the target's own name would run its old state).
+#[test]
+fn a_journal_named_by_a_link_is_compacted_in_the_file_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("real");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let cfg = JournalConfig {
+        compact_at: 4096,
+        ..JournalConfig::new(&link, Durability::None)
+    };
+    let (j, _) = Journal::open(&cfg).unwrap();
+    for id in 1..=500u64 {
+        j.append(Entry::Accepted {
+            first_id: id,
+            tasks: &[task(id)],
+        });
+        j.append(Entry::Finished(&result(id)));
+        j.append(Entry::Forgotten(&[id]));
+    }
+    j.append(Entry::Accepted {
+        first_id: 501,
+        tasks: &[task(501)],
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while j
+        .stats()
+        .compactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no compaction");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    j.close();
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let (_j, r) = open(&target).unwrap();
+    assert_eq!(r.state.pending.keys().copied().collect::<Vec<_>>(), [501]);
+}

@@ -250,32 +250,15 @@ impl Journal {
     /// Opens (or creates) the journal, replays it, cuts a torn tail, and
     /// starts the writer thread. The file is locked against a second master.
     pub fn open(cfg: &JournalConfig) -> Result<(Journal, Replayed), JournalError> {
-        let path = cfg.path.clone();
+        // A compaction renames a new file over the journal's name: through
+        // a symbolic link that would replace the link, and leave its target
+        // behind, stale and unlocked.
+        let path = resolved(&cfg.path);
+        if path != cfg.path {
+            tracing::info!(journal = %cfg.path.display(), resolved = %path.display(), "the journal's path is a link; using the file it names");
+        }
         let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            // Clients' payloads (programs, their environments) are in it.
-            .mode(JOURNAL_FILE_MODE)
-            .open(&path)
-            .map_err(|source| {
-                let dir = match path.parent() {
-                    Some(d) if d.as_os_str().is_empty() => Path::new("."),
-                    Some(d) => d,
-                    None => Path::new("/"),
-                };
-                if source.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
-                    JournalError::NoDirectory {
-                        path: path.clone(),
-                        dir: dir.to_path_buf(),
-                    }
-                } else {
-                    io(&path, "open")(source)
-                }
-            })?;
-        lock(&file, &path)?;
+        let mut file = open_locked(&path)?;
         // Left by a compaction interrupted by a crash (only the lock holder
         // may remove it: a live master may be writing it).
         let _ = std::fs::remove_file(compacting_path(&path));
@@ -310,23 +293,36 @@ impl Journal {
                 e => e,
             })?;
             if let Some((at, why)) = &r.torn {
-                // The cut bytes are kept beside it, for whoever wonders.
+                // The cut bytes are kept beside it, for whoever wonders; but
+                // not at the price of starting (a full disk, often what cut
+                // the write short, or a read-only directory).
                 let aside = torn_path(&path);
-                OpenOptions::new()
+                let kept = OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(true)
                     .mode(JOURNAL_FILE_MODE)
                     .open(&aside)
-                    .and_then(|mut f| f.write_all(&data[*at..]))
-                    .map_err(io(&aside, "keep the torn tail"))?;
-                tracing::warn!(
-                    journal = %path.display(),
-                    offset = at,
-                    cut_bytes = data.len() - at,
-                    kept_in = %aside.display(),
-                    "the journal's last record is torn ({why}); cutting it (a write cut short is never acknowledged)"
-                );
+                    .and_then(|mut f| f.write_all(&data[*at..]));
+                match kept {
+                    Ok(()) => tracing::warn!(
+                        journal = %path.display(),
+                        offset = at,
+                        cut_bytes = data.len() - at,
+                        kept_in = %aside.display(),
+                        "the journal's last record is torn ({why}); cutting it (a write cut short is never acknowledged)"
+                    ),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&aside);
+                        tracing::warn!(
+                            journal = %path.display(),
+                            offset = at,
+                            cut_bytes = data.len() - at,
+                            "the journal's last record is torn ({why}); cutting it (a write cut short is never acknowledged), without a copy: {} cannot be written: {e}",
+                            aside.display()
+                        );
+                    }
+                }
                 file.set_len(r.valid_len as u64)
                     .map_err(io(&path, "truncate the torn tail"))?;
                 file.sync_all().map_err(io(&path, "sync"))?;
@@ -507,6 +503,69 @@ fn sync_dir(path: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir, "sync the directory"))
+}
+
+/// `path` with a symbolic link at its end resolved, so that compactions
+/// replace the file it names.
+fn resolved(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    // A chain of links, within reason (a loop fails at open).
+    for _ in 0..32 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&path) {
+                Ok(target) => {
+                    path = match path.parent() {
+                        Some(dir) => dir.join(target),
+                        None => target,
+                    }
+                }
+                Err(_) => break,
+            },
+            _ => break,
+        }
+    }
+    path
+}
+
+/// Opens (or creates) the journal and takes its lock. A compaction by the
+/// holder renames a new file over the name and lets go of the old one: a
+/// lock won on the old file, opened just before, would be no lock at all,
+/// so the locked file must still be the one the name gives.
+fn open_locked(path: &Path) -> Result<File, JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..100 {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            // Clients' payloads (programs, their environments) are in it.
+            .mode(JOURNAL_FILE_MODE)
+            .open(path)
+            .map_err(|source| {
+                let dir = match path.parent() {
+                    Some(d) if d.as_os_str().is_empty() => Path::new("."),
+                    Some(d) => d,
+                    None => Path::new("/"),
+                };
+                if source.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+                    JournalError::NoDirectory {
+                        path: path.to_path_buf(),
+                        dir: dir.to_path_buf(),
+                    }
+                } else {
+                    io(path, "open")(source)
+                }
+            })?;
+        lock(&file, path)?;
+        let ours = file.metadata().map_err(io(path, "stat"))?;
+        match std::fs::metadata(path) {
+            Ok(named) if named.dev() == ours.dev() && named.ino() == ours.ino() => return Ok(file),
+            // Replaced (or removed) between the open and the lock: again.
+            _ => continue,
+        }
+    }
+    Err(JournalError::Locked(path.to_owned()))
 }
 
 fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
