@@ -679,3 +679,62 @@ fn a_journal_named_by_a_link_is_compacted_in_the_file_it_names() {
     let (_j, r) = open(&target).unwrap();
     assert_eq!(r.state.pending.keys().copied().collect::<Vec<_>>(), [501]);
 }
+
+/// A compaction that fails (here its file's name is taken by a directory;
+/// in life, a full disk) is tried again after `compact_retry`, not only
+/// once the journal has doubled: on a disk that filled up it never would.
+#[test]
+fn a_failed_compaction_is_tried_again_after_the_retry_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let blocker = dir.path().join("j.compacting");
+    let cfg = JournalConfig {
+        compact_at: 4096,
+        compact_retry: Duration::from_millis(200),
+        ..JournalConfig::new(&path, Durability::None)
+    };
+    let (j, _) = Journal::open(&cfg).unwrap();
+    fs::create_dir(&blocker).unwrap();
+    let mut id = 0;
+    let mut append_one = || {
+        id += 1;
+        j.append(Entry::Accepted {
+            first_id: id,
+            tasks: &[task(id)],
+        });
+        j.append(Entry::Finished(&result(id)));
+        j.append(Entry::Forgotten(&[id]));
+    };
+    // Past the threshold: the compaction starts and fails, and again when
+    // the file has doubled (at about 8 KiB); then halfway to the next
+    // doubling.
+    while fs::metadata(&path).unwrap().len() < 12 * 1024 {
+        append_one();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let compactions = || {
+        j.stats()
+            .compactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(compactions(), 0);
+    fs::remove_dir(&blocker).unwrap();
+    // A few small records over two seconds, far from doubling the file.
+    let size = fs::metadata(&path).unwrap().len();
+    for _ in 0..20 {
+        if compactions() > 0 {
+            break;
+        }
+        j.append(Entry::Forgotten(&[1]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(compactions() > 0, "not tried again");
+    assert!(
+        fs::metadata(&path).unwrap().len() < size,
+        "compacted, not doubled"
+    );
+    j.close();
+    assert!(fs::metadata(&path).unwrap().len() < 4096);
+    assert!(!blocker.exists());
+}

@@ -75,6 +75,9 @@ impl std::fmt::Display for Durability {
 pub const BATCH_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// How often a write that failed (a full disk) is tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default of [`JournalConfig::compact_retry`].
+pub const COMPACT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 /// Permissions of a journal the master creates: its owner's alone.
 const JOURNAL_FILE_MODE: u32 = 0o600;
 
@@ -91,6 +94,9 @@ pub struct JournalConfig {
     pub durability: Durability,
     /// Smallest size at which the file is compacted.
     pub compact_at: u64,
+    /// After a failed compaction, how long until the next is tried even
+    /// if the file has not doubled.
+    pub compact_retry: Duration,
 }
 
 impl JournalConfig {
@@ -100,6 +106,7 @@ impl JournalConfig {
             path: path.into(),
             durability,
             compact_at: COMPACT_AT_BYTES_DEFAULT,
+            compact_retry: COMPACT_RETRY_INTERVAL,
         }
     }
 }
@@ -196,6 +203,7 @@ struct Inner {
     path: PathBuf,
     durability: Durability,
     compact_at: u64,
+    compact_retry: Duration,
     /// The file's salt, for every record appended and for compaction.
     salt: record::Salt,
     pending: Mutex<Pending>,
@@ -351,6 +359,7 @@ impl Journal {
             path: path.clone(),
             durability: cfg.durability,
             compact_at: cfg.compact_at,
+            compact_retry: cfg.compact_retry,
             salt: replayed.salt,
             pending: Mutex::new(Pending {
                 buf: BytesMut::with_capacity(1 << 20),
@@ -606,6 +615,11 @@ struct Writer {
     compactor: Option<std::thread::JoinHandle<Result<Compacted, JournalError>>>,
     /// When a deleted journal was last written again.
     rewritten_at: Option<Instant>,
+    /// When the last compaction failed, if the one after has not
+    /// succeeded: the next is tried [`JournalConfig::compact_retry`] later even
+    /// if the file has not doubled (on a disk that filled up, it would
+    /// not).
+    compaction_failed_at: Option<Instant>,
 }
 
 impl Writer {
@@ -620,6 +634,7 @@ impl Writer {
             last_sync: Instant::now(),
             compactor: None,
             rewritten_at: None,
+            compaction_failed_at: None,
         }
     }
 
@@ -718,6 +733,10 @@ impl Writer {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    // A compaction that finished meanwhile frees the old
+                    // file's space once installed; one that failed, its
+                    // own.
+                    self.reap_compaction();
                     if !self.wait_retry(format!("write: {e}")) {
                         return false;
                     }
@@ -751,6 +770,7 @@ impl Writer {
                     return true;
                 }
                 Err(e) => {
+                    self.reap_compaction();
                     if !self.wait_retry(format!("fdatasync: {e}")) {
                         return false;
                     }
@@ -780,27 +800,7 @@ impl Writer {
     /// Starts a compaction when the file has grown enough; installs one that
     /// has finished.
     fn compaction(&mut self) {
-        if self.compactor.as_ref().is_some_and(|h| h.is_finished()) {
-            let h = self.compactor.take().expect("checked");
-            match h.join() {
-                Ok(Ok(c)) => {
-                    if let Err(e) = self.install(c) {
-                        tracing::warn!("journal compaction abandoned: {e}");
-                        let _ = std::fs::remove_file(compacting_path(&self.inner.path));
-                        self.compacted_len = self.file_len;
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!("journal compaction failed: {e}");
-                    let _ = std::fs::remove_file(compacting_path(&self.inner.path));
-                    // Try again only after as much growth again.
-                    self.compacted_len = self.file_len;
-                }
-                Err(_) => {
-                    tracing::error!("journal compaction thread panicked");
-                    self.compacted_len = self.file_len;
-                }
-            }
+        if self.reap_compaction() {
             return;
         }
         if self.compactor.is_some() || self.inner.failing.load(Ordering::Relaxed) {
@@ -824,8 +824,18 @@ impl Writer {
             }
             self.rewritten_at = Some(Instant::now());
             tracing::error!(journal = %self.inner.path.display(), "the journal file was deleted while in use; writing it again from the live state");
-        } else if self.file_len < self.inner.compact_at.max(2 * self.compacted_len) {
-            return;
+        } else {
+            let retry_due = self
+                .compaction_failed_at
+                .is_some_and(|t| t.elapsed() >= self.inner.compact_retry);
+            let bar = if retry_due {
+                self.inner.compact_at
+            } else {
+                self.inner.compact_at.max(2 * self.compacted_len)
+            };
+            if self.file_len < bar {
+                return;
+            }
         }
         let (path, upto) = (self.inner.path.clone(), self.file_len);
         let Ok(source) = self.file.try_clone() else {
@@ -840,6 +850,37 @@ impl Writer {
 
     /// Appends what was written since the compaction started to the new
     /// file and puts it in place of the old one.
+    /// Installs a compaction that has finished, or notes its failure; true
+    /// if one had finished.
+    fn reap_compaction(&mut self) -> bool {
+        if !self.compactor.as_ref().is_some_and(|h| h.is_finished()) {
+            return false;
+        }
+        let h = self.compactor.take().expect("checked");
+        let failed = match h.join() {
+            Ok(Ok(c)) => match self.install(c) {
+                Ok(()) => None,
+                Err(e) => Some(format!("journal compaction abandoned: {e}")),
+            },
+            Ok(Err(e)) => Some(format!("journal compaction failed: {e}")),
+            Err(_) => Some("journal compaction thread panicked".to_string()),
+        };
+        match failed {
+            None => self.compaction_failed_at = None,
+            Some(why) => {
+                tracing::warn!(
+                    retry_in_s = self.inner.compact_retry.as_secs_f64(),
+                    "{why}; the journal stays as it was"
+                );
+                let _ = std::fs::remove_file(compacting_path(&self.inner.path));
+                // Again once it has doubled, or after the retry interval.
+                self.compacted_len = self.file_len;
+                self.compaction_failed_at = Some(Instant::now());
+            }
+        }
+        true
+    }
+
     fn install(&mut self, mut c: Compacted) -> Result<(), JournalError> {
         use std::os::unix::fs::FileExt;
         let path = self.inner.path.clone();
@@ -889,6 +930,16 @@ impl Writer {
 /// Replays the first `upto` bytes of the journal (read from `source`, a
 /// descriptor of it) and writes their live state as a new journal beside it.
 fn compact(path: &Path, source: &File, upto: u64) -> Result<Compacted, JournalError> {
+    let done = compact_into(path, source, upto);
+    if done.is_err() {
+        // At once, not when the writer next looks: on a full disk this file
+        // holds the space the journal needs.
+        let _ = std::fs::remove_file(compacting_path(path));
+    }
+    done
+}
+
+fn compact_into(path: &Path, source: &File, upto: u64) -> Result<Compacted, JournalError> {
     use std::os::unix::fs::FileExt;
     let mut data = vec![0u8; upto as usize];
     source
