@@ -693,8 +693,8 @@ impl Driver {
                                 let _ = tx.send(Err(ClientError::Refused(e)));
                             }
                         }
-                        ToClient::Error(e) => return End::Lost(format!("master sent error: {} ({})", e.message, e.code.name())),
-                        ToClient::Goodbye(g) => return End::Lost(format!("master said goodbye: {}", g.reason)),
+                        ToClient::Error(e) => return End::Lost(format!("master sent error: {} ({})", e.message.loggable(crate::proto::LOGGED_TEXT_BYTES), e.code.name())),
+                        ToClient::Goodbye(g) => return End::Lost(format!("master said goodbye: {}", g.reason.loggable(crate::proto::LOGGED_TEXT_BYTES))),
                         ToClient::Pong(_) | ToClient::Hello(_) | ToClient::Auth(_) => {}
                     },
                 },

@@ -592,6 +592,8 @@ fn a_json_line_naming_its_type_twice_is_malformed() {
     for line in [
         &b"{\"type\":\"ping\",\"seq\":3,\"type\":\"status\"}\n"[..],
         b"{\"seq\":3,\"type\":\"ping\",\"type\":\"ping\"}\n",
+        // The second spelled with an escape.
+        b"{\"type\":\"status\",\"ty\\u0070e\":\"ping\",\"seq\":3}\n",
     ] {
         let err = common::decode_all::<FromClient>(Some(Wire::Json), line).unwrap_err();
         assert!(matches!(err, ProtoError::Malformed(_)), "{err}");
@@ -623,4 +625,11 @@ fn a_json_cancel_without_a_reason_has_an_empty_one() {
         matches!(&msgs[..], [FromClient::CancelTasks(c)] if c.request == 3 && c.ids == [7] && c.reason.is_empty()),
         "{msgs:?}"
     );
+}
+
+#[test]
+fn a_hello_whose_versions_are_out_of_order_is_invalid_not_a_version_mismatch() {
+    let line = b"{\"type\":\"hello\",\"role\":\"client\",\"min_version\":2,\"max_version\":1}\n";
+    let err = common::decode_all::<FromClient>(Some(Wire::Json), line).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::INVALID, "{err}");
 }

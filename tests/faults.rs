@@ -440,13 +440,18 @@ async fn fault_11_a_workers_bad_first_message_is_refused_with_the_code_of_its_fa
     // A node id is written into the master's log: a line feed in one would
     // forge lines there.
     let register = "{\"type\":\"register\",\"slots\":1,\"kinds\":[\"noop\"]}";
-    for node in ["", "odd\\nINFO forged line", "bell\\u0007"] {
+    for (role, node) in [
+        ("worker", ""),
+        ("worker", "odd\\nINFO forged line"),
+        ("worker", "bell\\u0007"),
+        ("client", "odd\\nINFO forged line"),
+    ] {
         let line =
-            format!("{{\"type\":\"hello\",\"role\":\"worker\",\"node\":\"{node}\"}}\n{register}\n");
+            format!("{{\"type\":\"hello\",\"role\":\"{role}\",\"node\":\"{node}\"}}\n{register}\n");
         let (said, _) = send_and_read(c.addr, line.as_bytes(), Duration::from_secs(5));
         assert!(
             said.contains("\"code\":7,") && said.contains("without control characters"),
-            "node id {node:?}: {said}"
+            "{role} node id {node:?}: {said}"
         );
     }
     assert!(!c.master_log().contains("\nINFO forged line"));

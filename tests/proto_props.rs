@@ -41,11 +41,12 @@ fn common_msg() -> impl Strategy<Value = Common> {
             any::<bool>(),
             bytes32()
         )
-            .prop_map(|(role, min_version, max_version, node, auth, nonce)| {
+            .prop_map(|(role, a, b, node, auth, nonce)| {
+                // A valid hello lists its versions in order.
                 Common::Hello(Hello {
                     role,
-                    min_version,
-                    max_version,
+                    min_version: a.min(b),
+                    max_version: a.max(b),
                     node,
                     auth,
                     nonce,

@@ -500,10 +500,10 @@ impl Shared {
                 }
                 let to_reply = !reply.tx.is_closed();
                 if self.journal.is_some() {
-                    st.kept.insert(id, result.clone());
+                    st.kept.insert(id, results::kept_copy(&result));
                 } else if watchers.is_empty() && !to_reply {
                     if st.kept.len() < self.cfg.unclaimed_results_max {
-                        st.kept.insert(id, result.clone());
+                        st.kept.insert(id, results::kept_copy(&result));
                     } else {
                         dropped.note(id);
                     }
@@ -554,12 +554,21 @@ impl Shared {
         let stalled_for = reply.wrote.elapsed_at(Instant::now());
         let stalled = stalled_for >= Duration::from_millis(crate::limits::CLIENT_STALL_MS);
         if stalled || queued > crate::limits::CLIENT_OUTBOX_BYTES_HARD_MAX {
-            tracing::warn!(
-                client = %reply.name,
-                queued_bytes = queued,
-                took_nothing_for_ms = stalled_for.as_millis() as u64,
-                "client is not reading its results; disconnecting it"
-            );
+            if stalled {
+                tracing::warn!(
+                    client = %reply.name,
+                    queued_bytes = queued,
+                    took_nothing_for_ms = stalled_for.as_millis() as u64,
+                    "client is not reading its results; disconnecting it (its results are kept for a fetch)"
+                );
+            } else {
+                tracing::warn!(
+                    client = %reply.name,
+                    queued_bytes = queued,
+                    max = crate::limits::CLIENT_OUTBOX_BYTES_HARD_MAX,
+                    "client reads its results more slowly than they come, and more wait for it than any client may have; disconnecting it (its results are kept for a fetch)"
+                );
+            }
             reply.too_slow.cancel();
             return false;
         }
@@ -605,7 +614,7 @@ impl Shared {
             let mut st = self.store();
             for r in results {
                 if st.kept.len() < self.cfg.unclaimed_results_max {
-                    st.kept.insert(r.id, r);
+                    st.kept.insert(r.id, results::kept_copy(&r));
                 } else {
                     dropped.note(r.id);
                 }

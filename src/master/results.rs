@@ -137,7 +137,7 @@ impl Unacked {
                 continue;
             }
             self.bytes += r.batch_weight();
-            if let Some(old) = self.results.insert(r.id, r.clone()) {
+            if let Some(old) = self.results.insert(r.id, kept_copy(r)) {
                 self.bytes -= old.batch_weight();
             }
         }
@@ -206,6 +206,22 @@ impl Left {
     pub fn is_empty(&self) -> bool {
         self.results.is_empty()
     }
+}
+
+/// Outputs above this many bytes are copied when a result is kept: see
+/// [`kept_copy`].
+const KEEP_COPY_ABOVE_BYTES: usize = 1024;
+
+/// A result as it is kept for later. Its output is a slice of the frame it
+/// came in, and holds that frame's whole read buffer (which grows to the
+/// largest frame the connection saw); a large one is copied out, so that a
+/// kept 8 MB result holds 8 MB, not 16.
+pub(crate) fn kept_copy(r: &TaskResult) -> TaskResult {
+    let mut kept = r.clone();
+    if kept.output.len() > KEEP_COPY_ABOVE_BYTES {
+        kept.output = crate::proto::Payload::from(bytes::Bytes::copy_from_slice(&r.output));
+    }
+    kept
 }
 
 /// The answer to a fetch of an id the master does not know.

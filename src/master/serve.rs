@@ -28,7 +28,11 @@ const MASTER_ACCEPTS: &[Role] = &[Role::Client, Role::Worker];
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Longest part of a failed attempt's reason the master's log quotes.
-const LOGGED_REASON_BYTES: usize = 1024;
+const LOGGED_REASON_BYTES: usize = crate::proto::LOGGED_TEXT_BYTES;
+
+/// Of a failed task's attempts, how many first and last the master's log
+/// quotes.
+const LOGGED_REASONS_EACH_END: usize = 3;
 
 /// Least time between two of a worker session's heartbeat ticks, however
 /// short the configured heartbeat: a floor on the timer wake-ups a worker
@@ -167,6 +171,10 @@ async fn client_session(
         };
         let msg = match msg {
             None => break,
+            Some(Err(ProtoError::Io(e))) => {
+                tracing::info!(%addr, client = %peer.node, "connection lost: {e}");
+                break;
+            }
             Some(Err(e)) => {
                 tracing::info!(%addr, client = %peer.node, "bad input from client: {e}");
                 say(ToClient::Error(ErrorMsg::new(e.code(), e.to_string())));
@@ -186,11 +194,11 @@ async fn client_session(
             FromClient::Ping(p) => say(ToClient::Pong(Pong { seq: p.seq })),
             FromClient::Pong(_) => {}
             FromClient::Goodbye(g) => {
-                tracing::info!(client = %peer.node, "client said goodbye: {}", g.reason);
+                tracing::info!(client = %peer.node, "client said goodbye: {}", g.reason.loggable(LOGGED_REASON_BYTES));
                 break;
             }
             FromClient::Error(e) => {
-                tracing::info!(client = %peer.node, "client sent error: {} ({})", e.message, e.code.name());
+                tracing::info!(client = %peer.node, "client sent error: {} ({})", e.message.loggable(LOGGED_REASON_BYTES), e.code.name());
                 break;
             }
             other @ (FromClient::Hello(_) | FromClient::Auth(_)) => {
@@ -564,17 +572,97 @@ async fn flush_results(
         if let Some(u) = &outbox.unacked {
             u.lock().unwrap_or_else(|e| e.into_inner()).track(&batch);
         }
-        if write
-            .feed(ToClient::Results(Results { results: batch }))
-            .await
-            .is_err()
-        {
+        let heavy = batch.len() == 1
+            && crate::proto::BatchWeight::batch_weight(&batch[0]) > crate::proto::BATCH_BYTES_MAX;
+        let fed = if heavy {
+            feed_heavy(write, batch.into_iter().next().expect("one")).await
+        } else {
+            write
+                .feed(ToClient::Results(Results { results: batch }))
+                .await
+        };
+        if fed.is_err() {
             results.extend(batches.flatten());
             return false;
         }
         outbox.wrote.set(Instant::now());
     }
     true
+}
+
+/// Feeds one result that may not fit in a frame as it is: a result may
+/// carry 101 attempt errors of 64 KiB each, which JSON, writing a control
+/// character in 6 bytes, can make larger than a frame. Rather than lose it
+/// (the connection would have been dropped over it), its reasons are cut,
+/// further at each try, until it fits; the cut reasons say so.
+async fn feed_heavy(
+    write: &mut Writer<ToClient, FromClient>,
+    result: TaskResult,
+) -> Result<(), ProtoError> {
+    for cut in [None, Some(4096), Some(256), Some(0)] {
+        let mut r = result.clone();
+        if let Some(max) = cut {
+            cut_reasons(&mut r, max);
+        }
+        match write
+            .feed(ToClient::Results(Results { results: vec![r] }))
+            .await
+        {
+            Err(ProtoError::FrameTooLarge { len, .. }) => {
+                tracing::debug!(
+                    task = result.id,
+                    frame_bytes = len,
+                    "result too large for one frame; cutting its reasons"
+                );
+            }
+            fed => {
+                if cut.is_some() && fed.is_ok() {
+                    tracing::warn!(task = result.id, "the task's result did not fit in one frame on this client's wire; its attempts' reasons were cut to fit");
+                }
+                return fed;
+            }
+        }
+    }
+    Err(ProtoError::Invalid(format!(
+        "the result of task {} does not fit in one frame even without its reasons",
+        result.id
+    )))
+}
+
+/// Cuts each attempt's reason to `max` bytes, saying so; with `max` 0,
+/// keeps only the last attempt's, cut to 256 bytes.
+fn cut_reasons(r: &mut TaskResult, max: usize) {
+    let (max, dropped) = if max == 0 {
+        let n = r.errors.len().saturating_sub(1);
+        r.errors.drain(..n);
+        (256, n)
+    } else {
+        (max, 0)
+    };
+    for e in &mut r.errors {
+        let reason = e.reason.as_str();
+        if reason.len() <= max && dropped == 0 {
+            continue;
+        }
+        let mut end = max.min(reason.len());
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = if end < reason.len() {
+            format!("… (cut from {} bytes", reason.len())
+        } else {
+            " (".to_string()
+        };
+        e.reason = Text::from(format!(
+            "{}{cut}{}: the result did not fit in one frame)",
+            &reason[..end],
+            if dropped > 0 {
+                format!("; the errors of the {dropped} attempts before this one were left out")
+            } else {
+                String::new()
+            }
+        ));
+    }
 }
 
 pub(crate) fn status_report(shared: &Shared, histograms: bool) -> StatusReport {
@@ -645,7 +733,7 @@ pub(crate) async fn worker_session(
     let reg = match tokio::time::timeout(shared.cfg.handshake_timeout, read.next()).await {
         Ok(Some(Ok(FromWorker::Register(r)))) => r,
         Ok(Some(Ok(FromWorker::Error(e)))) => {
-            tracing::info!(%addr, worker = %node, "the worker refused this master: {} ({})", e.message, e.code.name());
+            tracing::info!(%addr, worker = %node, "the worker refused this master: {} ({})", e.message.loggable(LOGGED_REASON_BYTES), e.code.name());
             return Registration::Refused;
         }
         other => {
@@ -790,6 +878,7 @@ pub(crate) async fn worker_session(
                 let now = Instant::now();
                 let msg = match frame {
                     None => break Departure::ConnectionClosed("closed by the worker".into()),
+                    Some(Err(ProtoError::Io(e))) => break Departure::ConnectionClosed(format!("connection lost: {e}")),
                     Some(Err(e)) => {
                         let error = ToWorker::Error(ErrorMsg::new(e.code(), e.to_string()));
                         let _ = tokio::time::timeout(ERROR_SEND_TIMEOUT, write.send(error)).await;
@@ -826,9 +915,9 @@ pub(crate) async fn worker_session(
                             shared.hists().record(Metric::HeartbeatRtt, rtt);
                         }
                     }
-                    FromWorker::Goodbye(g) => break Departure::Goodbye(g.reason.to_string()),
+                    FromWorker::Goodbye(g) => break Departure::Goodbye(g.reason.loggable(LOGGED_REASON_BYTES).into_owned()),
                     FromWorker::Error(e) => {
-                        break Departure::ConnectionClosed(format!("worker sent error: {} ({})", e.message, e.code.name()))
+                        break Departure::ConnectionClosed(format!("worker sent error: {} ({})", e.message.loggable(LOGGED_REASON_BYTES), e.code.name()))
                     }
                     other => {
                         let why = format!("{} after registration", other.name());
@@ -1186,28 +1275,35 @@ fn act(
             hists.record(Metric::EndToEnd, now.saturating_duration_since(accepted_at));
             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
             if result.status != TaskStatus::Ok {
-                let reasons: Vec<String> = result
-                    .errors
-                    .iter()
-                    .map(|e| {
-                        // A log line, not the result: each reason to a
-                        // line's worth (a reason may be 64 KiB of output).
-                        let mut why = e.reason.as_str();
-                        if why.len() > LOGGED_REASON_BYTES {
-                            let mut cut = LOGGED_REASON_BYTES;
-                            while !why.is_char_boundary(cut) {
-                                cut -= 1;
-                            }
-                            why = &why[..cut];
-                        }
-                        let more = if why.len() < e.reason.len() {
-                            "…"
-                        } else {
-                            ""
-                        };
-                        format!("attempt {} on {}: {why}{more}", e.attempt, e.worker)
-                    })
-                    .collect();
+                // A log line, not the result: each reason to a line's worth
+                // (a reason may be 64 KiB of output), and of many attempts
+                // the first and the last few.
+                let reason = |e: &AttemptError| {
+                    format!(
+                        "attempt {} on {}: {}",
+                        e.attempt,
+                        e.worker,
+                        e.reason.loggable(LOGGED_REASON_BYTES)
+                    )
+                };
+                let n = result.errors.len();
+                let reasons: Vec<String> = if n <= 2 * LOGGED_REASONS_EACH_END {
+                    result.errors.iter().map(reason).collect()
+                } else {
+                    let (first, last) = (
+                        &result.errors[..LOGGED_REASONS_EACH_END],
+                        &result.errors[n - LOGGED_REASONS_EACH_END..],
+                    );
+                    first
+                        .iter()
+                        .map(reason)
+                        .chain(std::iter::once(format!(
+                            "({} more)",
+                            n - 2 * LOGGED_REASONS_EACH_END
+                        )))
+                        .chain(last.iter().map(reason))
+                        .collect()
+                };
                 tracing::warn!(
                     task = result.id,
                     "task failed after {} attempt{}: {}",
@@ -1323,5 +1419,62 @@ mod tests {
         }
         assert_eq!(frames, 3);
         assert_eq!(ids, (1..=total as u64).collect::<Vec<_>>());
+    }
+
+    /// A result whose attempts' reasons are made of control characters is
+    /// more than a frame as a JSON line (6 bytes each): it still goes out,
+    /// its reasons cut and saying so, rather than break the connection and
+    /// be lost.
+    #[tokio::test]
+    async fn a_result_too_large_for_a_json_line_goes_out_with_its_reasons_cut() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        let (_, w) = ours.into_split();
+        let mut codec = WireCodec::<ToClient, FromClient>::new(Wire::Json);
+        codec.handshake_complete();
+        let mut write = FramedWrite::new(w, codec);
+        let reason = Text::from("\u{1}".repeat(crate::limits::TEXT_BYTES_MAX));
+        let heavy = TaskResult {
+            status: TaskStatus::Failed,
+            attempts: 45,
+            errors: (1..=45)
+                .map(|attempt| AttemptError {
+                    attempt,
+                    worker: Text::from_static("w1"),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            ..super::super::results::unknown(7)
+        };
+        let outbox = Outbox {
+            queued_bytes: Default::default(),
+            wrote: Arc::new(crate::instant::AtomicInstant::new(Instant::now())),
+            unacked: None,
+        };
+        let reader = tokio::spawn(async move {
+            let mut codec = WireCodec::<FromClient, ToClient>::new(Wire::Json);
+            codec.handshake_complete();
+            FramedRead::new(theirs, codec).next().await
+        });
+        let mut results = vec![heavy];
+        assert!(flush_results(&mut write, &mut results, &outbox).await);
+        write.flush().await.unwrap();
+        match reader.await.unwrap() {
+            Some(Ok(ToClient::Results(r))) => {
+                let r = &r.results[0];
+                assert_eq!(
+                    (r.id, r.status, r.errors.len()),
+                    (7, TaskStatus::Failed, 45)
+                );
+                assert!(r.errors[0]
+                    .reason
+                    .as_str()
+                    .contains("did not fit in one frame"));
+            }
+            other => panic!("expected the result, got {other:?}"),
+        }
     }
 }

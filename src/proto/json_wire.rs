@@ -40,9 +40,13 @@ pub(crate) fn message_name(line: &[u8]) -> Result<&str, ProtoError> {
     if let Some(rest) = line.strip_prefix(PREFIX) {
         if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
             // A second `"type"` anywhere after it (a member, or text in a
-            // string that looks like one) goes to the full parse, which
+            // string that looks like one), or a `\u` escape (which could
+            // spell one, `"ty\u0070e"`), goes to the full parse, which
             // refuses a member given twice.
-            if rest[end] == b'"' && memchr::memmem::find(&rest[end..], b"\"type\"").is_none() {
+            if rest[end] == b'"'
+                && memchr::memmem::find(&rest[end..], b"\"type\"").is_none()
+                && memchr::memmem::find(&rest[end..], b"\\u").is_none()
+            {
                 return std::str::from_utf8(&rest[..end])
                     .map_err(|e| ProtoError::Malformed(format!("type: {e}")));
             }

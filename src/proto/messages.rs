@@ -195,6 +195,18 @@ pub struct Hello {
 impl Validate for Hello {
     fn validate(&self) -> Result<(), ProtoError> {
         check_text("hello.node", &self.node)?;
+        if self.min_version > self.max_version {
+            return Err(ProtoError::Invalid(format!(
+                "hello.min_version {} is above hello.max_version {}",
+                self.min_version, self.max_version
+            )));
+        }
+        // It goes into the peer's logs: a line feed in it would forge lines.
+        if self.node.as_str().chars().any(char::is_control) {
+            return Err(ProtoError::Invalid(
+                "hello.node must be without control characters (it goes into logs)".into(),
+            ));
+        }
         if self.auth && self.nonce == Bytes32::default() {
             return Err(ProtoError::Invalid(
                 "hello.nonce must be 32 random bytes when auth is true".into(),

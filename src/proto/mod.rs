@@ -19,6 +19,10 @@ pub use error::ProtoError;
 pub use messages::*;
 pub use types::{Bytes32, Payload, Text};
 
+/// Most bytes of a peer's words (an error message, a goodbye's reason) that
+/// a node quotes in its log or in a reason of its own.
+pub const LOGGED_TEXT_BYTES: usize = 1024;
+
 use bytes::BytesMut;
 use serde::Serialize;
 

@@ -240,6 +240,12 @@ impl Text {
         }
         Text::from(s)
     }
+    /// The text as it may go into a log line: control characters escaped
+    /// (a peer's line feed would forge lines, its escape sequences drive
+    /// the terminal) and at most about `max` bytes.
+    pub fn loggable(&self, max: usize) -> std::borrow::Cow<'_, str> {
+        loggable(self.as_str(), max)
+    }
     /// A text from bytes that must be UTF-8.
     pub fn from_utf8(b: Bytes) -> Result<Text, std::str::Utf8Error> {
         std::str::from_utf8(&b)?;
@@ -391,5 +397,43 @@ impl<'de> Deserialize<'de> for Bytes32 {
         } else {
             d.deserialize_bytes(Bytes32Visitor)
         }
+    }
+}
+
+/// `s` as it may go into a log line: see [`Text::loggable`].
+pub fn loggable(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max && !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len().min(max) + 8);
+    for c in s.chars() {
+        if out.len() >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod loggable_tests {
+    use super::*;
+
+    #[test]
+    fn loggable_text_escapes_control_characters_and_is_cut() {
+        assert_eq!(loggable("plain", 100), "plain");
+        assert_eq!(
+            loggable("a\nINFO forged\u{1b}[31m", 100),
+            "a\\nINFO forged\\u{1b}[31m"
+        );
+        assert_eq!(
+            loggable(&"x".repeat(50), 10),
+            format!("{}…", "x".repeat(10))
+        );
     }
 }

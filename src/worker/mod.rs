@@ -754,8 +754,14 @@ impl Session {
                 frame = read.next() => {
                     let msg = match frame {
                         None => break "connection closed by the master".to_string(),
+                        Some(Err(crate::proto::ProtoError::Io(e))) => break format!("connection to the master lost: {e}"),
                         Some(Err(e)) => {
-                            let _ = write.send(FromWorker::Error(ErrorMsg::new(e.code(), e.to_string()))).await;
+                            let error = FromWorker::Error(ErrorMsg::new(e.code(), e.to_string()));
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(crate::limits::ERROR_SEND_TIMEOUT_MS),
+                                write.send(error),
+                            )
+                            .await;
                             break format!("bad input from master: {e}");
                         }
                         Some(Ok(m)) => m,
@@ -784,8 +790,8 @@ impl Session {
                             }
                         }
                         ToWorker::Pong(_) => {}
-                        ToWorker::Goodbye(g) => break format!("master said goodbye: {}", g.reason),
-                        ToWorker::Error(e) => break format!("master sent error: {} ({})", e.message, e.code.name()),
+                        ToWorker::Goodbye(g) => break format!("master said goodbye: {}", g.reason.loggable(crate::proto::LOGGED_TEXT_BYTES)),
+                        ToWorker::Error(e) => break format!("master sent error: {} ({})", e.message.loggable(crate::proto::LOGGED_TEXT_BYTES), e.code.name()),
                         other => {
                             let why = format!("{} after the handshake", other.name());
                             let _ = write.send(FromWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why.clone()))).await;
