@@ -213,9 +213,9 @@ impl Left {
 const KEEP_COPY_ABOVE_BYTES: usize = 1024;
 
 /// A result as it is kept for later. Its output is a slice of the frame it
-/// came in, and holds that frame's whole read buffer (which grows to the
-/// largest frame the connection saw); a large one is copied out, so that a
-/// kept 8 MB result holds 8 MB, not 16.
+/// came in, and holds that frame's whole read buffer (which may hold more
+/// than its frame); a large one is copied out, so that a result kept for a
+/// long time holds its own bytes only.
 pub(crate) fn kept_copy(r: &TaskResult) -> TaskResult {
     let mut kept = r.clone();
     if kept.output.len() > KEEP_COPY_ABOVE_BYTES {
