@@ -116,10 +116,16 @@ impl ResultStore {
 /// still here go to [`Left`]: the client may not have read them (they were
 /// in the connection's buffers when it broke), or its program ended before
 /// taking them, and a fetch after a reconnect finds them.
+///
+/// In the order they were written: a client acknowledges in that order
+/// (this implementation's does), so an acknowledgement takes the oldest,
+/// with no lookup. Ids acknowledged out of that order wait in a set until
+/// their result reaches the front.
 #[derive(Default)]
 pub(crate) struct Unacked {
-    results: FxHashMap<u64, TaskResult>,
+    results: VecDeque<TaskResult>,
     bytes: usize,
+    acked_early: rustc_hash::FxHashSet<u64>,
     /// Results not tracked for want of room: a client this far behind
     /// with its acknowledgements (or one that never sends any) loses
     /// them if its connection breaks before it reads them.
@@ -127,8 +133,9 @@ pub(crate) struct Unacked {
 }
 
 impl Unacked {
-    /// Notes results about to be written to the connection.
-    pub fn track(&mut self, batch: &[TaskResult]) {
+    /// Notes results written to the connection (taken: they were encoded
+    /// by reference).
+    pub fn track(&mut self, batch: Vec<TaskResult>) {
         for r in batch {
             if self.results.len() >= crate::limits::CLIENT_UNACKED_RESULTS_MAX
                 || self.bytes >= crate::limits::CLIENT_UNACKED_BYTES_MAX
@@ -137,28 +144,50 @@ impl Unacked {
                 continue;
             }
             self.bytes += r.batch_weight();
-            if let Some(old) = self.results.insert(r.id, kept_copy(r)) {
-                self.bytes -= old.batch_weight();
-            }
+            self.results.push_back(r);
         }
     }
 
     /// The client holds these.
     pub fn acked(&mut self, ids: &[u64]) {
-        if self.results.is_empty() {
-            return;
-        }
-        for id in ids {
-            if let Some(r) = self.results.remove(id) {
-                self.bytes -= r.batch_weight();
+        for &id in ids {
+            match self.results.front() {
+                Some(r) if r.id == id => self.pop_front(),
+                Some(_) => {
+                    if self.acked_early.len() >= crate::limits::CLIENT_UNACKED_RESULTS_MAX {
+                        // Ids of results never sent here, most likely: the
+                        // results they stood for go to a fetch at worst.
+                        self.acked_early.clear();
+                    }
+                    self.acked_early.insert(id);
+                }
+                None => return,
+            }
+            while let Some(r) = self.results.front() {
+                if self.acked_early.is_empty() || !self.acked_early.remove(&r.id) {
+                    break;
+                }
+                self.pop_front();
             }
         }
     }
 
-    /// Everything still unacknowledged, when the connection has ended.
+    fn pop_front(&mut self) {
+        if let Some(r) = self.results.pop_front() {
+            self.bytes -= r.batch_weight();
+        }
+    }
+
+    /// Everything still unacknowledged, when the connection has ended; a
+    /// large output copied out of its frame's buffer (see [`kept_copy`]).
     pub fn take(&mut self) -> Vec<TaskResult> {
         self.bytes = 0;
-        self.results.drain().map(|(_, r)| r).collect()
+        let early = std::mem::take(&mut self.acked_early);
+        self.results
+            .drain(..)
+            .filter(|r| !early.contains(&r.id))
+            .map(|r| kept_copy(&r))
+            .collect()
     }
 }
 
@@ -296,12 +325,24 @@ mod tests {
     fn unacked_results_are_bounded_per_connection_and_forgotten_when_acknowledged() {
         let mut u = Unacked::default();
         let n = crate::limits::CLIENT_UNACKED_RESULTS_MAX as u64;
-        let batch: Vec<TaskResult> = (1..=n + 5).map(result).collect();
-        u.track(&batch);
+        u.track((1..=n + 5).map(result).collect());
         assert_eq!(u.untracked, 5);
         u.acked(&(1..=n).collect::<Vec<_>>());
         assert!(u.take().is_empty());
         assert_eq!(u.bytes, 0);
+    }
+
+    #[test]
+    fn unacked_results_acknowledged_out_of_order_are_forgotten_all_the_same() {
+        let mut u = Unacked::default();
+        u.track((1..=6).map(result).collect());
+        u.acked(&[3, 1, 99]);
+        assert_eq!(u.results.front().map(|r| r.id), Some(2), "1 taken, 3 waits");
+        u.acked(&[2]);
+        assert_eq!(u.results.front().map(|r| r.id), Some(4), "2 and 3 taken");
+        u.acked(&[6]);
+        let left: Vec<u64> = u.take().iter().map(|r| r.id).collect();
+        assert_eq!(left, [4, 5]);
     }
 
     #[test]

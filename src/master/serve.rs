@@ -569,18 +569,24 @@ async fn flush_results(
     // takes a while).
     let mut batches = crate::proto::batches(std::mem::take(results)).into_iter();
     for batch in batches.by_ref() {
-        if let Some(u) = &outbox.unacked {
-            u.lock().unwrap_or_else(|e| e.into_inner()).track(&batch);
-        }
         let heavy = batch.len() == 1
             && crate::proto::BatchWeight::batch_weight(&batch[0]) > crate::proto::BATCH_BYTES_MAX;
-        let fed = if heavy {
-            feed_heavy(write, batch.into_iter().next().expect("one")).await
+        let (fed, batch) = if heavy {
+            (feed_heavy(write, batch[0].clone()).await, batch)
         } else {
-            write
-                .feed(ToClient::Results(Results { results: batch }))
-                .await
+            // By reference: the batch stays here, to be kept until the
+            // client acknowledges it, without a copy.
+            let msg = ToClient::Results(Results { results: batch });
+            let fed = feed_ref(write, &msg).await;
+            let ToClient::Results(Results { results: batch }) = msg else {
+                unreachable!("built above")
+            };
+            (fed, batch)
         };
+        // Tracked even if the write failed: part of it may have gone out.
+        if let Some(u) = &outbox.unacked {
+            u.lock().unwrap_or_else(|e| e.into_inner()).track(batch);
+        }
         if fed.is_err() {
             results.extend(batches.flatten());
             return false;
@@ -588,6 +594,19 @@ async fn flush_results(
         outbox.wrote.set(Instant::now());
     }
     true
+}
+
+/// `write.feed(msg)`, by reference: flushes first if the buffer is past its
+/// boundary, then encodes into it.
+async fn feed_ref(
+    write: &mut Writer<ToClient, FromClient>,
+    msg: &ToClient,
+) -> Result<(), ProtoError> {
+    if write.write_buffer().len() >= write.backpressure_boundary() {
+        write.flush().await?;
+    }
+    let wire = write.encoder().wire().unwrap_or(Wire::Json);
+    WireCodec::<ToClient, FromClient>::new(wire).encode_ref(msg, write.write_buffer_mut())
 }
 
 /// Feeds one result that may not fit in a frame as it is: a result may
