@@ -149,6 +149,7 @@ impl Client {
             statuses: VecDeque::new(),
             cancels: Default::default(),
             next_cancel: 1,
+            recent_acks: RecentAcks::default(),
         };
         tokio::spawn(d.run(conn, closed_tx));
         Ok(Client {
@@ -467,6 +468,52 @@ struct Driver {
     /// Who waits for each cancel's report, by request number.
     cancels: std::collections::HashMap<u64, oneshot::Sender<CancelReport>>,
     next_cancel: u64,
+    /// With `reconnect`: acknowledgements sent lately, sent again after a
+    /// reconnect.
+    recent_acks: RecentAcks,
+}
+
+/// Acknowledgements sent within [`RECENT_ACKS_KEEP`] (at most
+/// [`RECENT_ACK_IDS_MAX`] ids). A master that crashed before it stored one
+/// would keep that result for good: the client has it, so never fetches it
+/// again. Sent again after a reconnect (an `ack` of a result the master no
+/// longer keeps is ignored).
+#[derive(Default)]
+struct RecentAcks {
+    batches: VecDeque<(Instant, Vec<u64>)>,
+    ids: usize,
+}
+
+/// How long an acknowledgement is kept to be sent again: far longer than a
+/// master takes to store one (a sync within 10 ms), or than one spends on
+/// its way.
+const RECENT_ACKS_KEEP: Duration = Duration::from_secs(5);
+/// Most acknowledged ids kept to be sent again.
+const RECENT_ACK_IDS_MAX: usize = 1 << 20;
+
+impl RecentAcks {
+    fn note(&mut self, ids: &[u64], now: Instant) {
+        self.batches.push_back((now, ids.to_vec()));
+        self.ids += ids.len();
+        self.prune(now);
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some((at, ids)) = self.batches.front() {
+            if now.duration_since(*at) <= RECENT_ACKS_KEEP && self.ids <= RECENT_ACK_IDS_MAX {
+                break;
+            }
+            self.ids -= ids.len();
+            self.batches.pop_front();
+        }
+    }
+
+    /// Everything kept, to send again.
+    fn take(&mut self) -> Vec<u64> {
+        self.prune(Instant::now());
+        self.ids = 0;
+        self.batches.drain(..).flat_map(|(_, ids)| ids).collect()
+    }
 }
 
 /// A session that lasted less than this ended "soon": the next reconnect
@@ -538,6 +585,13 @@ impl Driver {
                     return;
                 }
             }
+            // Acknowledgements the master may have lost with a crash,
+            // before its fetches (which they do not concern).
+            let mut again = self.recent_acks.take();
+            if !again.is_empty() {
+                tracing::debug!(master = %self.addr, ids = again.len(), "sending the latest acknowledgements again");
+                let _ = send_acks(&mut conn, &mut again, 1, Some(&mut self.recent_acks)).await;
+            }
             let ids: Vec<u64> = self.outstanding.iter().copied().collect();
             tracing::info!(master = %self.addr, tasks = ids.len(), "reconnected; fetching the results still due");
             for chunk in ids.chunks(crate::limits::BATCH_TASKS_MAX) {
@@ -589,13 +643,14 @@ impl Driver {
         loop {
             tokio::select! {
                 _ = &mut ack_due, if !unacked.is_empty() => {
-                    if let Err(e) = send_acks(conn, &mut unacked, 1).await {
+                    let recent = tracking.then_some(&mut self.recent_acks);
+                    if let Err(e) = send_acks(conn, &mut unacked, 1, recent).await {
                         return End::Lost(format!("write failed: {e}"));
                     }
                 }
                 cmd = self.cmds.recv() => match cmd {
                     None | Some(Cmd::Close) => {
-                        let _ = send_acks(conn, &mut unacked, 1).await;
+                        let _ = send_acks(conn, &mut unacked, 1, None).await;
                         let _ = conn.send(FromClient::Goodbye(Goodbye { reason: Text::from_static("client done") })).await;
                         return End::ByClient("closed by the client".to_string());
                     }
@@ -625,7 +680,8 @@ impl Driver {
                             ack_due.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
                         }
                         unacked.extend(ids);
-                        if let Err(e) = send_acks(conn, &mut unacked, crate::limits::BATCH_TASKS_MAX).await {
+                        let recent = tracking.then_some(&mut self.recent_acks);
+                        if let Err(e) = send_acks(conn, &mut unacked, crate::limits::BATCH_TASKS_MAX, recent).await {
                             return End::Lost(format!("write failed: {e}"));
                         }
                     }
@@ -709,11 +765,15 @@ async fn send_acks(
     conn: &mut net::Conn<FromClient, ToClient>,
     unacked: &mut Vec<u64>,
     min: usize,
+    mut recent: Option<&mut RecentAcks>,
 ) -> Result<(), ProtoError> {
     let mut sent = false;
     while !unacked.is_empty() && unacked.len() >= min {
         let n = unacked.len().min(crate::limits::BATCH_TASKS_MAX);
         let ids: Vec<u64> = unacked.drain(..n).collect();
+        if let Some(r) = recent.as_deref_mut() {
+            r.note(&ids, Instant::now());
+        }
         conn.feed(FromClient::Ack(Ack { ids })).await?;
         sent = true;
     }

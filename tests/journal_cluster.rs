@@ -546,3 +546,80 @@ async fn attempts_from_before_a_restart_stop_once_their_task_is_finished_or_canc
     assert_eq!(report.cancelled, [b]);
     support::wait_dead(&[b1, b2], Duration::from_secs(10), "B's attempts").await;
 }
+
+/// Acknowledgements a master received but had not stored when it crashed
+/// (here it is stopped while they arrive, then killed) are sent again by
+/// the reconnecting client: the master does not keep, for good, results
+/// that no client will fetch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_lost_in_a_master_crash_are_sent_again_after_the_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = ["--journal", journal.to_str().unwrap()];
+    let (mut c, status_client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &extra,
+            master_timeout: "20s",
+            ..Opts::default()
+        },
+    )
+    .await;
+    let args = c.master_args(&extra);
+    let mut client = Client::connect(
+        c.addr,
+        ClientOptions {
+            name: "acker".into(),
+            ..reconnecting(&c)
+        },
+    )
+    .await
+    .unwrap();
+    let ids = client
+        .submit_batch(vec![task("echo", "acked"); 3])
+        .await
+        .unwrap();
+    // Received (the status answer comes after them on the connection),
+    // but not yet taken, so not yet acknowledged.
+    c.wait_status(&client, Duration::from_secs(10), "the tasks done", |s| {
+        s.completed == 3
+    })
+    .await;
+    drop(status_client);
+    c.master.signal(libc::SIGSTOP);
+    for r in collect(&mut client, 3, Duration::from_secs(5))
+        .await
+        .values()
+    {
+        assert_eq!(r.status, TaskStatus::Ok);
+    }
+    // The acknowledgements are on their way into a master that reads
+    // nothing, then dies.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.master.signal(libc::SIGKILL);
+    c.master.wait_exit(Duration::from_secs(5));
+    c.restart_master(&args);
+    let reconnected = || {
+        c.master_log()
+            .lines()
+            .filter(|l| l.contains("client connected") && l.contains("acker"))
+            .count()
+            >= 2
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reconnected() {
+        assert!(Instant::now() < deadline, "the client did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its acknowledgements come first on the new connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut other = c.client().await;
+    other.fetch(ids.clone().collect()).unwrap();
+    let got = collect(&mut other, 3, Duration::from_secs(5)).await;
+    assert!(
+        got.values().all(|r| r.status == TaskStatus::Unknown),
+        "results the client holds are still kept: {got:?}"
+    );
+    drop(client);
+}
