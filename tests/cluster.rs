@@ -1663,3 +1663,37 @@ async fn fault_02_a_stopped_worker_is_removed_while_a_write_to_it_is_stuck() {
     );
     c.worker("w1").signal(libc::SIGCONT);
 }
+
+/// A worker whose master stopped (SIGSTOP) while the worker had more
+/// results for it than the connection's buffers hold: its write never
+/// ends, and it still terminates at its master-timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_writing_to_a_stopped_master_still_ends_at_its_master_timeout() {
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 12,
+            master_timeout: "2s",
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    // 12 tasks that each print 1 MiB (exec's output cap) after a moment.
+    let script = r#"{"argv":["sh","-c","sleep 0.5; head -c 1048576 /dev/zero | tr '\\0' x"]}"#;
+    client
+        .submit_batch((0..12).map(|_| task("exec", script, 128, 0, 0)).collect())
+        .await
+        .unwrap();
+    c.wait_busy(&client, "w1").await;
+    c.master.signal(libc::SIGSTOP);
+    let status = c.worker("w1").wait_exit(Duration::from_secs(20));
+    c.master.signal(libc::SIGCONT);
+    assert_eq!(
+        status.code(),
+        Some(support::MASTER_TIMEOUT_EXIT),
+        "{status:?}: {:?}",
+        c.worker("w1").seen
+    );
+}

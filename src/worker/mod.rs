@@ -745,9 +745,15 @@ impl Session {
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping_seq = 0u64;
+        // A master that takes nothing written to it (a stopped one, with
+        // results more than the connection's buffers hold) would hold this
+        // loop in a write, and its master-timeout with it.
+        let stall = self.cfg.master_timeout;
         let reason = loop {
-            if let Err(e) = self.flush(&mut write).await {
-                break format!("write to master failed: {e}");
+            let flushed = self.flush(&mut write);
+            if let Err(e) = net::write_unless_stalled(flushed, read.get_ref().as_ref(), stall).await
+            {
+                break format!("writing to the master: {e}");
             }
             tokio::select! {
                 biased;
@@ -785,8 +791,9 @@ impl Session {
                             }
                         }
                         ToWorker::Ping(p) => {
-                            if let Err(e) = write.send(FromWorker::Pong(Pong { seq: p.seq })).await {
-                                break format!("write to master failed: {e}");
+                            let pong = write.send(FromWorker::Pong(Pong { seq: p.seq }));
+                            if let Err(e) = net::write_unless_stalled(pong, read.get_ref().as_ref(), stall).await {
+                                break format!("writing to the master: {e}");
                             }
                         }
                         ToWorker::Pong(_) => {}
@@ -794,7 +801,12 @@ impl Session {
                         ToWorker::Error(e) => break format!("master sent error: {} ({})", e.message.loggable(crate::proto::LOGGED_TEXT_BYTES), e.code.name()),
                         other => {
                             let why = format!("{} after the handshake", other.name());
-                            let _ = write.send(FromWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why.clone()))).await;
+                            let error = FromWorker::Error(ErrorMsg::new(ErrorCode::UNEXPECTED, why.clone()));
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(crate::limits::ERROR_SEND_TIMEOUT_MS),
+                                write.send(error),
+                            )
+                            .await;
                             break why;
                         }
                     }
@@ -813,22 +825,32 @@ impl Session {
                     // which halves the traffic of a large idle pool.
                     if watch.silent_for(Instant::now()) >= self.cfg.heartbeat {
                         ping_seq += 1;
-                        if let Err(e) = write.send(FromWorker::Ping(Ping { seq: ping_seq })).await {
-                            break format!("write to master failed: {e}");
+                        let ping = write.send(FromWorker::Ping(Ping { seq: ping_seq }));
+                        if let Err(e) = net::write_unless_stalled(ping, read.get_ref().as_ref(), stall).await {
+                            break format!("writing to the master: {e}");
                         }
                     }
                 }
                 _ = kick.cancelled() => break "replaced by a newer master connection".into(),
                 _ = drain.cancelled() => {
-                    let _ = self.flush(&mut write).await;
+                    // A stopping worker waits for a master that takes
+                    // nothing no longer than a few heartbeats: the master
+                    // runs the attempts again when it finds it gone.
+                    let stall = self.cfg.heartbeat * 3;
+                    let flushed = self.flush(&mut write);
+                    let _ = net::write_unless_stalled(flushed, read.get_ref().as_ref(), stall).await;
                     let returned = self.stop_all();
                     let n = returned.len();
                     let results = returned
                         .into_iter()
                         .map(|(id, attempt)| result(id, attempt, AttemptStatus::Returned, Payload::empty(), "worker shutting down".into()))
                         .collect();
-                    let _ = write.send(FromWorker::Done(Done { results })).await;
-                    let _ = write.send(FromWorker::Goodbye(Goodbye { reason: Text::from_static("worker shutting down") })).await;
+                    let bye = async {
+                        write.feed(FromWorker::Done(Done { results })).await?;
+                        write.feed(FromWorker::Goodbye(Goodbye { reason: Text::from_static("worker shutting down") })).await?;
+                        write.flush().await
+                    };
+                    let _ = net::write_unless_stalled(bye, read.get_ref().as_ref(), stall).await;
                     break format!("handed {n} running attempts back; said goodbye");
                 }
             }
