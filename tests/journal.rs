@@ -36,6 +36,20 @@ fn open(path: &std::path::Path) -> Result<(Journal, runner::journal::Replayed), 
     Journal::open(&JournalConfig::new(path, Durability::Fsync))
 }
 
+/// Waits (at most 10 s) until `j` has compacted at least once.
+fn wait_for_a_compaction(j: &Journal) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while j
+        .stats()
+        .compactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no compaction within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Writes a journal with a little of everything: 3 batches of 10 tasks,
 /// dispatches, a failure, results, an acknowledgement. Returns its path.
 fn sample(dir: &std::path::Path) -> std::path::PathBuf {
@@ -370,16 +384,7 @@ fn a_journal_opened_past_its_compaction_threshold_is_compacted_at_its_next_appen
         first_id: 2001,
         tasks: &[task(2001)],
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while j
-        .stats()
-        .compactions
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no compaction after the reopen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_a_compaction(&j);
     j.close();
     assert!(fs::metadata(&path).unwrap().len() < before / 10);
 }
@@ -661,16 +666,7 @@ fn a_journal_named_by_a_link_is_compacted_in_the_file_it_names() {
         first_id: 501,
         tasks: &[task(501)],
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while j
-        .stats()
-        .compactions
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no compaction");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_a_compaction(&j);
     j.close();
     assert!(fs::symlink_metadata(&link)
         .unwrap()

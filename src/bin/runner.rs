@@ -705,18 +705,13 @@ async fn master(a: MasterArgs) -> Result<ExitCode, Failure> {
         }),
         ..MasterConfig::default()
     };
-    if cfg.worker_timeout <= cfg.heartbeat {
-        return Err(Failure::Usage(format!(
-            "--worker-timeout ({:?}) must be longer than --heartbeat ({:?}), or every worker would be dropped",
-            cfg.worker_timeout, cfg.heartbeat
-        )));
-    }
-    if cfg.worker_timeout < cfg.heartbeat * 3 {
-        eprintln!(
-            "runner: warning: --heartbeat ({:?}) is more than a third of --worker-timeout ({:?}): a worker that misses one or two pings (a brief stall of either side) is dropped and its tasks run again",
-            cfg.heartbeat, cfg.worker_timeout
-        );
-    }
+    check_heartbeat(
+        cfg.heartbeat,
+        cfg.worker_timeout,
+        "--worker-timeout",
+        "every worker would be dropped",
+        "a worker that misses one or two pings (a brief stall of either side) is dropped and its tasks run again",
+    )?;
     let m = Master::start(cfg).await.map_err(|e| e.to_string())?;
     say(format_args!("master listening on {}", m.local_addr()));
     exit_if_stopping_hangs("master".into());
@@ -760,18 +755,13 @@ async fn worker(
         wire: a.common.wire.into(),
         ..defaults
     };
-    if cfg.master_timeout <= cfg.heartbeat {
-        return Err(Failure::Usage(format!(
-            "--master-timeout ({:?}) must be longer than --heartbeat ({:?}), or the worker would give up on a live master",
-            cfg.master_timeout, cfg.heartbeat
-        )));
-    }
-    if cfg.master_timeout < cfg.heartbeat * 3 {
-        eprintln!(
-            "runner: warning: --heartbeat ({:?}) is more than a third of --master-timeout ({:?}): a brief stall of either side can make this worker terminate",
-            cfg.heartbeat, cfg.master_timeout
-        );
-    }
+    check_heartbeat(
+        cfg.heartbeat,
+        cfg.master_timeout,
+        "--master-timeout",
+        "the worker would give up on a live master",
+        "a brief stall of either side can make this worker terminate",
+    )?;
     let mut builder = Worker::builder().config(cfg);
     if let Some(rt) = tasks_on {
         builder = builder.tasks_on(rt);
@@ -1130,6 +1120,29 @@ fn parse_node_id(s: &str) -> Result<String, String> {
         );
     }
     Ok(s.to_string())
+}
+
+/// A heartbeat must be shorter than the timeout it feeds (`flag`), and
+/// should be at most a third of it: refused with `or_else`, warned with
+/// `risk`.
+fn check_heartbeat(
+    heartbeat: Duration,
+    timeout: Duration,
+    flag: &str,
+    or_else: &str,
+    risk: &str,
+) -> Result<(), Failure> {
+    if timeout <= heartbeat {
+        return Err(Failure::Usage(format!(
+            "{flag} ({timeout:?}) must be longer than --heartbeat ({heartbeat:?}), or {or_else}"
+        )));
+    }
+    if timeout < heartbeat * 3 {
+        eprintln!(
+            "runner: warning: --heartbeat ({heartbeat:?}) is more than a third of {flag} ({timeout:?}): {risk}"
+        );
+    }
+    Ok(())
 }
 
 fn parse_scan_host(s: &str) -> Result<String, String> {

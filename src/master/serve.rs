@@ -1393,30 +1393,40 @@ mod tests {
     use crate::proto::Wire;
     use tokio_util::codec::{FramedRead, FramedWrite};
 
-    /// Results handed to a client's writer together (two workers' frames,
-    /// say) may exceed the protocol's limit per frame: they go out in
-    /// several frames, each within it, none lost.
-    #[tokio::test]
-    async fn results_beyond_a_frame_go_out_in_frames_within_the_limit() {
+    /// A client writer on `wire` and the client's end of its connection.
+    async fn client_pipe(wire: Wire) -> (Writer<ToClient, FromClient>, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (theirs, _) = listener.accept().await.unwrap();
         let (_, w) = ours.into_split();
-        let mut codec = WireCodec::<ToClient, FromClient>::new(Wire::Bincode);
+        let mut codec = WireCodec::<ToClient, FromClient>::new(wire);
         codec.handshake_complete();
-        let mut write = FramedWrite::new(w, codec);
+        (FramedWrite::new(w, codec), theirs)
+    }
+
+    /// The accounting of a writer with no journal and nothing tracked.
+    fn no_outbox() -> Outbox {
+        Outbox {
+            queued_bytes: Default::default(),
+            wrote: Arc::new(crate::instant::AtomicInstant::new(Instant::now())),
+            unacked: None,
+        }
+    }
+
+    /// Results handed to a client's writer together (two workers' frames,
+    /// say) may exceed the protocol's limit per frame: they go out in
+    /// several frames, each within it, none lost.
+    #[tokio::test]
+    async fn results_beyond_a_frame_go_out_in_frames_within_the_limit() {
+        let (mut write, theirs) = client_pipe(Wire::Bincode).await;
         let max = crate::limits::BATCH_TASKS_MAX;
         let total = 2 * max + 7;
         let mut results: Vec<TaskResult> = (1..=total as u64)
             .map(super::super::results::unknown)
             .collect();
-        let outbox = Outbox {
-            queued_bytes: Default::default(),
-            wrote: Arc::new(crate::instant::AtomicInstant::new(Instant::now())),
-            unacked: None,
-        };
+        let outbox = no_outbox();
         assert!(flush_results(&mut write, &mut results, &outbox).await);
         write.flush().await.unwrap();
         assert!(results.is_empty());
@@ -1446,15 +1456,7 @@ mod tests {
     /// be lost.
     #[tokio::test]
     async fn a_result_too_large_for_a_json_line_goes_out_with_its_reasons_cut() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (theirs, _) = listener.accept().await.unwrap();
-        let (_, w) = ours.into_split();
-        let mut codec = WireCodec::<ToClient, FromClient>::new(Wire::Json);
-        codec.handshake_complete();
-        let mut write = FramedWrite::new(w, codec);
+        let (mut write, theirs) = client_pipe(Wire::Json).await;
         let reason = Text::from("\u{1}".repeat(crate::limits::TEXT_BYTES_MAX));
         let heavy = TaskResult {
             status: TaskStatus::Failed,
@@ -1468,11 +1470,7 @@ mod tests {
                 .collect(),
             ..super::super::results::unknown(7)
         };
-        let outbox = Outbox {
-            queued_bytes: Default::default(),
-            wrote: Arc::new(crate::instant::AtomicInstant::new(Instant::now())),
-            unacked: None,
-        };
+        let outbox = no_outbox();
         let reader = tokio::spawn(async move {
             let mut codec = WireCodec::<FromClient, ToClient>::new(Wire::Json);
             codec.handshake_complete();
