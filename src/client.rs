@@ -150,6 +150,7 @@ impl Client {
             cancels: Default::default(),
             next_cancel: 1,
             recent_acks: RecentAcks::default(),
+            pending_acks: Vec::new(),
         };
         tokio::spawn(d.run(conn, closed_tx));
         Ok(Client {
@@ -328,11 +329,7 @@ impl Client {
     /// than whenever the caller gets round to this result.
     pub async fn next_received(&mut self) -> Option<(TaskResult, Instant)> {
         loop {
-            if let Some(r) = self.ready.pop_front() {
-                self.taken.push(r.id);
-                if self.ready.is_empty() {
-                    let _ = self.cmds.send(Cmd::Ack(std::mem::take(&mut self.taken)));
-                }
+            if let Some(r) = self.take_ready() {
                 return Some((r, self.ready_at));
             }
             let (at, batch) = self.results.recv().await?;
@@ -341,11 +338,22 @@ impl Client {
         }
     }
 
+    /// The next result of the frame being handed out, taken: it is
+    /// acknowledged (with the frame's others, once all are taken).
+    fn take_ready(&mut self) -> Option<TaskResult> {
+        let r = self.ready.pop_front()?;
+        self.taken.push(r.id);
+        if self.ready.is_empty() {
+            let _ = self.cmds.send(Cmd::Ack(std::mem::take(&mut self.taken)));
+        }
+        Some(r)
+    }
+
     /// Results as a stream, in completion order; it ends when the connection
     /// is closed and every result received has been yielded.
     pub fn results(&mut self) -> impl futures::Stream<Item = TaskResult> + '_ {
         futures::stream::poll_fn(move |cx| loop {
-            if let Some(r) = self.ready.pop_front() {
+            if let Some(r) = self.take_ready() {
                 return std::task::Poll::Ready(Some(r));
             }
             match self.results.poll_recv(cx) {
@@ -471,6 +479,8 @@ struct Driver {
     /// With `reconnect`: acknowledgements sent lately, sent again after a
     /// reconnect.
     recent_acks: RecentAcks,
+    /// Acknowledgements a lost connection did not send, for the next.
+    pending_acks: Vec<u64>,
 }
 
 /// Acknowledgements sent within [`RECENT_ACKS_KEEP`] (at most
@@ -632,25 +642,38 @@ impl Driver {
         None
     }
 
+    /// A session; acknowledgements it could not send wait for the next
+    /// (after a reconnect), so that the master does not keep those results
+    /// for good.
     async fn session(&mut self, conn: &mut net::Conn<FromClient, ToClient>) -> End {
+        let mut unacked = std::mem::take(&mut self.pending_acks);
+        let end = self.session_with(conn, &mut unacked).await;
+        self.pending_acks = unacked;
+        end
+    }
+
+    async fn session_with(
+        &mut self,
+        conn: &mut net::Conn<FromClient, ToClient>,
+        unacked: &mut Vec<u64>,
+    ) -> End {
         let tracking = self.opts.reconnect.is_some();
         // Acknowledgements wait a little to share a frame: one per result
         // frame would add a frame, and a wake-up of the master, per task
         // when tasks finish one at a time.
-        let mut unacked: Vec<u64> = Vec::new();
         let ack_due = tokio::time::sleep(ACK_DELAY);
         tokio::pin!(ack_due);
         loop {
             tokio::select! {
                 _ = &mut ack_due, if !unacked.is_empty() => {
                     let recent = tracking.then_some(&mut self.recent_acks);
-                    if let Err(e) = send_acks(conn, &mut unacked, 1, recent).await {
+                    if let Err(e) = send_acks(conn, unacked, 1, recent).await {
                         return End::Lost(format!("write failed: {e}"));
                     }
                 }
                 cmd = self.cmds.recv() => match cmd {
                     None | Some(Cmd::Close) => {
-                        let _ = send_acks(conn, &mut unacked, 1, None).await;
+                        let _ = send_acks(conn, unacked, 1, None).await;
                         let _ = conn.send(FromClient::Goodbye(Goodbye { reason: Text::from_static("client done") })).await;
                         return End::ByClient("closed by the client".to_string());
                     }
@@ -681,7 +704,7 @@ impl Driver {
                         }
                         unacked.extend(ids);
                         let recent = tracking.then_some(&mut self.recent_acks);
-                        if let Err(e) = send_acks(conn, &mut unacked, crate::limits::BATCH_TASKS_MAX, recent).await {
+                        if let Err(e) = send_acks(conn, unacked, crate::limits::BATCH_TASKS_MAX, recent).await {
                             return End::Lost(format!("write failed: {e}"));
                         }
                     }

@@ -414,7 +414,7 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
         hist.len()
     );
     println!();
-    client.close();
+    client.shutdown().await;
 
     // 7. Stop the master; the workers, left without one, terminate themselves.
     clock.say("stopping the master (SIGINT)");

@@ -502,9 +502,12 @@ async fn exec_output_cut_at_the_limit_says_so() {
 }
 
 /// Runs `runner demo` on ports of its own with `extra` arguments and
-/// `env`; returns what it printed.
-fn demo(extra: &[&str], env: &[(&str, &str)]) -> String {
+/// `env`, and with a listener that never answers on the last of its
+/// workers' ports if `silent_port`; returns what it printed.
+fn demo(extra: &[&str], env: &[(&str, &str)], silent_port: bool) -> String {
     let block = support::port_block(PORT_BASE);
+    let _silent = silent_port
+        .then(|| std::net::TcpListener::bind(("127.0.0.1", block + support::BLOCK - 1)).unwrap());
     let logs = tempfile::tempdir().unwrap();
     let port = block.to_string();
     let workers = format!("{}-{}", block + 1, block + support::BLOCK - 1);
@@ -538,7 +541,7 @@ fn demo(extra: &[&str], env: &[(&str, &str)]) -> String {
 /// and its workers end for want of one, with the status that says so.
 #[test]
 fn the_demo_runs_its_mix_and_every_node_ends() {
-    let said = demo(&[], &[]);
+    let said = demo(&[], &[], false);
     assert!(said.contains("master exited (exit status: 0)"), "{said}");
     for w in 1..=3 {
         assert!(
@@ -558,6 +561,17 @@ fn the_demo_runs_with_a_secret() {
             runner::proto::handshake::SECRET_ENV,
             "demo-secret-of-enough-bytes",
         )],
+        false,
     );
     assert!(said.contains("worker-1 exited (exit status: 3)"), "{said}");
+}
+
+/// A listener in the workers' range that takes connections and never
+/// answers holds each probe of it to the handshake deadline; the scan
+/// rounds go on all the same, and find the workers well within their
+/// master-timeout (the demo's is 2 s).
+#[test]
+fn a_silent_listener_in_the_scan_range_does_not_hold_discovery_back() {
+    let said = demo(&["--workers", "2"], &[], true);
+    assert!(said.contains("worker-2 exited (exit status: 3)"), "{said}");
 }

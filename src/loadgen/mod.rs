@@ -1032,7 +1032,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         submitted - done
     };
     let master = client.status(true).await.ok();
-    client.close();
+    client.shutdown().await;
     drop(spawned);
     Ok(Outcome {
         accepted: submitted,

@@ -87,17 +87,31 @@ async fn targets(shared: &Shared) -> Vec<SocketAddr> {
     out
 }
 
+/// Probes `targets`; returns how many were workers. Waits for the probes
+/// for at most a scan interval: a listener that holds a probe to its
+/// handshake deadline (a silent one, a stopped worker) must not hold back
+/// the next round, which finds the workers that came meanwhile. A probe
+/// still running then goes on by itself (its address is skipped while it
+/// does).
 async fn scan(shared: &Arc<Shared>, targets: Vec<SocketAddr>) -> usize {
     let mut set = JoinSet::new();
     let mut found = 0;
+    let until = tokio::time::Instant::now() + shared.cfg.scan_interval;
     for addr in targets {
         if set.len() >= PROBES_IN_FLIGHT_MAX {
             found += set.join_next().await.and_then(|r| r.ok()).unwrap_or(0);
         }
         set.spawn(probe(shared.clone(), addr));
     }
-    while let Some(r) = set.join_next().await {
-        found += r.unwrap_or(0);
+    loop {
+        match tokio::time::timeout_at(until, set.join_next()).await {
+            Ok(Some(r)) => found += r.unwrap_or(0),
+            Ok(None) => break,
+            Err(_) => {
+                set.detach_all();
+                break;
+            }
+        }
     }
     found
 }

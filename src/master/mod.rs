@@ -379,6 +379,10 @@ pub const UNCLAIMED_RESULTS_MAX: usize = 1_000_000;
 /// are dropped (they were sent once; a fetch of one answers `unknown`).
 pub const LEFT_RESULTS_MAX: usize = 262_144;
 
+/// The same bound in bytes (weighed as in a client's queue): results of
+/// up to 8 MiB each would otherwise make it 2 TiB.
+pub const LEFT_RESULTS_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 /// Results dropped in one turn, for one log line.
 #[derive(Default)]
 struct Dropped {
@@ -633,7 +637,7 @@ impl Shared {
         {
             let mut st = self.store();
             for r in results {
-                if let Some(id) = st.left.insert(r, LEFT_RESULTS_MAX) {
+                if let Some(id) = st.left.insert(r, LEFT_RESULTS_MAX, LEFT_RESULTS_BYTES_MAX) {
                     dropped.note(id);
                 }
             }
@@ -642,7 +646,8 @@ impl Shared {
             tracing::warn!(
                 first_task = dropped.first,
                 dropped = dropped.count,
-                "results sent to clients that went away without acknowledging them dropped, oldest first: at most {LEFT_RESULTS_MAX} are kept without a journal"
+                "results sent to clients that went away without acknowledging them dropped, oldest first: at most {LEFT_RESULTS_MAX} ({} MiB) are kept without a journal",
+                LEFT_RESULTS_BYTES_MAX >> 20
             );
         }
     }

@@ -134,17 +134,20 @@ pub(crate) struct Unacked {
 
 impl Unacked {
     /// Notes results written to the connection (taken: they were encoded
-    /// by reference).
+    /// by reference). Past the bounds the oldest go: a client far behind
+    /// with its acknowledgements most likely holds those (it acknowledges
+    /// when its program takes a result, not when it arrives), while the
+    /// newest may still be in the connection's buffers.
     pub fn track(&mut self, batch: Vec<TaskResult>) {
         for r in batch {
-            if self.results.len() >= crate::limits::CLIENT_UNACKED_RESULTS_MAX
-                || self.bytes >= crate::limits::CLIENT_UNACKED_BYTES_MAX
-            {
-                self.untracked += 1;
-                continue;
-            }
             self.bytes += r.batch_weight();
             self.results.push_back(r);
+        }
+        while self.results.len() > crate::limits::CLIENT_UNACKED_RESULTS_MAX
+            || self.bytes > crate::limits::CLIENT_UNACKED_BYTES_MAX
+        {
+            self.pop_front();
+            self.untracked += 1;
         }
     }
 
@@ -154,11 +157,6 @@ impl Unacked {
             match self.results.front() {
                 Some(r) if r.id == id => self.pop_front(),
                 Some(_) => {
-                    if self.acked_early.len() >= crate::limits::CLIENT_UNACKED_RESULTS_MAX {
-                        // Ids of results never sent here, most likely: the
-                        // results they stood for go to a fetch at worst.
-                        self.acked_early.clear();
-                    }
                     self.acked_early.insert(id);
                 }
                 None => return,
@@ -169,6 +167,22 @@ impl Unacked {
                 }
                 self.pop_front();
             }
+        }
+        // A result never acknowledged at the front (or ids of results never
+        // sent here) would keep the set growing: now and then the results
+        // it names are taken out wherever they are, and the rest of it is
+        // dropped.
+        if self.acked_early.len() >= ACKED_EARLY_SWEEP {
+            let early = std::mem::take(&mut self.acked_early);
+            let mut bytes = self.bytes;
+            self.results.retain(|r| {
+                let keep = !early.contains(&r.id);
+                if !keep {
+                    bytes -= r.batch_weight();
+                }
+                keep
+            });
+            self.bytes = bytes;
         }
     }
 
@@ -191,6 +205,10 @@ impl Unacked {
     }
 }
 
+/// Ids acknowledged out of order that [`Unacked`] holds before it sweeps
+/// them out of the queue.
+const ACKED_EARLY_SWEEP: usize = 1024;
+
 /// Results left unacknowledged by connections that ended (see
 /// [`Unacked`]), kept for a fetch. Unlike [`ResultStore::kept`], which
 /// holds results no client was sent and is bounded by refusing detached
@@ -199,24 +217,30 @@ impl Unacked {
 #[derive(Default)]
 pub(crate) struct Left {
     results: FxHashMap<u64, TaskResult>,
+    /// What they weigh, as in a client's queue.
+    bytes: usize,
     /// Ids in the order they were left, for dropping the oldest; ids since
     /// acknowledged stay until they reach the front or a compaction.
     order: VecDeque<u64>,
 }
 
 impl Left {
-    /// Keeps `r`; returns the id of a result dropped to make room.
-    pub fn insert(&mut self, r: TaskResult, max: usize) -> Option<u64> {
+    /// Keeps `r`, dropping the oldest past `max` results or `max_bytes`;
+    /// returns the id of the last result dropped to make room.
+    pub fn insert(&mut self, r: TaskResult, max: usize, max_bytes: usize) -> Option<u64> {
         let id = r.id;
-        if self.results.insert(id, r).is_none() {
-            self.order.push_back(id);
+        self.bytes += r.batch_weight();
+        match self.results.insert(id, r) {
+            None => self.order.push_back(id),
+            Some(old) => self.bytes -= old.batch_weight(),
         }
         let mut dropped = None;
-        while self.results.len() > max {
+        while self.results.len() > max || self.bytes > max_bytes {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if self.results.remove(&oldest).is_some() {
+            if let Some(old) = self.results.remove(&oldest) {
+                self.bytes -= old.batch_weight();
                 dropped = Some(oldest);
             }
         }
@@ -229,7 +253,16 @@ impl Left {
 
     /// Forgets `id`'s result; whether one was kept.
     pub fn remove(&mut self, id: u64) -> bool {
-        !self.results.is_empty() && self.results.remove(&id).is_some()
+        if self.results.is_empty() {
+            return false;
+        }
+        match self.results.remove(&id) {
+            Some(old) => {
+                self.bytes -= old.batch_weight();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,13 +330,17 @@ mod tests {
     fn left_results_past_their_bound_drop_the_oldest_first() {
         let mut left = Left::default();
         for id in 1..=3 {
-            assert_eq!(left.insert(result(id), 3), None);
+            assert_eq!(left.insert(result(id), 3, usize::MAX), None);
         }
         assert!(left.remove(2), "acknowledged");
-        assert_eq!(left.insert(result(4), 3), None, "room again");
-        assert_eq!(left.insert(result(5), 3), Some(1), "the oldest goes");
+        assert_eq!(left.insert(result(4), 3, usize::MAX), None, "room again");
         assert_eq!(
-            left.insert(result(6), 3),
+            left.insert(result(5), 3, usize::MAX),
+            Some(1),
+            "the oldest goes"
+        );
+        assert_eq!(
+            left.insert(result(6), 3, usize::MAX),
             Some(3),
             "an acknowledged id is skipped"
         );
@@ -312,22 +349,54 @@ mod tests {
     }
 
     #[test]
+    fn left_results_past_their_byte_bound_drop_the_oldest_first() {
+        let mut left = Left::default();
+        let weight = result(1).batch_weight();
+        for id in 1..=4 {
+            left.insert(result(id), usize::MAX, 3 * weight);
+        }
+        let kept: Vec<u64> = (1..=4).filter(|id| left.results.contains_key(id)).collect();
+        assert_eq!(kept, [2, 3, 4]);
+        assert_eq!(left.bytes, 3 * weight);
+    }
+
+    #[test]
+    fn one_result_never_acknowledged_does_not_keep_the_acknowledged_ones_after_it() {
+        let mut u = Unacked::default();
+        u.track((1..=5000).map(result).collect());
+        // Everything but the first, in order.
+        for id in 2..=5000 {
+            u.acked(&[id]);
+        }
+        let left: Vec<u64> = u.take().iter().map(|r| r.id).collect();
+        assert_eq!(left, [1]);
+    }
+
+    #[test]
+    fn a_client_far_behind_with_its_acknowledgements_keeps_its_newest_results_tracked() {
+        let mut u = Unacked::default();
+        let n = crate::limits::CLIENT_UNACKED_RESULTS_MAX as u64;
+        u.track((1..=n + 5).map(result).collect());
+        assert_eq!(u.untracked, 5);
+        assert_eq!(u.results.front().map(|r| r.id), Some(6), "the oldest went");
+        assert_eq!(u.results.back().map(|r| r.id), Some(n + 5));
+    }
+
+    #[test]
     fn left_results_do_not_grow_their_order_without_bound_as_they_are_acknowledged() {
         let mut left = Left::default();
         for id in 1..100_000 {
-            left.insert(result(id), 10);
+            left.insert(result(id), 10, usize::MAX);
             left.remove(id);
         }
         assert!(left.order.len() <= 1025, "{}", left.order.len());
     }
 
     #[test]
-    fn unacked_results_are_bounded_per_connection_and_forgotten_when_acknowledged() {
+    fn unacked_results_are_forgotten_when_acknowledged() {
         let mut u = Unacked::default();
-        let n = crate::limits::CLIENT_UNACKED_RESULTS_MAX as u64;
-        u.track((1..=n + 5).map(result).collect());
-        assert_eq!(u.untracked, 5);
-        u.acked(&(1..=n).collect::<Vec<_>>());
+        u.track((1..=100).map(result).collect());
+        u.acked(&(1..=100).collect::<Vec<_>>());
         assert!(u.take().is_empty());
         assert_eq!(u.bytes, 0);
     }
