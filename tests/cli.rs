@@ -183,6 +183,10 @@ fn bad_arguments_get_clear_errors_not_panics() {
             &["worker", "--id", "a\nb"],
             "must not hold control characters",
         ),
+        (
+            &["worker", "--id", "w\u{202E}1"],
+            "nor invisible ones that reorder or hide text",
+        ),
         (&["cancel", "9-3"], "must not exceed the last"),
         (
             &["worker", "--heartbeat", "2s", "--master-timeout", "1s"],

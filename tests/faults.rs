@@ -445,6 +445,7 @@ async fn fault_11_a_workers_bad_first_message_is_refused_with_the_code_of_its_fa
         ("worker", "odd\\nINFO forged line"),
         ("worker", "bell\\u0007"),
         ("client", "odd\\nINFO forged line"),
+        ("client", "reversed\\u202e1"),
     ] {
         let line =
             format!("{{\"type\":\"hello\",\"role\":\"{role}\",\"node\":\"{node}\"}}\n{register}\n");

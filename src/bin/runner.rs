@@ -1114,9 +1114,9 @@ fn parse_node_id(s: &str) -> Result<String, String> {
             runner::limits::TEXT_BYTES_MAX
         ));
     }
-    if s.chars().any(char::is_control) {
+    if s.chars().any(runner::proto::unprintable) {
         return Err(
-            "a worker's id must not hold control characters (it goes into logs and tables)".into(),
+            "a worker's id must not hold control characters, nor invisible ones that reorder or hide text (it goes into logs and tables)".into(),
         );
     }
     Ok(s.to_string())

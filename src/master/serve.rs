@@ -774,7 +774,7 @@ pub(crate) async fn worker_session(
             return Registration::Refused;
         }
     };
-    if node.is_empty() || node.chars().any(char::is_control) {
+    if node.is_empty() || node.chars().any(crate::proto::unprintable) {
         let _ = write
             .send(ToWorker::Error(ErrorMsg::new(
                 ErrorCode::INVALID,

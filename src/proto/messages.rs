@@ -202,9 +202,9 @@ impl Validate for Hello {
             )));
         }
         // It goes into the peer's logs: a line feed in it would forge lines.
-        if self.node.as_str().chars().any(char::is_control) {
+        if self.node.as_str().chars().any(super::types::unprintable) {
             return Err(ProtoError::Invalid(
-                "hello.node must be without control characters (it goes into logs)".into(),
+                "hello.node must be without control characters, nor invisible ones that reorder or hide text (it goes into logs)".into(),
             ));
         }
         if self.auth && self.nonce == Bytes32::default() {

@@ -17,7 +17,7 @@ pub mod types;
 pub use codec::WireCodec;
 pub use error::ProtoError;
 pub use messages::*;
-pub use types::{Bytes32, Payload, Text};
+pub use types::{unprintable, Bytes32, Payload, Text};
 
 /// Most bytes of a peer's words (an error message, a goodbye's reason) that
 /// a node quotes in its log or in a reason of its own.

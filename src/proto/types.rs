@@ -400,9 +400,21 @@ impl<'de> Deserialize<'de> for Bytes32 {
     }
 }
 
+/// Whether `c` may not stand in a name that goes into logs and tables: a
+/// control character (a line feed forges lines, an escape drives the
+/// terminal), or an invisible one that reorders or hides text (the
+/// bidirectional overrides and isolates, zero-width characters, the byte
+/// order mark).
+pub fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// `s` as it may go into a log line: see [`Text::loggable`].
 pub fn loggable(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if s.len() <= max && !s.chars().any(char::is_control) {
+    if s.len() <= max && !s.chars().any(unprintable) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len().min(max) + 8);
@@ -411,7 +423,7 @@ pub fn loggable(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if unprintable(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -434,6 +446,11 @@ mod loggable_tests {
         assert_eq!(
             loggable(&"x".repeat(50), 10),
             format!("{}…", "x".repeat(10))
+        );
+        assert_eq!(
+            loggable("w\u{202E}1", 100),
+            "w\\u{202e}1",
+            "a right-to-left override"
         );
     }
 }
