@@ -199,6 +199,75 @@ async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
     master.shutdown().await;
 }
 
+/// Without a journal the results kept for absent clients are bounded in
+/// bytes too: once they weigh the bound, a detached batch is refused
+/// `busy`, whatever their count.
+#[tokio::test(flavor = "multi_thread")]
+async fn detached_batches_are_refused_busy_once_kept_results_weigh_their_bound() {
+    let master = Master::start(MasterConfig {
+        ports: PortRange {
+            first: 23083,
+            last: 23083,
+        },
+        scan: vec![PortRange {
+            first: 23084,
+            last: 23090,
+        }],
+        scan_interval: Duration::from_millis(100),
+        kept_results_bytes_max: 1024 * 1024,
+        ..MasterConfig::default()
+    })
+    .await
+    .unwrap();
+    let _worker = Worker::builder()
+        .config(WorkerConfig {
+            id: "bytes".into(),
+            ports: PortRange {
+                first: 23084,
+                last: 23090,
+            },
+            slots: 2,
+            ..WorkerConfig::default()
+        })
+        .build()
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(master.local_addr(), ClientOptions::default())
+        .await
+        .unwrap();
+    // Two echoes of 600 KiB: 1.2 MiB of results once they are done.
+    let big = NewTask {
+        payload: Payload::from(vec![b'x'; 600 * 1024]),
+        ..task("echo", "")
+    };
+    client
+        .submit_batch_detached(vec![big.clone(), big])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.submit_batch_detached(vec![task("noop", "")]).await {
+            Err(runner::client::ClientError::Refused(e)) => {
+                assert_eq!(e.code, runner::proto::ErrorCode::BUSY);
+                assert!(
+                    e.message.contains("MiB wait to be fetched"),
+                    "{}",
+                    e.message
+                );
+                break;
+            }
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "never refused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    client.close();
+    master.shutdown().await;
+}
+
 /// A batch sent as several messages, refused after its first part: the
 /// error names the part that was accepted (its tasks run), not only the
 /// refusal.

@@ -93,6 +93,9 @@ pub struct MasterConfig {
     /// detached batches past it are refused `busy`; results past it are
     /// dropped, and the log says so.
     pub unclaimed_results_max: usize,
+    /// Most bytes of results kept for clients: see
+    /// [`KEPT_RESULTS_BYTES_MAX`], its default.
+    pub kept_results_bytes_max: usize,
     /// How long tasks of a kind keep waiting for a worker that runs it
     /// after the last such worker left (one restarting, or found again by
     /// the next scan), before they go to the others and fail there.
@@ -124,6 +127,7 @@ impl Default for MasterConfig {
             metrics: None,
             journal: None,
             unclaimed_results_max: UNCLAIMED_RESULTS_MAX,
+            kept_results_bytes_max: KEPT_RESULTS_BYTES_MAX,
             kind_grace: KIND_GRACE_DEFAULT,
         }
     }
@@ -379,6 +383,13 @@ pub const UNCLAIMED_RESULTS_MAX: usize = 1_000_000;
 /// are dropped (they were sent once; a fetch of one answers `unknown`).
 pub const LEFT_RESULTS_MAX: usize = 262_144;
 
+/// Default of [`MasterConfig::kept_results_bytes_max`]: most bytes of
+/// results kept for clients (weighed as in a client's queue): without a journal, past it results whose client is gone are
+/// dropped and detached batches refused; with one, new batches are refused
+/// until clients acknowledge. Results of up to 8 MiB each would otherwise
+/// make a million of them 8 TiB.
+pub const KEPT_RESULTS_BYTES_MAX: usize = 1024 * 1024 * 1024;
+
 /// The same bound in bytes (weighed as in a client's queue): results of
 /// up to 8 MiB each would otherwise make it 2 TiB.
 pub const LEFT_RESULTS_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -504,10 +515,10 @@ impl Shared {
                 }
                 let to_reply = !reply.tx.is_closed();
                 if self.journal.is_some() {
-                    st.kept.insert(id, results::kept_copy(&result));
+                    st.keep(results::kept_copy(&result));
                 } else if watchers.is_empty() && !to_reply {
-                    if st.kept.len() < self.cfg.unclaimed_results_max {
-                        st.kept.insert(id, results::kept_copy(&result));
+                    if st.room_for_unclaimed(&self.cfg) {
+                        st.keep(results::kept_copy(&result));
                     } else {
                         dropped.note(id);
                     }
@@ -617,8 +628,8 @@ impl Shared {
         {
             let mut st = self.store();
             for r in results {
-                if st.kept.len() < self.cfg.unclaimed_results_max {
-                    st.kept.insert(r.id, results::kept_copy(&r));
+                if st.room_for_unclaimed(&self.cfg) {
+                    st.keep(results::kept_copy(&r));
                 } else {
                     dropped.note(r.id);
                 }
@@ -673,8 +684,9 @@ impl Shared {
             tracing::warn!(
                 first_task = dropped.first,
                 dropped_since_start = total,
-                "results whose client is gone dropped: {} already wait to be fetched, the most kept without a journal",
-                self.cfg.unclaimed_results_max
+                "results whose client is gone dropped: {} already wait to be fetched, or {} MiB, the most kept without a journal",
+                self.cfg.unclaimed_results_max,
+                self.cfg.kept_results_bytes_max >> 20
             );
         }
     }
@@ -839,7 +851,9 @@ impl Master {
             Some(r) => {
                 let mut st =
                     ResultStore::new(DoneSet::restored(next_id, r.pending.keys().copied()));
-                st.kept = r.results.iter().map(|(k, v)| (*k, v.clone())).collect();
+                for v in r.results.values() {
+                    st.keep(v.clone());
+                }
                 st
             }
             None => ResultStore::new(DoneSet::restored(next_id, std::iter::empty())),

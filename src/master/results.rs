@@ -82,6 +82,9 @@ pub(crate) struct ResultStore {
     /// Results not yet acknowledged by a client (or with no client to take
     /// them), by id.
     pub kept: HashMap<u64, TaskResult>,
+    /// What `kept` weighs (as in a client's queue): changed only through
+    /// [`ResultStore::keep`] and [`ResultStore::forget`].
+    pub kept_bytes: usize,
     /// Without a journal: results written to connections that ended before
     /// their clients acknowledged them.
     pub left: Left,
@@ -94,6 +97,7 @@ impl ResultStore {
         ResultStore {
             done,
             kept: HashMap::new(),
+            kept_bytes: 0,
             left: Left::default(),
             watchers: HashMap::new(),
         }
@@ -102,6 +106,32 @@ impl ResultStore {
     /// The result kept for `id`, if any.
     pub fn get(&self, id: u64) -> Option<&TaskResult> {
         self.kept.get(&id).or_else(|| self.left.results.get(&id))
+    }
+
+    /// Keeps `r` until a client acknowledges it (or fetches it, without a
+    /// journal).
+    pub fn keep(&mut self, r: TaskResult) {
+        self.kept_bytes += r.batch_weight();
+        if let Some(old) = self.kept.insert(r.id, r) {
+            self.kept_bytes -= old.batch_weight();
+        }
+    }
+
+    /// Forgets `id`'s kept result; whether there was one.
+    pub fn forget(&mut self, id: u64) -> bool {
+        match self.kept.remove(&id) {
+            Some(old) => {
+                self.kept_bytes -= old.batch_weight();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether one more result may be kept for a client that is not there,
+    /// without a journal.
+    pub fn room_for_unclaimed(&self, cfg: &super::MasterConfig) -> bool {
+        self.kept.len() < cfg.unclaimed_results_max && self.kept_bytes < cfg.kept_results_bytes_max
     }
 
     /// Results kept for a fetch, of either kind.

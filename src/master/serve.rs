@@ -264,20 +264,38 @@ fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient
         return;
     }
     if shared.journal.is_some() {
-        let waiting = shared.store().kept.len();
-        if waiting >= super::UNACKNOWLEDGED_RESULTS_MAX {
+        let (waiting, bytes) = {
+            let st = shared.store();
+            (st.kept.len(), st.kept_bytes)
+        };
+        if waiting >= super::UNACKNOWLEDGED_RESULTS_MAX
+            || bytes >= shared.cfg.kept_results_bytes_max
+        {
             say(ToClient::Error(ErrorMsg::new(
                 ErrorCode::BUSY,
-                format!("{waiting} results wait for clients to acknowledge (or fetch) them; no new tasks until fewer do"),
+                format!("{waiting} results ({} MiB) wait for clients to acknowledge (or fetch) them; no new tasks until fewer do", bytes >> 20),
             )));
             return;
         }
     } else if Arc::ptr_eq(route, &shared.detached) {
         // Their results could not all be kept: refused now rather than
         // dropped when they finish.
-        let waiting =
-            shared.store().kept.len() + shared.detached_pending.load(Ordering::Relaxed) as usize;
+        let (kept, bytes) = {
+            let st = shared.store();
+            (st.kept.len(), st.kept_bytes)
+        };
+        let waiting = kept + shared.detached_pending.load(Ordering::Relaxed) as usize;
         let max = shared.cfg.unclaimed_results_max;
+        if bytes >= shared.cfg.kept_results_bytes_max {
+            say(ToClient::Error(ErrorMsg::new(
+                ErrorCode::BUSY,
+                format!(
+                    "{kept} results taking {} MiB wait to be fetched, the most this master keeps without a journal; fetch results (runner results) or start the master with --journal",
+                    bytes >> 20
+                ),
+            )));
+            return;
+        }
         if waiting + s.tasks.len() > max {
             say(ToClient::Error(ErrorMsg::new(
                 ErrorCode::BUSY,
@@ -357,11 +375,7 @@ fn ack(shared: &Shared, unacked: Option<&Mutex<Unacked>>, a: Ack) {
     if st.kept.is_empty() {
         return;
     }
-    let forgotten: Vec<u64> = a
-        .ids
-        .into_iter()
-        .filter(|id| st.kept.remove(id).is_some())
-        .collect();
+    let forgotten: Vec<u64> = a.ids.into_iter().filter(|id| st.forget(*id)).collect();
     if let (Some(j), false) = (&shared.journal, forgotten.is_empty()) {
         j.append(crate::journal::Entry::Forgotten(&forgotten));
     }
