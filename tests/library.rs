@@ -16,6 +16,15 @@ use runner::worker::{TaskError, Worker, WorkerBuilder, WorkerConfig, WorkerHandl
 /// A master on `base`, the worker `builder` makes (id "lib", 2 slots, on the
 /// next 39 ports) and a client that has seen the worker join.
 async fn cluster(base: u16, builder: WorkerBuilder) -> (Master, WorkerHandle, Client) {
+    cluster_with(base, builder, MasterConfig::default()).await
+}
+
+/// [`cluster`], with the master's other settings from `master`.
+async fn cluster_with(
+    base: u16,
+    builder: WorkerBuilder,
+    master: MasterConfig,
+) -> (Master, WorkerHandle, Client) {
     let worker_ports = PortRange {
         first: base + 1,
         last: base + 39,
@@ -27,7 +36,7 @@ async fn cluster(base: u16, builder: WorkerBuilder) -> (Master, WorkerHandle, Cl
         },
         scan: vec![worker_ports],
         scan_interval: Duration::from_millis(100),
-        ..MasterConfig::default()
+        ..master
     })
     .await
     .unwrap();
@@ -204,38 +213,15 @@ async fn a_detached_batch_past_the_unclaimed_results_bound_is_refused_busy() {
 /// `busy`, whatever their count.
 #[tokio::test(flavor = "multi_thread")]
 async fn detached_batches_are_refused_busy_once_kept_results_weigh_their_bound() {
-    let master = Master::start(MasterConfig {
-        ports: PortRange {
-            first: 23083,
-            last: 23083,
+    let (master, _worker, client) = cluster_with(
+        23120,
+        Worker::builder(),
+        MasterConfig {
+            kept_results_bytes_max: 1024 * 1024,
+            ..MasterConfig::default()
         },
-        scan: vec![PortRange {
-            first: 23084,
-            last: 23090,
-        }],
-        scan_interval: Duration::from_millis(100),
-        kept_results_bytes_max: 1024 * 1024,
-        ..MasterConfig::default()
-    })
-    .await
-    .unwrap();
-    let _worker = Worker::builder()
-        .config(WorkerConfig {
-            id: "bytes".into(),
-            ports: PortRange {
-                first: 23084,
-                last: 23090,
-            },
-            slots: 2,
-            ..WorkerConfig::default()
-        })
-        .build()
-        .start()
-        .await
-        .unwrap();
-    let client = Client::connect(master.local_addr(), ClientOptions::default())
-        .await
-        .unwrap();
+    )
+    .await;
     // Two echoes of 600 KiB: 1.2 MiB of results once they are done.
     let big = NewTask {
         payload: Payload::from(vec![b'x'; 600 * 1024]),
