@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use runner::master::link::{Departure, LinkTiming, Outcome, WorkerLink, WAKE_LEAD};
+use runner::master::link::{
+    Departure, LinkTiming, Outcome, WorkerLink, HELD_UP_TIMEOUTS_MAX, WAKE_LEAD,
+};
+use runner::net::Arrivals;
 use runner::proto::*;
 use runner::sched::{RetryPolicy, TaskRecord};
 
@@ -231,7 +234,11 @@ fn tick_with_segments(
     while at <= to {
         *segments += per_tick;
         if l.wants_transport(t0 + at) {
-            l.transport(*segments, t0 + at);
+            let arrivals = Arrivals {
+                data_segments: *segments,
+                out_of_order: Some(0),
+            };
+            l.transport(arrivals, t0 + at);
         }
         if let Some(d) = l.tick(t0 + at).lost {
             return Some((at, d));
@@ -250,10 +257,13 @@ fn a_worker_whose_frames_are_held_up_behind_a_lost_segment_is_kept_while_its_seg
     // No frame for 2.5 s (two and a half timeouts), but segments keep coming.
     let lost = tick_with_segments(&mut l, ms(100), ms(2500), t0, &mut segments, 1);
     assert!(lost.is_none(), "{lost:?}");
-    assert!(l.tick(t0 + ms(2500)).held_up.is_some());
-    // The hole is repaired: the frames are read, silence is over.
+    // The hole is repaired: the frames are read, silence is over; a later
+    // silence past the timeout is reported again.
     l.heard(t0 + ms(2600));
     assert!(l.tick(t0 + ms(2600)).held_up.is_none());
+    let lost = tick_with_segments(&mut l, ms(2700), ms(3600), t0, &mut segments, 1);
+    assert!(lost.is_none(), "{lost:?}");
+    assert!(l.tick(t0 + ms(3700)).held_up.is_some());
 }
 
 #[test]
@@ -269,6 +279,151 @@ fn a_held_up_worker_is_let_go_after_three_timeouts_of_silence() {
         at > TIMING.worker_timeout * 3 && at <= TIMING.worker_timeout * 3 + ms(100),
         "{at:?}"
     );
+}
+
+/// What a session does over a silence that began at `t0`: it wakes when
+/// the link asks (10 ms at the soonest, as the session's own floor), reads
+/// the connection's counts, which `counts` gives for each moment, and ticks.
+/// Returns when the worker was let go, how many ticks ran, and how many
+/// reported it kept.
+fn silence(
+    l: &mut WorkerLink<&'static str>,
+    t0: Instant,
+    until: Duration,
+    counts: impl Fn(Duration) -> Arrivals,
+) -> (Option<Duration>, u32, u32) {
+    let (mut now, mut ticks, mut reports) = (t0, 0, 0);
+    while now - t0 <= until {
+        if l.wants_transport(now) {
+            l.transport(counts(now - t0), now);
+        }
+        let t = l.tick(now);
+        ticks += 1;
+        reports += u32::from(t.held_up.is_some());
+        if t.lost.is_some() {
+            return (Some(now - t0), ticks, reports);
+        }
+        now = l.next_wake().max(now + Duration::from_millis(10));
+    }
+    (None, ticks, reports)
+}
+
+/// Counts with `late` segments out of order from `from` on, and no data
+/// segment after the first 300 ms: a sender whose retransmission was lost
+/// too, backing off with new data queued behind it.
+fn behind_a_hole(from: Duration, late: u32) -> impl Fn(Duration) -> Arrivals {
+    move |at| Arrivals {
+        data_segments: 100 + u32::from(at >= from) * late,
+        out_of_order: Some(7 + u32::from(at >= from) * late),
+    }
+}
+
+#[test]
+fn a_worker_whose_sender_backs_off_behind_a_hole_is_kept_though_no_segment_arrives() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    // Its last frame, and the counts the session read just after it.
+    l.heard(t0);
+    l.mark(
+        Arrivals {
+            data_segments: 100,
+            out_of_order: Some(7),
+        },
+        t0,
+    );
+    // Two segments it sent after that frame arrive behind the hole at
+    // 250 ms; then nothing, as its TCP backs off (the CI failure: 1003 ms).
+    let (lost, _, reports) = silence(
+        &mut l,
+        t0,
+        Duration::from_secs(10),
+        behind_a_hole(Duration::from_millis(250), 2),
+    );
+    let lost = lost.expect("let go in the end");
+    let cap = TIMING.worker_timeout * HELD_UP_TIMEOUTS_MAX;
+    assert!(
+        lost > cap && lost <= cap + TIMING.heartbeat,
+        "kept until {cap:?} of silence, then let go: {lost:?}"
+    );
+    assert_eq!(reports, 1, "the keeping is reported once per silence");
+}
+
+#[test]
+fn out_of_order_segments_read_before_the_last_frame_keep_no_one() {
+    // The hole they were behind was repaired, and the frames read: the
+    // counts after the frame include them, and nothing comes after.
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    l.heard(t0);
+    l.mark(
+        Arrivals {
+            data_segments: 102,
+            out_of_order: Some(9),
+        },
+        t0,
+    );
+    let (lost, _, reports) = silence(
+        &mut l,
+        t0,
+        Duration::from_secs(10),
+        behind_a_hole(Duration::ZERO, 2),
+    );
+    let lost = lost.expect("let go");
+    assert!(
+        lost > TIMING.worker_timeout && lost <= TIMING.worker_timeout + TIMING.heartbeat,
+        "{lost:?}"
+    );
+    assert_eq!(reports, 0);
+}
+
+#[test]
+fn a_worker_kept_past_its_timeout_is_woken_at_its_pings_only() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    l.heard(t0);
+    l.mark(
+        Arrivals {
+            data_segments: 100,
+            out_of_order: Some(7),
+        },
+        t0,
+    );
+    let (_, ticks, _) = silence(
+        &mut l,
+        t0,
+        Duration::from_secs(10),
+        behind_a_hole(Duration::from_millis(250), 2),
+    );
+    // One tick per ping over three timeouts (the first at 0), one at the
+    // timeout and one when the keeping runs out; not one per 10 ms.
+    let pings = (TIMING.worker_timeout * HELD_UP_TIMEOUTS_MAX).as_millis()
+        / TIMING.heartbeat.as_millis()
+        + 1;
+    assert!(
+        u128::from(ticks) <= pings + 2,
+        "{ticks} ticks in {pings} heartbeats"
+    );
+}
+
+#[test]
+fn a_mark_is_read_at_most_twice_a_heartbeat() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let counts = Arrivals {
+        data_segments: 1,
+        out_of_order: Some(0),
+    };
+    let mut marks = 0;
+    for ms in 0..1000 {
+        let now = t0 + Duration::from_millis(ms);
+        l.heard(now);
+        if l.wants_mark(now) {
+            l.mark(counts, now);
+            marks += 1;
+        }
+    }
+    // 1 s of frames every millisecond at a 200 ms heartbeat.
+    assert_eq!(marks, 10);
 }
 
 #[test]

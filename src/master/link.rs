@@ -10,6 +10,7 @@
 use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
+use crate::net::Arrivals;
 use crate::proto::{Assignment, AttemptResult, AttemptStatus, Cancel, Ping, TaskResult, Text};
 use crate::sched::{Requeued, RetryPolicy, Stamp, TaskRecord, Verdict};
 
@@ -125,11 +126,16 @@ pub const PAUSE_HEARTBEATS: u32 = 3;
 /// still falls within that bound.
 pub const WAKE_LEAD: Duration = Duration::from_millis(10);
 
-/// A worker silent past worker-timeout whose connection still brings data
-/// segments (frames held up behind a lost one while TCP retransmits it) is
+/// A worker silent past worker-timeout whose frames are held up behind a
+/// lost segment while TCP retransmits it (see [`WorkerLink::transport`]) is
 /// kept, but for at most this many worker-timeouts of silence: TCP either
-/// repairs the hole well within that or gives the connection up.
+/// repairs the hole within that or the link is as good as down.
 pub const HELD_UP_TIMEOUTS_MAX: u32 = 3;
+
+/// The session reads the connection's [`Arrivals`] after a frame at most
+/// once per this fraction of a heartbeat: the mark that later counts are
+/// compared with (see [`WorkerLink::wants_mark`]).
+pub const MARKS_PER_HEARTBEAT: u32 = 2;
 
 /// What a heartbeat tick asks for.
 #[derive(Debug)]
@@ -142,8 +148,9 @@ pub struct Tick<R> {
     pub outcomes: Vec<Outcome<R>>,
     /// The worker is to be let go.
     pub lost: Option<Departure>,
-    /// Silent past worker-timeout, but kept: its connection still brings
-    /// data (see [`WorkerLink::transport`]). How long it has been silent.
+    /// Silent past worker-timeout, but kept: its frames are held up in
+    /// transit (see [`WorkerLink::transport`]). How long it has been silent;
+    /// set on the first such tick of a silence only.
     pub held_up: Option<Duration>,
 }
 
@@ -165,9 +172,17 @@ pub struct WorkerLink<R> {
     /// When data from the worker last reached the master's kernel, frame or
     /// not: see [`WorkerLink::transport`].
     last_arrival: Instant,
-    /// The connection's count of data segments received, as last read
-    /// while the worker was silent (none since a frame was heard).
-    segments_in: Option<u32>,
+    /// The connection's counts as last read while the worker was silent
+    /// (none since a frame was heard).
+    seen: Option<Arrivals>,
+    /// Its count of out-of-order segments as read just after a frame, and
+    /// when: see [`WorkerLink::wants_mark`].
+    mark: Option<(u32, Instant)>,
+    /// Segments arrived out of order since the last frame was read: the
+    /// stream has a hole that TCP is repairing.
+    hole: bool,
+    /// This silence's keeping was reported already.
+    held_reported: bool,
     /// The previous tick: a much later one means the master was paused.
     last_tick: Instant,
     next_ping: Instant,
@@ -207,7 +222,10 @@ impl<R> WorkerLink<R> {
             in_flight_bytes: 0,
             last_heard: now,
             last_arrival: now,
-            segments_in: None,
+            seen: None,
+            mark: None,
+            hole: false,
+            held_reported: false,
             last_tick: now,
             next_ping: now,
             ping_seq: 0,
@@ -258,29 +276,72 @@ impl<R> WorkerLink<R> {
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
         self.last_arrival = now;
-        self.segments_in = None;
+        self.seen = None;
+        self.hole = false;
+        self.held_reported = false;
     }
 
-    /// Whether the session should read its connection's count of data
-    /// segments received before the next [`WorkerLink::tick`]: only once the
-    /// worker has been silent for a heartbeat, so a worker that answers
-    /// costs no system call.
+    /// Whether the session should read its connection's [`Arrivals`] now,
+    /// just after a frame, for [`WorkerLink::mark`]: when the last mark is
+    /// older than a heartbeat over [`MARKS_PER_HEARTBEAT`], so that a busy
+    /// worker costs a system call per half heartbeat, not per frame.
+    pub fn wants_mark(&self, now: Instant) -> bool {
+        self.mark.is_none_or(|(_, at)| {
+            now.saturating_duration_since(at) >= self.timing.heartbeat / MARKS_PER_HEARTBEAT
+        })
+    }
+
+    /// The connection's counts just after a frame was read: segments that
+    /// arrive out of order after this, while no frame is read, lie behind a
+    /// hole in the stream. The mark may be up to half a heartbeat older than
+    /// the last frame: a hole repaired in that time makes a later silence
+    /// look held up, which keeps a dead worker longer (at most
+    /// [`HELD_UP_TIMEOUTS_MAX`] timeouts), never drops a live one.
+    pub fn mark(&mut self, arrivals: Arrivals, now: Instant) {
+        if let Some(n) = arrivals.out_of_order {
+            self.mark = Some((n, now));
+        }
+    }
+
+    /// Whether the session should read its connection's [`Arrivals`] for
+    /// [`WorkerLink::transport`] before the next [`WorkerLink::tick`]: only
+    /// once the worker has been silent for a heartbeat.
     pub fn wants_transport(&self, now: Instant) -> bool {
         self.silent_for(now) > self.timing.heartbeat
     }
 
-    /// The connection has received `segments_in` data segments from the
-    /// worker in all (TCP's count, in order or not). On a lossy link a lost
+    /// The connection's counts of what the master's kernel has received
+    /// from the worker, read while it is silent. On a lossy link a lost
     /// segment holds up every frame behind it until TCP retransmits it
-    /// (seconds, when the retransmission is lost too), while the segments
-    /// behind it keep arriving: a count that moves means the worker is
-    /// alive and sending, and its silence is the network's, not its own. A
-    /// stopped, frozen or cut-off worker sends nothing, and its count stays.
-    pub fn transport(&mut self, segments_in: u32, now: Instant) {
-        if self.segments_in.is_some_and(|before| before != segments_in) {
+    /// (seconds, when the retransmission is lost too). Two signs tell that
+    /// silence from the worker's own:
+    /// - data segments keep arriving (a count that moves): the worker is
+    ///   alive and sending, until a worker-timeout after the last one;
+    /// - segments arrived out of order since the last frame: the worker sent
+    ///   after that frame, and the hole before them is the network's. A
+    ///   sender whose retransmissions are lost too stops sending new data
+    ///   while it backs off (measured: over a second with no data segment
+    ///   at 200 ms and 10 % loss), so the first sign alone is not enough.
+    ///
+    /// A stopped, frozen or cut-off worker sends nothing new, and on a link
+    /// that loses nothing no segment arrives out of order.
+    pub fn transport(&mut self, arrivals: Arrivals, now: Instant) {
+        if self
+            .seen
+            .is_some_and(|before| before.data_segments != arrivals.data_segments)
+        {
             self.last_arrival = now;
         }
-        self.segments_in = Some(segments_in);
+        // Without a mark (no frame read yet, or no count of out-of-order
+        // segments), the first reading of this silence stands in for it.
+        let mark = self
+            .mark
+            .map(|(n, _)| n)
+            .or(self.seen.and_then(|s| s.out_of_order));
+        if let (Some(mark), Some(n)) = (mark, arrivals.out_of_order) {
+            self.hole |= n != mark;
+        }
+        self.seen = Some(arrivals);
     }
 
     /// The worker answered ping `seq`.
@@ -458,14 +519,22 @@ impl<R> WorkerLink<R> {
     /// whose retransmissions can hold a worker's frames back for about a
     /// second (FAULTS.md, scenario 4). Attempts past their deadline are a
     /// backstop behind the worker's own timeout and are seen at these ticks.
+    /// A worker kept past its timeout because it is held up is judged again
+    /// at each ping tick, and at the latest when its keeping runs out.
     pub fn next_wake(&self) -> Instant {
-        let latest = self.timing.worker_timeout
-            + self
-                .timing
-                .heartbeat
-                .saturating_sub(WAKE_LEAD)
-                .max(WAKE_LEAD);
-        self.next_ping.min(self.last_heard + latest)
+        let slack = self
+            .timing
+            .heartbeat
+            .saturating_sub(WAKE_LEAD)
+            .max(WAKE_LEAD);
+        let kept =
+            self.last_tick.saturating_duration_since(self.last_heard) > self.timing.worker_timeout;
+        let limit = if kept {
+            self.timing.worker_timeout * HELD_UP_TIMEOUTS_MAX
+        } else {
+            self.timing.worker_timeout
+        };
+        self.next_ping.min(self.last_heard + limit + slack)
     }
 
     /// The heartbeat tick: a ping to send, attempts past their deadline, and
@@ -487,9 +556,10 @@ impl<R> WorkerLink<R> {
             self.last_arrival = (self.last_arrival + paused).min(now);
         }
         let silent = self.silent_for(now);
-        let held_up = now.saturating_duration_since(self.last_arrival)
-            <= self.timing.worker_timeout
-            && silent <= self.timing.worker_timeout * HELD_UP_TIMEOUTS_MAX;
+        let arriving =
+            now.saturating_duration_since(self.last_arrival) <= self.timing.worker_timeout;
+        let held_up =
+            (arriving || self.hole) && silent <= self.timing.worker_timeout * HELD_UP_TIMEOUTS_MAX;
         if silent > self.timing.worker_timeout && !held_up {
             return Tick {
                 ping: None,
@@ -543,7 +613,9 @@ impl<R> WorkerLink<R> {
             cancels,
             outcomes,
             lost: None,
-            held_up: (silent > self.timing.worker_timeout).then_some(silent),
+            held_up: (silent > self.timing.worker_timeout
+                && !std::mem::replace(&mut self.held_reported, true))
+            .then_some(silent),
         }
     }
 

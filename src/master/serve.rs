@@ -920,6 +920,11 @@ pub(crate) async fn worker_session(
                     Some(Ok(m)) => m,
                 };
                 link.heard(now);
+                if link.wants_mark(now) {
+                    if let Some(a) = net::arrivals(read.get_ref().as_ref()) {
+                        link.mark(a, now);
+                    }
+                }
                 stats.last_heard_ms.store(shared.millis(now), Ordering::Relaxed);
                 match msg {
                     FromWorker::Done(d) => {
@@ -1002,13 +1007,13 @@ pub(crate) async fn worker_session(
             _ = &mut wake => {
                 let now = Instant::now();
                 if link.wants_transport(now) {
-                    if let Some(n) = net::data_segments_in(read.get_ref().as_ref()) {
-                        link.transport(n, now);
+                    if let Some(a) = net::arrivals(read.get_ref().as_ref()) {
+                        link.transport(a, now);
                     }
                 }
                 let t = link.tick(now);
                 if let Some(silent) = t.held_up {
-                    tracing::info!(worker = %node, silent_ms = silent.as_millis() as u64, "worker silent past its timeout, but its connection still brings data (TCP retransmitting a lost segment); keeping it");
+                    tracing::info!(worker = %node, silent_ms = silent.as_millis() as u64, "worker silent past its timeout, but its frames are held up in transit (TCP repairing a lost segment); keeping it");
                 }
                 wake.as_mut().reset(link.next_wake().max(now + TICK_MIN).into());
                 if let Some(lost) = t.lost {

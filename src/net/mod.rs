@@ -259,9 +259,16 @@ const TCPI_DATA_SEGS_IN: usize = 152;
 #[cfg(target_os = "linux")]
 const TCPI_BYTES_ACKED: usize = 120;
 
-/// `N` bytes of the connection's `struct tcp_info` at `offset`; `None` where
-/// the kernel does not say.
-fn tcp_info_field<const N: usize>(stream: &TcpStream, offset: usize) -> Option<[u8; N]> {
+/// Offset of `tcpi_rcv_ooopack` (since Linux 5.4): after `delivered`,
+/// `delivered_ce`, `bytes_sent`, `bytes_retrans`, `dsack_dups` and
+/// `reord_seen`.
+#[cfg(target_os = "linux")]
+const TCPI_RCV_OOOPACK: usize = 224;
+
+/// The connection's `struct tcp_info` as the kernel wrote it, and how many
+/// bytes of it that is (older kernels write less); `None` where the kernel
+/// does not say.
+fn tcp_info(stream: &TcpStream) -> Option<([u8; 256], usize)> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -278,31 +285,58 @@ fn tcp_info_field<const N: usize>(stream: &TcpStream, offset: usize) -> Option<[
                 &mut len,
             )
         };
-        let end = offset + N;
-        if rc != 0 || (len as usize) < end {
-            return None;
-        }
-        info[offset..end].try_into().ok()
+        (rc == 0).then_some((info, len as usize))
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (stream, offset);
+        let _ = stream;
         None
     }
 }
 
-/// How many data segments the connection has received from its peer, in
-/// order or not (TCP's own count, `tcpi_data_segs_in`); `None` where the
-/// kernel does not say. What arrives behind a lost segment is counted
-/// before it can be read: see [`crate::master::link::WorkerLink::transport`].
-pub fn data_segments_in(stream: &TcpStream) -> Option<u32> {
+/// `N` bytes at `offset` of a `tcp_info` that is `len` bytes long.
+fn field<const N: usize>(info: &[u8; 256], len: usize, offset: usize) -> Option<[u8; N]> {
+    let end = offset + N;
+    if len < end {
+        return None;
+    }
+    info[offset..end].try_into().ok()
+}
+
+/// `N` bytes of the connection's `struct tcp_info` at `offset`; `None` where
+/// the kernel does not say.
+fn tcp_info_field<const N: usize>(stream: &TcpStream, offset: usize) -> Option<[u8; N]> {
+    let (info, len) = tcp_info(stream)?;
+    field(&info, len, offset)
+}
+
+/// What a connection's kernel has received from the peer, in TCP's own
+/// counts: what arrives behind a lost segment is counted before the program
+/// can read it. See [`crate::master::link::WorkerLink::transport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrivals {
+    /// Data segments received, in order or not (`tcpi_data_segs_in`).
+    pub data_segments: u32,
+    /// Segments received out of order, that is behind a hole in the stream
+    /// (`tcpi_rcv_ooopack`); `None` before Linux 5.4.
+    pub out_of_order: Option<u32>,
+}
+
+/// The connection's [`Arrivals`], read with one system call; `None` where
+/// the kernel does not say.
+pub fn arrivals(stream: &TcpStream) -> Option<Arrivals> {
     #[cfg(target_os = "linux")]
     {
-        tcp_info_field(stream, TCPI_DATA_SEGS_IN).map(u32::from_ne_bytes)
+        let (info, len) = tcp_info(stream)?;
+        Some(Arrivals {
+            data_segments: u32::from_ne_bytes(field(&info, len, TCPI_DATA_SEGS_IN)?),
+            out_of_order: field(&info, len, TCPI_RCV_OOOPACK).map(u32::from_ne_bytes),
+        })
     }
     #[cfg(not(target_os = "linux"))]
     {
-        tcp_info_field::<4>(stream, 0).map(u32::from_ne_bytes)
+        let _ = stream;
+        None
     }
 }
 
@@ -408,21 +442,22 @@ mod tests {
         assert!("abc".parse::<PortRange>().is_err());
     }
 
-    /// The count moves with what the peer sends, and only then.
+    /// The count of data segments moves with what the peer sends, and only
+    /// then; on a link that loses nothing, nothing arrives out of order.
     #[tokio::test]
-    async fn data_segments_in_counts_what_the_peer_sends() {
+    async fn arrivals_count_what_the_peer_sends() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut peer = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (mut ours, _) = listener.accept().await.unwrap();
-        let before = data_segments_in(&ours).expect("Linux reports tcpi_data_segs_in");
+        let before = arrivals(&ours).expect("Linux reports tcp_info");
         // What we send does not count.
         ours.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         peer.read_exact(&mut buf).await.unwrap();
-        assert_eq!(data_segments_in(&ours), Some(before));
+        assert_eq!(arrivals(&ours), Some(before));
         // What the peer sends does, before it is read (polled: the count
         // moves when the kernel has taken the segment in).
         peer.write_all(b"pong").await.unwrap();
@@ -430,9 +465,16 @@ mod tests {
         let mut after = before;
         while after == before && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            after = data_segments_in(&ours).unwrap();
+            after = arrivals(&ours).unwrap();
         }
-        assert!(after > before, "{before} then {after}");
+        assert!(
+            after.data_segments > before.data_segments,
+            "{before:?} then {after:?}"
+        );
+        assert_eq!(
+            after.out_of_order, before.out_of_order,
+            "loopback reorders nothing"
+        );
     }
 
     #[test]
