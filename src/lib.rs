@@ -18,9 +18,11 @@
 //! - [`metrics`]: latency histograms and their exports (`.hgrm`, `.hlog`, SVG).
 //! - [`loadgen`]: the load generator's engine, reports and baselines.
 //! - [`demo`]: `runner demo`, the cluster on one machine, narrated.
+//! - [`cli`]: what the binaries share in reading their command lines.
 //! - [`realtime`]: `--realtime`, the nodes' threads under `SCHED_FIFO`.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod instant;

@@ -228,6 +228,96 @@ fn bad_arguments_get_clear_errors_not_panics() {
 }
 
 #[test]
+fn a_refused_value_too_long_to_echo_is_named_by_its_start_and_length() {
+    let reason = "x".repeat(100_000);
+    let out = Command::new(BIN)
+        .args(["cancel", "--reason", &reason, "1"])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.len() < 1000, "{} bytes of error", err.len());
+    assert!(
+        err.contains("(100000 bytes) for '--reason <REASON>'") && err.contains("at most"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_node_of_one_name_in_one_log_dir_logs_to_a_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().to_str().unwrap();
+    let block = support::port_block(PORT_BASE);
+    let start = |port: u16| {
+        let port = port.to_string();
+        let mut m = Proc::spawn(
+            "master",
+            &[
+                "master",
+                "--log-dir",
+                logs,
+                "--port",
+                &port,
+                "--scan",
+                "1-1",
+            ],
+        );
+        m.wait_line(Duration::from_secs(10), |l| {
+            l.starts_with("master listening on ")
+        });
+        m
+    };
+    let _first = start(block);
+    let mut second = start(block + 1);
+    let own = dir.path().join(format!("master.{}.log", second.child.id()));
+    let told = format!("this one logs to {}", own.display());
+    let warned = |l: &str| l.contains("another node named master is running with its log in");
+    if !second.seen.iter().any(|l| warned(l)) {
+        second.wait_line(Duration::from_secs(10), warned);
+    }
+    assert!(
+        second.seen.iter().any(|l| l.contains(&told)),
+        "{:?}",
+        second.seen
+    );
+    // Each file has one master's lines only.
+    let listening = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .matches("master listening")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listening(&own) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing in {}",
+            own.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(listening(&dir.path().join("master.log")), 1);
+    assert_eq!(listening(&own), 1);
+}
+
+#[test]
+fn a_log_that_cannot_be_opened_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("master.log")).unwrap();
+    let (ok, _, err) = run(&[
+        "master",
+        "--quiet",
+        "--log-dir",
+        dir.path().to_str().unwrap(),
+        "--scan",
+        "1-1",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("cannot open the log"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn a_short_secret_is_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("secret");

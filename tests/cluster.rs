@@ -1522,7 +1522,15 @@ async fn an_exec_task_never_sees_the_clusters_secret() {
     .unwrap();
     c.wait_workers(&client, 1).await;
     let spec = serde_json::json!({
-        "argv": ["sh", "-c", "echo \"${RUNNER_SECRET:-scrubbed} $RUNNER_TASK_ID\"; cat /proc/$PPID/environ > /dev/null 2>&1 && echo worker-environ-readable || echo worker-environ-unreadable"]
+        "argv": ["sh", "-c", concat!(
+            "echo \"${RUNNER_SECRET:-scrubbed} $RUNNER_TASK_ID\"; ",
+            "cat /proc/$PPID/environ > /dev/null 2>&1 && echo worker-environ-readable || echo worker-environ-unreadable; ",
+            // The worker's other children: its reaper, forked at start-up
+            // with the same environment.
+            "for d in /proc/[0-9]*; do set -- $(cat $d/stat 2>/dev/null); ",
+            "if [ \"$4\" = \"$PPID\" ] && [ \"${d#/proc/}\" != \"$$\" ]; then ",
+            "cat $d/environ > /dev/null 2>&1 && echo child-environ-readable || echo child-environ-unreadable; fi; done"
+        )]
     });
     let id = client
         .submit(NewTask {
@@ -1539,8 +1547,11 @@ async fn an_exec_task_never_sees_the_clusters_secret() {
     assert!(out.contains(&format!("scrubbed {id}")), "{out}");
     assert!(!out.contains(SECRET), "{out}");
     if as_nobody {
-        // Nor through the worker's own environment in /proc.
+        // Nor through the worker's own environment in /proc, nor its
+        // reaper's.
         assert!(out.contains("worker-environ-unreadable"), "{out}");
+        assert!(out.contains("child-environ-unreadable"), "{out}");
+        assert!(!out.contains("child-environ-readable"), "{out}");
     }
 }
 
@@ -1620,6 +1631,54 @@ async fn results_a_client_did_not_acknowledge_before_its_connection_ended_wait_f
             got[&id]
         );
     }
+}
+
+/// A client that closes only its sending side once it has submitted (`nc
+/// -N`) still gets its results, and then the master closes the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_half_closes_after_submitting_still_gets_its_results() {
+    let (c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let addr = c.addr;
+    let outputs = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let task = r#"{"kind":"sleep","payload":"300"}"#;
+        writeln!(
+            s,
+            r#"{{"type":"hello","role":"client","node":"half-closes"}}"#
+        )
+        .unwrap();
+        writeln!(s, r#"{{"type":"submit","tasks":[{task},{task}]}}"#).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // Every line until the master closes.
+        let mut outputs = Vec::new();
+        for line in BufReader::new(s).lines() {
+            let m: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if m["type"] == "results" {
+                for r in m["results"].as_array().unwrap() {
+                    outputs.push(r["status"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        outputs
+    })
+    .await
+    .unwrap();
+    assert_eq!(outputs, ["ok", "ok"]);
+    assert!(
+        c.master_log()
+            .contains("client closed its sending side; its results still go to it"),
+        "{}",
+        c.master_log()
+    );
 }
 
 /// A stopped worker that the master is writing a task too large for the

@@ -606,6 +606,15 @@ fn a_json_line_naming_its_type_twice_is_malformed() {
 }
 
 #[test]
+fn a_json_integer_too_large_for_its_field_is_malformed_and_said_so() {
+    let line = b"{\"type\":\"fetch\",\"ids\":[18446744073709551616]}\n";
+    let err = common::decode_all::<FromClient>(Some(Wire::Json), line).unwrap_err();
+    let said = err.to_string();
+    assert!(matches!(err, ProtoError::Malformed(_)), "{said}");
+    assert!(said.contains("18446744073709551615"), "{said}");
+}
+
+#[test]
 fn a_register_with_an_empty_kind_is_invalid() {
     let msg = FromWorker::Register(Register {
         slots: 1,

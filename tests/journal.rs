@@ -708,12 +708,16 @@ fn a_failed_compaction_is_tried_again_after_the_retry_interval() {
         append_one();
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(100));
-    let compactions = || {
-        j.stats()
-            .compactions
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let stats = j.stats();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let compactions = || count(&stats.compactions);
+    // The failure is noted by the writer: small records until it is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&stats.compaction_failures) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no compaction failed");
+        j.append(Entry::Forgotten(&[1]));
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(compactions(), 0);
     fs::remove_dir(&blocker).unwrap();
     // A few small records over two seconds, far from doubling the file.

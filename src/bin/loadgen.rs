@@ -217,11 +217,10 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| runner::cli::exit_with(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| runner::cli::exit_with(e));
     if let (None, Err(e)) = (&cli.command, check(&cli.run, &matches)) {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);

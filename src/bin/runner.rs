@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -384,20 +384,21 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| runner::cli::exit_with(e));
     if matches!(&cli.command, Some(Command::Worker(w)) if w.allow_exec) {
-        // SAFETY: still single-threaded: no runtime or thread has started.
-        if let Err(e) = unsafe { runner::worker::reaper::install() } {
-            eprintln!("runner: cannot start the task reaper ({e}); exec tasks fall back to PR_SET_PDEATHSIG");
-        }
         // The programs it starts run as its own user, and could otherwise
         // read its memory and its /proc/PID/environ, where the cluster's
         // secret is (RUNNER_SECRET, or the file's contents). Not dumpable,
-        // its /proc entries belong to root. Its programs are dumpable again
-        // (exec resets the flag).
+        // its /proc entries belong to root. Before the reaper is forked, so
+        // that the reaper (which holds the same environment) inherits it.
+        // Its programs are dumpable again (exec resets the flag).
         // SAFETY: prctl with integer arguments only.
         unsafe {
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        // SAFETY: still single-threaded: no runtime or thread has started.
+        if let Err(e) = unsafe { runner::worker::reaper::install() } {
+            eprintln!("runner: cannot start the task reaper ({e}); exec tasks fall back to PR_SET_PDEATHSIG");
         }
     }
     let realtime = match &cli.command {
@@ -575,8 +576,7 @@ fn init_logging(
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create --log-dir {}: {e}", dir.display()))?;
-            let appender = tracing_appender::rolling::never(dir, format!("{name}.log"));
-            let (w, g) = tracing_appender::non_blocking(appender);
+            let (w, g) = tracing_appender::non_blocking(open_log(dir, name)?);
             (
                 Some(
                     fmt::layer()
@@ -596,7 +596,44 @@ fn init_logging(
     Ok(guard)
 }
 
-/// Prints a line on stdout at once: the demo and tests read these.
+/// Opens DIR/NAME.log for appending and holds it for as long as the node
+/// runs. Two nodes of one name writing one log would interleave their
+/// lines; but the one holding it may be a hung process being replaced,
+/// which must not stop its replacement. So the second writes
+/// DIR/NAME.PID.log instead, and says so.
+fn open_log(dir: &Path, name: &str) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let open = |path: &Path| -> Result<Option<std::fs::File>, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open the log {}: {e}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(file));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(format!("cannot lock the log {}: {e}", path.display()))
+        }
+    };
+    let path = dir.join(format!("{name}.log"));
+    if let Some(file) = open(&path)? {
+        return Ok(file);
+    }
+    let own = dir.join(format!("{name}.{}.log", std::process::id()));
+    let file = open(&own)?.ok_or_else(|| format!("the log {} is in use", own.display()))?;
+    eprintln!(
+        "runner: warning: another node named {name} is running with its log in {}; this one logs to {}",
+        path.display(),
+        own.display()
+    );
+    Ok(file)
+}
+
 /// Prints a line of output. Output that cannot be written ends the
 /// program: quietly, as a pipe's reader that stopped reading (`| head`)
 /// expects; with an error and exit status 1 otherwise (a full disk), so a

@@ -186,6 +186,8 @@ pub struct JournalStats {
     pub writes: AtomicU64,
     /// Compactions finished.
     pub compactions: AtomicU64,
+    /// Compactions that failed or were abandoned.
+    pub compaction_failures: AtomicU64,
     /// The file's size now.
     pub file_len: AtomicU64,
 }
@@ -482,6 +484,7 @@ impl Journal {
                 writes = s.writes.load(Ordering::Relaxed),
                 syncs = s.syncs.load(Ordering::Relaxed),
                 compactions = s.compactions.load(Ordering::Relaxed),
+                compaction_failures = s.compaction_failures.load(Ordering::Relaxed),
                 file_bytes = s.file_len.load(Ordering::Relaxed),
                 "journal closed"
             );
@@ -868,6 +871,10 @@ impl Writer {
         match failed {
             None => self.compaction_failed_at = None,
             Some(why) => {
+                self.inner
+                    .stats
+                    .compaction_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     retry_in_s = self.inner.compact_retry.as_secs_f64(),
                     "{why}; the journal stays as it was"

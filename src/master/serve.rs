@@ -156,6 +156,7 @@ async fn client_session(
         tokio::time::interval(Duration::from_millis(crate::limits::CLIENT_STALL_MS / 4));
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutting_down = false;
+    let mut half_closed = false;
     loop {
         let msg = tokio::select! {
             m = read.next() => m,
@@ -170,7 +171,10 @@ async fn client_session(
             }
         };
         let msg = match msg {
-            None => break,
+            None => {
+                half_closed = true;
+                break;
+            }
             Some(Err(ProtoError::Io(e))) => {
                 tracing::info!(%addr, client = %peer.node, "connection lost: {e}");
                 break;
@@ -211,7 +215,40 @@ async fn client_session(
         }
     }
     drop(tx);
+    let weak_route = Arc::downgrade(&route);
     drop(route);
+    let mut writer = writer;
+    let mut writer_ended = false;
+    if half_closed {
+        // The client closed its sending side only (`nc -N`, `shutdown(WR)`):
+        // it still reads, and gets the results of what it submitted. The
+        // writer ends once the last task holding its route has delivered.
+        // A client that closed both sides is found by a ping: its kernel
+        // answers the write with a reset, which fails the next one.
+        tracing::info!(%addr, client = %peer.node, "client closed its sending side; its results still go to it");
+        let mut seq = 0;
+        loop {
+            tokio::select! {
+                _ = &mut writer => {
+                    writer_ended = true;
+                    break;
+                }
+                _ = shared.clients_close.cancelled() => {
+                    shutting_down = true;
+                    break;
+                }
+                _ = too_slow.cancelled() => break,
+                _ = stall_check.tick() => {
+                    if let Some(route) = weak_route.upgrade() {
+                        if shared.check_outbox(&route) {
+                            seq += 1;
+                            let _ = route.tx.send(ClientOut::Msg(ToClient::Ping(Ping { seq })));
+                        }
+                    }
+                }
+            }
+        }
+    }
     // The writer ends when the client goes, or, on shutdown, once it has
     // delivered every result (the last route clone is dropped).
     if !shutting_down {
@@ -221,7 +258,9 @@ async fn client_session(
         // Its writer may be stuck writing to a socket nobody reads.
         writer.abort();
     }
-    let _ = writer.await;
+    if !writer_ended {
+        let _ = writer.await;
+    }
     if let Some(unacked) = unacked {
         let mut unacked = unacked.lock().unwrap_or_else(|e| e.into_inner());
         let left = unacked.take();

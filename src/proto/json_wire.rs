@@ -71,5 +71,18 @@ pub(crate) fn message_name(line: &[u8]) -> Result<&str, ProtoError> {
 /// Decodes a message body from its whole line (the `"type"` field and any
 /// field this version does not know are ignored).
 pub(crate) fn decode_body<'de, T: Deserialize<'de>>(line: &'de [u8]) -> Result<T, ProtoError> {
-    serde_json::from_slice(line).map_err(|e| ProtoError::Malformed(e.to_string()))
+    serde_json::from_slice(line).map_err(|e| {
+        let said = e.to_string();
+        // serde_json reads an integer past u64 as a float, and says so,
+        // which leaves a sender of `18446744073709551616` puzzled.
+        if said.starts_with("invalid type: floating point") {
+            ProtoError::Malformed(format!(
+                "{said} (a number with a fraction or an exponent, or a whole number above {}: \
+                 every number here is a whole number that fits its field)",
+                u64::MAX
+            ))
+        } else {
+            ProtoError::Malformed(said)
+        }
+    })
 }
