@@ -301,6 +301,29 @@ fn a_second_node_of_one_name_in_one_log_dir_logs_to_a_file_of_its_own() {
 }
 
 #[test]
+fn a_workers_log_stays_in_the_log_dir_whatever_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let block = support::port_block(PORT_BASE);
+    let range = format!("{}-{}", block, block + 5);
+    let mut w = Proc::spawn(
+        "w",
+        &[
+            "worker",
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--id",
+            "../esc/a",
+            "--port-range",
+            &range,
+        ],
+    );
+    w.wait_line(Duration::from_secs(10), |l| l.contains(" listening on "));
+    assert!(logs.join("___esc_a.log").is_file());
+    assert!(!dir.path().join("esc").exists());
+}
+
+#[test]
 fn a_log_that_cannot_be_opened_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("master.log")).unwrap();

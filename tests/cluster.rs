@@ -840,6 +840,95 @@ async fn a_worker_can_dial_a_known_master() {
     assert_eq!(r.output.as_text(), Some("via dial"));
 }
 
+/// A fetch of more kept results than a client's queue may hold (its hard
+/// bound is 256 MiB) delivers them as the client reads; it had disconnected
+/// the client before it could read one, again at every reconnect.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_of_more_kept_results_than_a_clients_queue_holds_delivers_them_all() {
+    let (c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    const EACH: usize = 7 << 20;
+    const COUNT: usize = 40;
+    let payload = Payload::from(vec![b'a'; EACH]);
+    let tasks = (0..COUNT)
+        .map(|_| NewTask {
+            kind: Text::from_static("echo"),
+            payload: payload.clone(),
+            priority: 128,
+            retries: 0,
+            timeout_ms: 0,
+        })
+        .collect();
+    let ids: Vec<u64> = client
+        .submit_batches(tasks, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(ids.len(), COUNT);
+    c.wait_status(&client, Duration::from_secs(60), "all done", |s| {
+        s.completed >= COUNT as u64
+    })
+    .await;
+    let mut later = c.client().await;
+    later.fetch(ids.clone()).unwrap();
+    let got = collect(&mut later, COUNT, Duration::from_secs(60)).await;
+    for id in ids {
+        assert_eq!(
+            (got[&id].status, got[&id].output.len()),
+            (TaskStatus::Ok, EACH),
+            "{id}"
+        );
+    }
+}
+
+/// A worker that dials a master which refuses it (its id is taken) dials
+/// again at the redial interval, not once per round trip, and when it gives
+/// up says what the master said.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dialing_worker_refused_for_its_id_dials_again_at_the_redial_interval() {
+    let mut c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            master_timeout: "3s",
+            master_args: &["--scan", "1-1"],
+            ..Opts::default()
+        },
+    );
+    let master = c.addr.to_string();
+    c.add_worker("same", 1, &["--master", &master]);
+    let client = c.client().await;
+    c.wait_workers(&client, 1).await;
+    let refused_before = c.master_log().matches("refused a second worker").count();
+    c.add_worker("same", 1, &["--master", &master]);
+    let second = c.workers.last_mut().unwrap();
+    let status = second.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(support::MASTER_TIMEOUT_EXIT),
+        "{status:?}"
+    );
+    assert!(
+        second
+            .seen
+            .iter()
+            .any(|l| l.contains("the last master session ended") && l.contains("same")),
+        "{:?}",
+        second.seen
+    );
+    // Three seconds at one dial a second; not thousands.
+    let refused = c.master_log().matches("refused a second worker").count() - refused_before;
+    assert!((1..=6).contains(&refused), "{refused} refusals");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_15_exec_captures_output_and_kills_the_whole_process_group_at_the_timeout() {
     let (_c, mut client) = Cluster::ready(

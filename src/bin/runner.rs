@@ -603,6 +603,7 @@ fn init_logging(
 /// DIR/NAME.PID.log instead, and says so.
 fn open_log(dir: &Path, name: &str) -> Result<std::fs::File, String> {
     use std::os::fd::AsRawFd;
+    let name = &log_stem(name);
     let open = |path: &Path| -> Result<Option<std::fs::File>, String> {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -633,6 +634,27 @@ fn open_log(dir: &Path, name: &str) -> Result<std::fs::File, String> {
     );
     Ok(file)
 }
+
+/// A node's name as the start of its log file's name: a worker's id may
+/// hold `/` or `..`, which would put its log outside `--log-dir`, and be far
+/// longer than a file name may be. Other than ASCII letters, digits, `-`
+/// and `_`, each character becomes `_`, and the result is cut at
+/// [`LOG_STEM_BYTES_MAX`].
+fn log_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(LOG_STEM_BYTES_MAX)
+        .collect()
+}
+
+/// See [`log_stem`]: room for `.PID.log` within a file name's 255 bytes.
+const LOG_STEM_BYTES_MAX: usize = 200;
 
 /// Prints a line of output. Output that cannot be written ends the
 /// program: quietly, as a pipe's reader that stopped reading (`| head`)
@@ -808,9 +830,12 @@ async fn worker(
     exit_if_stopping_hangs(format!("worker {id}"));
     let exit = w.run_until(shutdown_signal()).await;
     match exit {
-        WorkerExit::MasterTimeout(d) => {
+        WorkerExit::MasterTimeout(d, last_end) => {
+            let last = last_end
+                .map(|why| format!("; the last master session ended: {why}"))
+                .unwrap_or_default();
             say(format_args!(
-                "worker {id} terminating: no master for {:.1}s (master-timeout)",
+                "worker {id} terminating: no master for {:.1}s (master-timeout){last}",
                 d.as_secs_f64()
             ));
             Ok(ExitCode::from(MASTER_TIMEOUT_EXIT))

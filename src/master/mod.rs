@@ -590,13 +590,8 @@ impl Shared {
         true
     }
 
-    /// Queues a result for a client: see [`Shared::send_results`].
-    pub(crate) fn send_result(&self, result: TaskResult, reply: &Route) {
-        self.send_results(vec![result], reply)
-    }
-
     /// Queues results for a client, disconnecting a client that does not
-    /// read.
+    /// read (and keeping them for a fetch).
     pub(crate) fn send_results(&self, results: Vec<TaskResult>, reply: &Route) {
         // What the results weigh in the client's queue: their bytes, as
         // they weigh in a frame.
@@ -606,6 +601,7 @@ impl Shared {
             .sum();
         reply.queued_bytes.fetch_add(weight, Ordering::Relaxed);
         if !self.check_outbox(reply) {
+            self.keep_unsent(results);
             return;
         }
         if let Err(e) = reply.tx.send(ClientOut::Results(results, weight)) {
@@ -613,6 +609,21 @@ impl Shared {
             if let ClientOut::Results(results, _) = e.0 {
                 tracing::debug!(results = results.len(), client = %reply.name, "client gone; results kept for a fetch");
                 self.keep_unsent(results);
+            }
+        }
+    }
+
+    /// Queues kept results that a client fetched. They do not count toward
+    /// its queue's bounds: their bytes are the kept results' own, shared
+    /// and held anyway, so a client fetching more than the queue may hold
+    /// (300 results of 1 MiB) gets them as it reads, rather than being
+    /// disconnected before it can read any, again at every retry.
+    pub(crate) fn send_kept(&self, results: Vec<TaskResult>, reply: &Route) {
+        for r in results {
+            if let Err(e) = reply.tx.send(ClientOut::Results(vec![r], 0)) {
+                if let ClientOut::Results(results, _) = e.0 {
+                    self.keep_unsent(results);
+                }
             }
         }
     }

@@ -395,9 +395,7 @@ fn fetch(shared: &Shared, route: &Route, f: Fetch) {
             }
         }
     }
-    for r in now {
-        shared.send_result(r, route);
-    }
+    shared.send_kept(now, route);
 }
 
 /// A client holds these results: forget them (and journal that).

@@ -152,8 +152,9 @@ pub struct Worker {
 /// How a worker ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerExit {
-    /// No master for `master_timeout`.
-    MasterTimeout(Duration),
+    /// No master for `master_timeout` (this long); the end of the last
+    /// master session, if there was one, says why.
+    MasterTimeout(Duration, Option<String>),
     /// Asked to stop (Ctrl-C); its attempts were handed back.
     Shutdown,
 }
@@ -280,6 +281,9 @@ impl Worker {
         let mut watchdog = tokio::time::interval(Duration::from_millis(100));
         let preauth = Arc::new(net::preauth::Preauth::default());
         let mut displaced = 0u64;
+        // Why the last master session ended: a worker that gives up for want
+        // of a master says so, as the likely cause (refused, say).
+        let mut last_end: Option<String> = None;
         loop {
             if session.is_none() && !dialing {
                 if let Some(master) = cfg.master {
@@ -387,15 +391,26 @@ impl Worker {
                         let end = s.run(r, w, k, d).await;
                         let _ = end_tx.send((id, end)).await;
                     });
-                    session = Some(Current { id: session_seq, kick, drain, master: peer.node.clone(), heard });
+                    session = Some(Current { id: session_seq, kick, drain, master: peer.node.clone(), heard, origin, started: Instant::now() });
                 }
                 Some((id, end)) = end_rx.recv() => {
                     if let Some(at) = end.last_heard {
                         watch.heard(at);
                     }
                     tracing::warn!("master session ended: {}", end.reason);
-                    if session.as_ref().is_some_and(|c| c.id == id) {
-                        session = None;
+                    last_end = Some(end.reason.to_string());
+                    if let Some(ended) = session.take_if(|c| c.id == id) {
+                        // A master that refuses this worker at once (another
+                        // holds its id) is not dialed again at once: that
+                        // would be a connection per round trip.
+                        if ended.origin == Origin::Dialed && ended.started.elapsed() < cfg.redial_interval {
+                            dialing = true;
+                            let (dial_tx, wait) = (dial_tx.clone(), cfg.redial_interval);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                let _ = dial_tx.send(()).await;
+                            });
+                        }
                         let waiting = end.runs.running.len() + end.runs.done.len();
                         if waiting > 0 {
                             tracing::info!(attempts = waiting, "keeping running and finished attempts for the next master session");
@@ -407,8 +422,8 @@ impl Worker {
                 _ = watchdog.tick() => {
                     let expired = if session.is_none() { watch.expired(Instant::now()) } else { None };
                     if let Some(silent) = expired {
-                        tracing::warn!(worker = %cfg.id, "no master for {} ms (master-timeout {} ms); terminating", silent.as_millis(), cfg.master_timeout.as_millis());
-                        return WorkerExit::MasterTimeout(silent);
+                        tracing::warn!(worker = %cfg.id, last_session_end = last_end.as_deref().unwrap_or("none"), "no master for {} ms (master-timeout {} ms); terminating", silent.as_millis(), cfg.master_timeout.as_millis());
+                        return WorkerExit::MasterTimeout(silent, last_end);
                     }
                 }
                 _ = stop.cancelled() => {
@@ -452,6 +467,10 @@ struct Current {
     master: Text,
     /// When the session last heard from its master.
     heard: Arc<AtomicInstant>,
+    /// Whether it dialed the master or was found by its scan.
+    origin: Origin,
+    /// When it began.
+    started: Instant,
 }
 
 impl Current {
