@@ -581,7 +581,7 @@ async fn an_interrupted_submit_says_which_results_are_due_and_how_to_fetch_them(
     let hint = p.wait_line(Duration::from_secs(10), |l| l.contains("interrupted"));
     assert!(
         hint.contains("3 of 3 results still due")
-            && hint.contains(&format!("runner results {first}-{last}")),
+            && hint.contains(&format!("runner results --master {master} {first}-{last}")),
         "{hint}"
     );
     assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(130));

@@ -914,7 +914,7 @@ fn print_result(r: &TaskResult, json: bool) {
     }
     let output = match r.output.as_text() {
         Some(t) => exec_text(t).unwrap_or_else(|| t.trim_end().to_string()),
-        None => format!("<{} bytes>", r.output.len()),
+        None => bytes_text(&r.output),
     };
     match r.status {
         TaskStatus::Ok => say(format_args!(
@@ -958,13 +958,28 @@ fn print_result(r: &TaskResult, json: bool) {
     }
 }
 
+/// Output that is not UTF-8, for a terminal: text with its stray bytes
+/// written `\xNN` (a program's output in Latin-1, say); binary data, where
+/// most bytes would be escaped, by its length and where to see it.
+fn bytes_text(bytes: &[u8]) -> String {
+    let stray: usize = bytes.utf8_chunks().map(|c| c.invalid().len()).sum();
+    if stray * 4 > bytes.len() {
+        return format!("<{} bytes, not text; --json shows them>", bytes.len());
+    }
+    let mut text = String::with_capacity(bytes.len() + 3 * stray);
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            text.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    text.trim_end().to_string()
+}
+
 /// An `exec` result shown as the program's output: stdout, then stderr.
 fn exec_text(output: &str) -> Option<String> {
     let v: runner::worker::tasks::ExecOutput = serde_json::from_str(output).ok()?;
-    let text = |p: &Payload| {
-        p.as_text()
-            .map_or_else(|| format!("<{} bytes>", p.len()), str::to_string)
-    };
+    let text = |p: &Payload| p.as_text().map_or_else(|| bytes_text(p), str::to_string);
     let cut = |truncated: bool, what: &str| {
         if truncated {
             format!(
@@ -1054,8 +1069,9 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
     } else {
         say(format_args!("submitted {count} task{plural} (ids {shown})"));
     }
+    let again = again_args(&a.common, &a.master, client.master());
     Ok(partial_exit(
-        print_results(client, ids, a.json, interrupted).await?,
+        print_results(client, ids, a.json, interrupted, &again).await?,
     ))
 }
 
@@ -1068,6 +1084,7 @@ async fn print_results(
     ids: Vec<u64>,
     json: bool,
     interrupted: impl std::future::Future<Output = ()>,
+    again: &str,
 ) -> Result<ExitCode, String> {
     let mut received = vec![false; ids.len()];
     let mut failed = 0;
@@ -1084,7 +1101,7 @@ async fn print_results(
                     .map(|(id, _)| *id)
                     .collect();
                 eprintln!(
-                    "runner: interrupted with {} of {} results still due; the tasks go on. Fetch them with: runner results {}",
+                    "runner: interrupted with {} of {} results still due; the tasks go on. Fetch them with: runner results{again} {}",
                     due.len(),
                     ids.len(),
                     id_ranges(&due)
@@ -1230,7 +1247,28 @@ async fn results(a: ResultsArgs) -> Result<ExitCode, Failure> {
     let client = connect(&a.common, &a.master, Some(a.reconnect)).await?;
     let interrupted = shutdown_signal();
     client.fetch(ids.clone()).map_err(|e| e.to_string())?;
-    Ok(print_results(client, ids, a.json, interrupted).await?)
+    let again = again_args(&a.common, &a.master, client.master());
+    Ok(print_results(client, ids, a.json, interrupted, &again).await?)
+}
+
+/// The options a later `runner results` needs to reach this master with
+/// this secret: the address given, or the one found (a master's node id
+/// ends with it), and the secret file.
+fn again_args(common: &Common, master: &Option<String>, found: &str) -> String {
+    let mut args = String::new();
+    let addr = master.clone().or_else(|| {
+        found
+            .rsplit_once('@')
+            .filter(|(_, a)| a.parse::<SocketAddr>().is_ok())
+            .map(|(_, a)| a.to_string())
+    });
+    if let Some(addr) = addr {
+        args.push_str(&format!(" --master {addr}"));
+    }
+    if let Some(f) = &common.secret_file {
+        args.push_str(&format!(" --secret-file {}", f.display()));
+    }
+    args
 }
 
 /// Exit status 1 if any id was unknown (a mistyped id, most likely); ids
@@ -1357,4 +1395,22 @@ async fn status(a: StatusArgs) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_text;
+
+    #[test]
+    fn output_in_another_encoding_is_printed_with_its_stray_bytes_escaped() {
+        assert_eq!(bytes_text(b"caf\xe9 au lait\n"), "caf\\xe9 au lait");
+    }
+
+    #[test]
+    fn binary_output_is_printed_as_its_length() {
+        assert_eq!(
+            bytes_text(&[0xff; 10]),
+            "<10 bytes, not text; --json shows them>"
+        );
+    }
 }

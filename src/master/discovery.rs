@@ -18,8 +18,12 @@ use crate::net::{self, ConnectError};
 use crate::proto::handshake::HandshakeError;
 use crate::proto::{FromWorker, Role, ToWorker};
 
-/// How long a listener that failed the handshake is left alone.
-const NOT_A_WORKER_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a listener that failed the handshake is left alone: well
+/// short of a worker's default master-timeout (30 s), so that a worker
+/// restarted on that port, its secret or id corrected, is found before it
+/// gives up. The cost is one handshake per interval with a listener that
+/// is not a worker.
+const NOT_A_WORKER_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a worker that refused this master (it serves another), or a
 /// listener that did not finish the handshake in time, is left alone: a
 /// stopped worker, for one, answers again once resumed, and must be found

@@ -277,10 +277,7 @@ fn environment(p: &Program) -> io::Result<(Vec<CString>, Vec<*const c_char>)> {
 /// without `#!` is not retried with `/bin/sh`).
 fn candidates(program: &str, p: &Program) -> io::Result<Vec<CString>> {
     if program.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the program name is empty",
-        ));
+        return Err(invalid("the program name is empty".into()));
     }
     if program.contains('/') {
         return Ok(vec![c_string(program, "program")?]);

@@ -202,6 +202,10 @@ pub const EXEC_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
 /// How much of a failed program's stderr goes into the failure reason.
 pub const EXEC_REASON_TAIL_CHARS: usize = 500;
 
+/// The end of stderr kept past [`EXEC_OUTPUT_BYTES_MAX`] for the failure
+/// reason: a program's last words (its error) come after its noise.
+const EXEC_TAIL_BYTES: usize = 4 * EXEC_REASON_TAIL_CHARS;
+
 /// A successful `exec` task's output (JSON): the exit code, and stdout and
 /// stderr as JSON strings when they are UTF-8 text, else as
 /// `{"base64": "..."}`, each kept up to [`EXEC_OUTPUT_BYTES_MAX`].
@@ -258,21 +262,50 @@ impl Drop for GroupKill {
     }
 }
 
-async fn read_capped<R: AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
+/// What was read from a program's output: its first
+/// [`EXEC_OUTPUT_BYTES_MAX`] bytes, whether there was more, and, when there
+/// was, its last [`EXEC_TAIL_BYTES`] or so.
+struct Captured {
+    kept: Vec<u8>,
+    truncated: bool,
+    tail: Vec<u8>,
+}
+
+impl Captured {
+    /// The output's last bytes, for a failure reason.
+    fn end(&self) -> &[u8] {
+        if self.truncated {
+            &self.tail
+        } else {
+            &self.kept
+        }
+    }
+}
+
+async fn read_capped<R: AsyncRead + Unpin>(mut r: R) -> Captured {
+    let mut c = Captured {
+        kept: Vec::new(),
+        truncated: false,
+        tail: Vec::new(),
+    };
     let mut buf = [0u8; 8192];
-    let mut truncated = false;
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = EXEC_OUTPUT_BYTES_MAX - kept.len();
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                truncated |= n > room;
+                let room = EXEC_OUTPUT_BYTES_MAX - c.kept.len();
+                c.kept.extend_from_slice(&buf[..n.min(room)]);
+                if n > room {
+                    c.truncated = true;
+                    c.tail.extend_from_slice(&buf[room..n]);
+                    if c.tail.len() > 2 * EXEC_TAIL_BYTES {
+                        c.tail.drain(..c.tail.len() - EXEC_TAIL_BYTES);
+                    }
+                }
             }
         }
     }
-    (kept, truncated)
+    c
 }
 
 async fn exec(input: TaskInput) -> TaskOutput {
@@ -284,6 +317,9 @@ async fn exec(input: TaskInput) -> TaskOutput {
     let Some(program) = spec.argv.first() else {
         return Err(TaskError::rejected("exec: argv is empty"));
     };
+    if spec.cwd.as_deref() == Some("") {
+        return Err(TaskError::rejected("exec: cwd is empty"));
+    }
     let reaper = super::reaper::get();
     let slot = match reaper {
         Some(r) => Some(r.reserve().ok_or_else(|| {
@@ -307,7 +343,16 @@ async fn exec(input: TaskInput) -> TaskOutput {
         die_with_parent: reaper.is_none(),
         register: slot.as_ref().map(|s| s.cell()),
     })
-    .map_err(|e| format!("exec: cannot start {program:?}: {e}"))?;
+    .map_err(|e| {
+        let why = format!("exec: cannot start {program:?}: {e}");
+        // Input no attempt could start (a NUL byte, an `=` in a variable's
+        // name, an empty program name): not retried.
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            TaskError::rejected(why)
+        } else {
+            TaskError::from(why)
+        }
+    })?;
     let super::spawn::Started {
         mut child,
         stdout,
@@ -330,16 +375,16 @@ async fn exec(input: TaskInput) -> TaskOutput {
     if status.success() {
         let report = ExecOutput {
             exit_code: 0,
-            stdout: Payload(Bytes::from(out.0)),
-            stderr: Payload(Bytes::from(err.0)),
-            stdout_truncated: out.1,
-            stderr_truncated: err.1,
+            stdout: Payload(Bytes::from(out.kept)),
+            stderr: Payload(Bytes::from(err.kept)),
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
         };
         return serde_json::to_vec(&report)
             .map(Payload::from)
             .map_err(|e| format!("exec: cannot encode the output: {e}").into());
     }
-    let tail = String::from_utf8_lossy(&err.0);
+    let tail = String::from_utf8_lossy(err.end());
     let tail = tail.trim();
     let tail: String = tail
         .chars()
@@ -381,5 +426,49 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGXCPU => "SIGXCPU",
         libc::SIGXFSZ => "SIGXFSZ",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run_exec(spec: serde_json::Value) -> TaskOutput {
+        exec(TaskInput {
+            task_id: 1,
+            attempt: 1,
+            payload: Payload::from(spec.to_string()),
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_failed_programs_reason_ends_with_its_last_words_past_the_capture_limit() {
+        // 2 MiB of noise on stderr, then the error.
+        let script =
+            "head -c 2097152 /dev/zero | tr '\\0' n >&2; echo 'FATAL: the real reason' >&2; exit 4";
+        let err = run_exec(serde_json::json!({ "argv": ["sh", "-c", script] }))
+            .await
+            .unwrap_err();
+        assert!(err.retry, "a failed program may do better next time");
+        assert!(
+            err.reason.contains("exited with status 4")
+                && err.reason.ends_with("FATAL: the real reason"),
+            "{}",
+            &err.reason[err.reason.len().saturating_sub(200)..]
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_input_no_attempt_could_start_is_rejected_not_retried() {
+        for spec in [
+            serde_json::json!({ "argv": ["env"], "env": { "A=B": "c" } }),
+            serde_json::json!({ "argv": ["echo", "a\u{0}b"] }),
+            serde_json::json!({ "argv": [""] }),
+            serde_json::json!({ "argv": ["echo"], "cwd": "" }),
+        ] {
+            let err = run_exec(spec.clone()).await.unwrap_err();
+            assert!(!err.retry, "{spec}: {}", err.reason);
+        }
     }
 }
