@@ -13,6 +13,10 @@ pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// succeeded: an unauthenticated peer must not make us hold much memory.
 pub const PREAUTH_FRAME_BYTES_MAX: usize = 4 * 1024;
 
+/// Longest node id a node takes for itself (a worker's `--id`): the hello
+/// that carries it must fit in a [`PREAUTH_FRAME_BYTES_MAX`] frame.
+pub const NODE_ID_BYTES_MAX: usize = 1024;
+
 /// Largest task payload or task output.
 pub const PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 

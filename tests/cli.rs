@@ -112,6 +112,7 @@ async fn submit_prints_results_and_exits_non_zero_when_a_task_failed() {
 
 #[test]
 fn bad_arguments_get_clear_errors_not_panics() {
+    let long_id = "x".repeat(1025);
     for (args, needle) in [
         (
             &["submit", "--timeout=-3s", "--", "noop"][..],
@@ -179,6 +180,10 @@ fn bad_arguments_get_clear_errors_not_panics() {
         (&["worker", "--slots", "0"], "0 is not in 1.."),
         (&["submit", "--count", "0", "--", "noop"], "0 is not in 1.."),
         (&["worker", "--id", " "], "must not be empty"),
+        (
+            &["worker", "--id", &long_id],
+            "nor above 1024 bytes: its hello must fit",
+        ),
         (
             &["worker", "--id", "a\nb"],
             "must not hold control characters",

@@ -90,6 +90,25 @@ async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
         head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
         "{head}"
     );
+    // Another method is told which ones are served.
+    let post = request(&metrics, "POST", "/metrics");
+    assert!(
+        post.starts_with("HTTP/1.1 405") && post.contains("Allow: GET, HEAD"),
+        "{post}"
+    );
+    // A head too long is answered, not just dropped; a head ended by bare
+    // line feeds is read.
+    let raw = |bytes: &[u8]| {
+        let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(9000));
+    assert!(raw(long.as_bytes()).starts_with("HTTP/1.1 431"));
+    assert!(raw(b"GET /metrics HTTP/1.1\nHost: t\n\n").starts_with("HTTP/1.1 200"));
 
     match promtool() {
         Some(tool) => {

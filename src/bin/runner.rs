@@ -1187,10 +1187,11 @@ fn parse_reason(s: &str) -> Result<String, String> {
 }
 
 fn parse_node_id(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() || s.len() > runner::limits::TEXT_BYTES_MAX {
+    if s.trim().is_empty() || s.len() > runner::limits::NODE_ID_BYTES_MAX {
         return Err(format!(
-            "a worker's id must not be empty (nor above {} bytes)",
-            runner::limits::TEXT_BYTES_MAX
+            "a worker's id must not be empty (nor above {} bytes: its hello must fit in the {} bytes a peer takes before the handshake)",
+            runner::limits::NODE_ID_BYTES_MAX,
+            runner::limits::PREAUTH_FRAME_BYTES_MAX
         ));
     }
     if s.chars().any(runner::proto::unprintable) {
