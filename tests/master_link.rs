@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use runner::master::link::{
-    Departure, LinkTiming, Outcome, WorkerLink, HELD_UP_TIMEOUTS_MAX, WAKE_LEAD,
+    Departure, LinkTiming, Outcome, WorkerLink, HELD_UP_TIMEOUTS_MAX, UNCHARGED_ATTEMPTS_MAX,
+    WAKE_LEAD,
 };
 use runner::net::Arrivals;
 use runner::proto::*;
@@ -187,6 +188,44 @@ fn a_returned_attempt_is_requeued_at_once_and_not_charged() {
         Outcome::Requeue { record, delay } => {
             assert_eq!(delay, Duration::ZERO);
             assert!(record.errors.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_task_handed_back_again_and_again_is_charged_past_the_uncharged_limit() {
+    // Each time on a new worker: one that hands an attempt back is stopping.
+    let t0 = Instant::now();
+    let mut rec = record(1, 1, 0, t0);
+    let hand_back = |rec: TaskRecord<&'static str>| {
+        let mut l = link(1, 0, t0);
+        let attempt = l.assign(rec, t0).attempt;
+        l.finish(done(1, attempt, AttemptStatus::Returned), t0)
+    };
+    for _ in 0..UNCHARGED_ATTEMPTS_MAX {
+        match hand_back(rec) {
+            Outcome::Requeue { record, .. } if record.errors.is_empty() => rec = record,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Charged: its one retry is used.
+    match hand_back(rec) {
+        Outcome::Requeue { record, .. } if record.errors.len() == 1 => {
+            assert!(
+                record.errors[0]
+                    .reason
+                    .contains("does the task stop its own worker"),
+                "{:?}",
+                record.errors
+            );
+            rec = record;
+        }
+        other => panic!("{other:?}"),
+    }
+    match hand_back(rec) {
+        Outcome::Finished { result, .. } => {
+            assert_eq!(result.status, TaskStatus::Failed);
         }
         other => panic!("{other:?}"),
     }

@@ -132,6 +132,13 @@ pub const WAKE_LEAD: Duration = Duration::from_millis(10);
 /// repairs the hole within that or the link is as good as down.
 pub const HELD_UP_TIMEOUTS_MAX: u32 = 3;
 
+/// Attempts of one task that may end uncharged (handed back by a stopping
+/// worker, or out when the master restarted); past these, a hand-back
+/// counts as a failed attempt. A task that stops its own worker (its
+/// program restarts the worker's service) would otherwise run for ever,
+/// taking down a worker each time.
+pub const UNCHARGED_ATTEMPTS_MAX: u32 = 3;
+
 /// The session reads the connection's [`Arrivals`] after a frame at most
 /// once per this fraction of a heartbeat: the mark that later counts are
 /// compared with (see [`WorkerLink::wants_mark`]).
@@ -445,10 +452,7 @@ impl<R> WorkerLink<R> {
             }
             AttemptStatus::Returned => {
                 self.draining = true;
-                return Outcome::Requeue {
-                    record,
-                    delay: Duration::ZERO,
-                };
+                return self.handed_back(record, ran, now);
             }
             AttemptStatus::Rejected => {
                 self.failed += 1;
@@ -472,6 +476,23 @@ impl<R> WorkerLink<R> {
         };
         self.failed += 1;
         self.judge(record, reason, true, ran, now)
+    }
+
+    /// An attempt its stopping worker handed back: queued again at once,
+    /// uncharged, unless the task has had [`UNCHARGED_ATTEMPTS_MAX`] such.
+    fn handed_back(&self, record: TaskRecord<R>, ran: Duration, now: Instant) -> Outcome<R> {
+        // Attempts so far that did not fail, this one among them.
+        let uncharged = record.attempt.saturating_sub(record.errors.len() as u32);
+        if uncharged <= UNCHARGED_ATTEMPTS_MAX {
+            return Outcome::Requeue {
+                record,
+                delay: Duration::ZERO,
+            };
+        }
+        let reason = Text::from(format!(
+            "handed back by a stopping worker; its {uncharged} attempts that did not fail are more than the {UNCHARGED_ATTEMPTS_MAX} a task may have uncharged, so this one counts (does the task stop its own worker?)"
+        ));
+        self.judge(record, reason, false, ran, now)
     }
 
     /// A failed attempt: retry (with back-off, or at once when the worker
@@ -655,10 +676,13 @@ impl<R> WorkerLink<R> {
         self.in_flight_bytes = 0;
         held.into_iter()
             .map(|f| match why {
-                Departure::Shutdown | Departure::Goodbye(_) => Outcome::Requeue {
+                Departure::Shutdown => Outcome::Requeue {
                     record: f.record,
                     delay: Duration::ZERO,
                 },
+                Departure::Goodbye(_) => {
+                    self.handed_back(f.record, now.saturating_duration_since(f.sent_at), now)
+                }
                 _ => self.judge(
                     f.record,
                     reason.clone(),
