@@ -444,13 +444,14 @@ fn a_worker_kept_past_its_timeout_is_woken_at_its_pings_only() {
     );
 }
 
-#[test]
-fn a_mark_is_read_at_most_twice_a_heartbeat() {
+/// How many marks the session reads over 1 s of frames every millisecond
+/// (at a 200 ms heartbeat) on a connection with `out_of_order` so far.
+fn marks_in_a_second(out_of_order: u32) -> u32 {
     let t0 = Instant::now();
     let mut l = link(1, 0, t0);
     let counts = Arrivals {
         data_segments: 1,
-        out_of_order: Some(0),
+        out_of_order: Some(out_of_order),
     };
     let mut marks = 0;
     for ms in 0..1000 {
@@ -461,8 +462,17 @@ fn a_mark_is_read_at_most_twice_a_heartbeat() {
             marks += 1;
         }
     }
-    // 1 s of frames every millisecond at a 200 ms heartbeat.
-    assert_eq!(marks, 10);
+    marks
+}
+
+#[test]
+fn a_connection_that_loses_nothing_is_marked_once() {
+    assert_eq!(marks_in_a_second(0), 1);
+}
+
+#[test]
+fn a_lossy_connection_is_marked_at_most_twice_a_heartbeat() {
+    assert_eq!(marks_in_a_second(3), 10);
 }
 
 #[test]
