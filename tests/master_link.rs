@@ -357,27 +357,23 @@ fn behind_a_hole(from: Duration, late: u32) -> impl Fn(Duration) -> Arrivals {
     }
 }
 
-#[test]
-fn a_worker_whose_sender_backs_off_behind_a_hole_is_kept_though_no_segment_arrives() {
+/// [`silence`] after a last frame, with the counts of [`behind_a_hole`]
+/// (`hole_from`, 2 segments), and the mark the session read just after the
+/// frame.
+fn silence_after_a_frame(hole_from: Duration) -> (Option<Duration>, u32, u32) {
     let t0 = Instant::now();
     let mut l = link(1, 0, t0);
-    // Its last frame, and the counts the session read just after it.
     l.heard(t0);
-    l.mark(
-        Arrivals {
-            data_segments: 100,
-            out_of_order: Some(7),
-        },
-        t0,
-    );
-    // Two segments it sent after that frame arrive behind the hole at
+    let counts = behind_a_hole(hole_from, 2);
+    l.mark(counts(Duration::ZERO), t0);
+    silence(&mut l, t0, Duration::from_secs(10), counts)
+}
+
+#[test]
+fn a_worker_whose_sender_backs_off_behind_a_hole_is_kept_though_no_segment_arrives() {
+    // Two segments it sent after its last frame arrive behind the hole at
     // 250 ms; then nothing, as its TCP backs off (the CI failure: 1003 ms).
-    let (lost, _, reports) = silence(
-        &mut l,
-        t0,
-        Duration::from_secs(10),
-        behind_a_hole(Duration::from_millis(250), 2),
-    );
+    let (lost, _, reports) = silence_after_a_frame(Duration::from_millis(250));
     let lost = lost.expect("let go in the end");
     let cap = TIMING.worker_timeout * HELD_UP_TIMEOUTS_MAX;
     assert!(
@@ -391,22 +387,7 @@ fn a_worker_whose_sender_backs_off_behind_a_hole_is_kept_though_no_segment_arriv
 fn out_of_order_segments_read_before_the_last_frame_keep_no_one() {
     // The hole they were behind was repaired, and the frames read: the
     // counts after the frame include them, and nothing comes after.
-    let t0 = Instant::now();
-    let mut l = link(1, 0, t0);
-    l.heard(t0);
-    l.mark(
-        Arrivals {
-            data_segments: 102,
-            out_of_order: Some(9),
-        },
-        t0,
-    );
-    let (lost, _, reports) = silence(
-        &mut l,
-        t0,
-        Duration::from_secs(10),
-        behind_a_hole(Duration::ZERO, 2),
-    );
+    let (lost, _, reports) = silence_after_a_frame(Duration::ZERO);
     let lost = lost.expect("let go");
     assert!(
         lost > TIMING.worker_timeout && lost <= TIMING.worker_timeout + TIMING.heartbeat,
@@ -417,22 +398,7 @@ fn out_of_order_segments_read_before_the_last_frame_keep_no_one() {
 
 #[test]
 fn a_worker_kept_past_its_timeout_is_woken_at_its_pings_only() {
-    let t0 = Instant::now();
-    let mut l = link(1, 0, t0);
-    l.heard(t0);
-    l.mark(
-        Arrivals {
-            data_segments: 100,
-            out_of_order: Some(7),
-        },
-        t0,
-    );
-    let (_, ticks, _) = silence(
-        &mut l,
-        t0,
-        Duration::from_secs(10),
-        behind_a_hole(Duration::from_millis(250), 2),
-    );
+    let (_, ticks, _) = silence_after_a_frame(Duration::from_millis(250));
     // One tick per ping over three timeouts (the first at 0), one at the
     // timeout and one when the keeping runs out; not one per 10 ms.
     let pings = (TIMING.worker_timeout * HELD_UP_TIMEOUTS_MAX).as_millis()
