@@ -604,8 +604,13 @@ impl Shared {
             self.keep_unsent(results);
             return;
         }
+        self.hand_over(results, weight, reply);
+    }
+
+    /// Hands results to the client's writer, counted as `weight` of its
+    /// queue; kept for a fetch if the client went since it was looked at.
+    fn hand_over(&self, results: Vec<TaskResult>, weight: usize, reply: &Route) {
         if let Err(e) = reply.tx.send(ClientOut::Results(results, weight)) {
-            // Gone since `deliver_all` looked.
             if let ClientOut::Results(results, _) = e.0 {
                 tracing::debug!(results = results.len(), client = %reply.name, "client gone; results kept for a fetch");
                 self.keep_unsent(results);
@@ -620,11 +625,7 @@ impl Shared {
     /// disconnected before it can read any, again at every retry.
     pub(crate) fn send_kept(&self, results: Vec<TaskResult>, reply: &Route) {
         for r in results {
-            if let Err(e) = reply.tx.send(ClientOut::Results(vec![r], 0)) {
-                if let ClientOut::Results(results, _) = e.0 {
-                    self.keep_unsent(results);
-                }
-            }
+            self.hand_over(vec![r], 0, reply);
         }
     }
 
