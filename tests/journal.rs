@@ -389,6 +389,61 @@ fn a_journal_opened_past_its_compaction_threshold_is_compacted_at_its_next_appen
     assert!(fs::metadata(&path).unwrap().len() < before / 10);
 }
 
+/// A backlog compacted at its peak and then drained left the file at its
+/// peak size for as long as the master ran: the bar was twice that size.
+#[test]
+fn a_journal_whose_backlog_drained_is_compacted_to_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let cfg = JournalConfig {
+        compact_at: 64 * 1024,
+        ..JournalConfig::new(&path, Durability::None)
+    };
+    let (j, _) = Journal::open(&cfg).unwrap();
+    let compactions = || {
+        j.stats()
+            .compactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (batches, per_batch) = (20u64, 100u64);
+    for b in 0..batches {
+        let first_id = 1 + b * per_batch;
+        let tasks: Vec<NewTask> = (first_id..first_id + per_batch)
+            .map(|id| NewTask {
+                payload: Payload::from(vec![id as u8; 1024]),
+                ..task(id)
+            })
+            .collect();
+        j.append(Entry::Accepted {
+            first_id,
+            tasks: &tasks,
+        });
+    }
+    wait_for_a_compaction(&j);
+    let peak = fs::metadata(&path).unwrap().len();
+    assert!(peak > 1024 * 1024, "the backlog is compacted at its peak");
+    let done = compactions();
+    let ids: Vec<u64> = (1..=batches * per_batch).collect();
+    for &id in &ids {
+        j.append(Entry::Finished(&result(id)));
+    }
+    j.append(Entry::Forgotten(&ids));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while compactions() == done {
+        assert!(
+            Instant::now() < deadline,
+            "a drained journal of {peak} bytes was not compacted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    j.close();
+    let len = fs::metadata(&path).unwrap().len();
+    assert!(len < 4096, "{len} bytes left of {peak}");
+    let (_j, r) = Journal::open(&cfg).unwrap();
+    assert!(r.state.pending.is_empty() && r.state.results.is_empty());
+    assert_eq!(r.state.next_id, batches * per_batch + 1);
+}
+
 /// Deleted under a running master, the journal is written again under its
 /// name from what the open file holds: nothing acknowledged is lost.
 #[test]

@@ -85,6 +85,14 @@ const JOURNAL_FILE_MODE: u32 = 0o600;
 /// compaction, unless configured otherwise.
 pub const COMPACT_AT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// A journal past its threshold is compacted, however little it grew,
+/// once the tasks and results it holds fall to this fraction (1/N) of those
+/// at its last compaction: a drained backlog would otherwise leave the file
+/// at up to twice its peak for as long as the master runs. Each such
+/// compaction needs the live count to fall fourfold again, so their cost
+/// shrinks geometrically.
+pub const COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN: u64 = 4;
+
 /// Where and how to journal.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
@@ -197,6 +205,10 @@ struct Pending {
     /// Logical offset after the last appended record (bytes appended since
     /// start; unlike the file, never shrinks).
     end: u64,
+    /// Tasks accepted minus results forgotten, over the records appended
+    /// since start: how the number of live items (unfinished tasks and
+    /// kept results) moved, without replaying anything.
+    live_delta: i64,
     writer_sleeping: bool,
     stop: bool,
 }
@@ -357,6 +369,7 @@ impl Journal {
         };
         file.seek(SeekFrom::End(0)).map_err(io(&path, "seek"))?;
         let len = replayed.valid_len as u64;
+        let live = replayed.state.live();
         let inner = Arc::new(Inner {
             path: path.clone(),
             durability: cfg.durability,
@@ -366,6 +379,7 @@ impl Journal {
             pending: Mutex::new(Pending {
                 buf: BytesMut::with_capacity(1 << 20),
                 end: 0,
+                live_delta: 0,
                 writer_sleeping: false,
                 stop: false,
             }),
@@ -381,7 +395,7 @@ impl Journal {
         let i = inner.clone();
         let thread = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || Writer::new(i, file, len).run())
+            .spawn(move || Writer::new(i, file, len, live).run())
             .map_err(io(&path, "start the writer thread"))?;
         Ok((
             Journal {
@@ -414,6 +428,11 @@ impl Journal {
             return p.end;
         }
         p.end += (p.buf.len() - before) as u64;
+        p.live_delta += match entry {
+            Entry::Accepted { tasks, .. } => tasks.len() as i64,
+            Entry::Forgotten(ids) => -(ids.len() as i64),
+            _ => 0,
+        };
         let (end, wake) = (p.end, p.writer_sleeping);
         drop(p);
         if wake {
@@ -600,6 +619,9 @@ struct Compacted {
     /// file's first `upto` bytes.
     file: File,
     upto: u64,
+    /// Live items in it, and the writer's `live_delta` when it started.
+    live: u64,
+    live_delta: i64,
 }
 
 /// The writer thread's state.
@@ -612,6 +634,12 @@ struct Writer {
     /// first append (a master restarted more often than it compacted
     /// would otherwise never compact: the bar was twice the size found).
     compacted_len: u64,
+    /// Live items at the last compaction (or at open), and `live_delta`
+    /// then: with `taken_delta`, an estimate of the live items now.
+    compacted_live: u64,
+    compacted_delta: i64,
+    /// `live_delta` as of the records taken into the file.
+    taken_delta: i64,
     spare: BytesMut,
     unsynced: bool,
     last_sync: Instant,
@@ -626,12 +654,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(inner: Arc<Inner>, file: File, len: u64) -> Self {
+    fn new(inner: Arc<Inner>, file: File, len: u64, live: u64) -> Self {
         Writer {
             inner,
             file,
             file_len: len,
             compacted_len: 0,
+            compacted_live: live,
+            compacted_delta: 0,
+            taken_delta: 0,
             spare: BytesMut::with_capacity(1 << 20),
             unsynced: false,
             last_sync: Instant::now(),
@@ -715,6 +746,7 @@ impl Writer {
         }
         p.writer_sleeping = false;
         std::mem::swap(&mut p.buf, &mut self.spare);
+        self.taken_delta = p.live_delta;
         (p.end, p.stop)
     }
 
@@ -828,10 +860,13 @@ impl Writer {
             self.rewritten_at = Some(Instant::now());
             tracing::error!(journal = %self.inner.path.display(), "the journal file was deleted while in use; writing it again from the live state");
         } else {
-            let retry_due = self
-                .compaction_failed_at
-                .is_some_and(|t| t.elapsed() >= self.inner.compact_retry);
-            let bar = if retry_due {
+            // After a failure, the threshold alone only once the retry
+            // interval has passed; otherwise once the backlog has drained.
+            let low_bar = match self.compaction_failed_at {
+                Some(t) => t.elapsed() >= self.inner.compact_retry,
+                None => self.drained(),
+            };
+            let bar = if low_bar {
                 self.inner.compact_at
             } else {
                 self.inner.compact_at.max(2 * self.compacted_len)
@@ -840,15 +875,24 @@ impl Writer {
                 return;
             }
         }
-        let (path, upto) = (self.inner.path.clone(), self.file_len);
+        let (path, upto, delta) = (self.inner.path.clone(), self.file_len, self.taken_delta);
         let Ok(source) = self.file.try_clone() else {
             return;
         };
         tracing::debug!(bytes = upto, "compacting the journal");
         self.compactor = std::thread::Builder::new()
             .name("journal-compact".into())
-            .spawn(move || compact(&path, &source, upto))
+            .spawn(move || compact(&path, &source, upto, delta))
             .ok();
+    }
+
+    /// Whether the live items have fallen to a small part of those at the
+    /// last compaction ([`COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN`]).
+    fn drained(&self) -> bool {
+        let now = (self.compacted_live as i64)
+            .saturating_add(self.taken_delta - self.compacted_delta)
+            .max(0) as u64;
+        now.saturating_mul(COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN) <= self.compacted_live
     }
 
     /// Appends what was written since the compaction started to the new
@@ -918,6 +962,8 @@ impl Writer {
             tracing::warn!("after compaction: {e}");
         }
         self.compacted_len = self.file_len;
+        self.compacted_live = c.live;
+        self.compacted_delta = c.live_delta;
         self.unsynced = false;
         self.inner
             .stats
@@ -936,8 +982,13 @@ impl Writer {
 
 /// Replays the first `upto` bytes of the journal (read from `source`, a
 /// descriptor of it) and writes their live state as a new journal beside it.
-fn compact(path: &Path, source: &File, upto: u64) -> Result<Compacted, JournalError> {
-    let done = compact_into(path, source, upto);
+fn compact(
+    path: &Path,
+    source: &File,
+    upto: u64,
+    live_delta: i64,
+) -> Result<Compacted, JournalError> {
+    let done = compact_into(path, source, upto, live_delta);
     if done.is_err() {
         // At once, not when the writer next looks: on a full disk this file
         // holds the space the journal needs.
@@ -946,7 +997,12 @@ fn compact(path: &Path, source: &File, upto: u64) -> Result<Compacted, JournalEr
     done
 }
 
-fn compact_into(path: &Path, source: &File, upto: u64) -> Result<Compacted, JournalError> {
+fn compact_into(
+    path: &Path,
+    source: &File,
+    upto: u64,
+    live_delta: i64,
+) -> Result<Compacted, JournalError> {
     use std::os::unix::fs::FileExt;
     let mut data = vec![0u8; upto as usize];
     source
@@ -968,7 +1024,12 @@ fn compact_into(path: &Path, source: &File, upto: u64) -> Result<Compacted, Jour
     // they are.
     write_state(&mut file, &replayed.state, replayed.salt).map_err(io(&tmp, "write"))?;
     file.sync_all().map_err(io(&tmp, "sync"))?;
-    Ok(Compacted { file, upto })
+    Ok(Compacted {
+        file,
+        upto,
+        live: replayed.state.live(),
+        live_delta,
+    })
 }
 
 /// Writes a header and `state` as records, with `salt`.

@@ -21,6 +21,11 @@ pub struct State {
 }
 
 impl State {
+    /// Items it holds: unfinished tasks and kept results.
+    pub fn live(&self) -> u64 {
+        (self.pending.len() + self.results.len()) as u64
+    }
+
     /// Applies one record.
     pub fn apply(&mut self, r: Record) {
         match r {
