@@ -141,3 +141,48 @@ async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
         ),
     }
 }
+
+/// A task between a failed attempt and its next is in no queue and on no
+/// worker: the metrics count it, or it would seem to have vanished.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_waiting_out_its_retry_back_off_shows_in_the_metrics() {
+    let metrics_port = support::port_block(PORT_BASE);
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (_c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &["--metrics", &metrics],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let task = NewTask {
+        kind: Text::from_static("fail"),
+        payload: Payload::from("f"),
+        priority: 0,
+        retries: 100,
+        timeout_ms: 0,
+    };
+    client.submit_batch(vec![task]).await.unwrap();
+    // Back-offs double from 50 ms: within a few attempts the task spends
+    // most of its time waiting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = get(&metrics, "/metrics");
+        let has = |line: &str| body.lines().any(|l| l == line);
+        if has("runner_tasks_waiting_to_retry 1")
+            && has("runner_queue_depth 0")
+            && has("runner_tasks_running 0")
+        {
+            assert!(body.contains("# TYPE runner_tasks_waiting_to_retry gauge"));
+            assert!(has("runner_results_dropped_total 0"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task counted as waiting to retry:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -193,7 +193,8 @@ struct MasterArgs {
     #[arg(long, value_enum, default_value = "batch", requires = "journal")]
     durability: DurabilityArg,
     /// Compact the journal once it is this many bytes and twice its size
-    /// after the last compaction.
+    /// after the last compaction, or once the tasks and results it holds
+    /// have fallen to a quarter of those then (a drained backlog).
     #[arg(long, value_name = "BYTES", default_value_t = runner::journal::COMPACT_AT_BYTES_DEFAULT, requires = "journal")]
     journal_compact_at: u64,
     #[command(flatten)]

@@ -81,16 +81,19 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
         (b"GET" | b"HEAD", b"/metrics") => {
+            use std::sync::atomic::Ordering::Relaxed;
             let report = status_report(shared, false);
             let gauges = prometheus::MasterGauges {
                 results_kept: shared.store().kept_len() as u64,
+                results_dropped: shared.results_dropped.load(Relaxed),
+                retries_waiting: shared.retries_waiting.load(Relaxed),
                 journal: shared.journal.as_ref().map(|j| {
-                    use std::sync::atomic::Ordering::Relaxed;
                     let st = j.stats();
                     prometheus::JournalGauges {
                         failing: j.failure().is_some(),
                         bytes: st.file_len.load(Relaxed),
                         compactions: st.compactions.load(Relaxed),
+                        compaction_failures: st.compaction_failures.load(Relaxed),
                         syncs: st.syncs.load(Relaxed),
                     }
                 }),

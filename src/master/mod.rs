@@ -365,10 +365,14 @@ pub(crate) struct Shared {
     pub ids_from: u64,
     /// Tasks being cancelled, and attempts to stop: see `cancel.rs`.
     pub cancel: cancel::CancelState,
-    /// Results dropped because too many waited unclaimed, and when that
-    /// was last logged (ms since start): the log says so once a second.
-    pub unclaimed_dropped: AtomicU64,
+    /// Results dropped for want of room to keep them (see
+    /// [`UNCLAIMED_RESULTS_MAX`], [`LEFT_RESULTS_MAX`]), and when those of
+    /// clients that are gone were last logged (ms since start): the log
+    /// says so once a second, `/metrics` always.
+    pub results_dropped: AtomicU64,
     pub unclaimed_logged_ms: AtomicU64,
+    /// Tasks waiting out a retry back-off: in no queue and on no worker.
+    pub retries_waiting: AtomicU64,
     /// Detached tasks not finished yet, whose results will need keeping.
     pub detached_pending: AtomicU64,
 }
@@ -666,6 +670,8 @@ impl Shared {
             }
         }
         if dropped.count > 0 {
+            self.results_dropped
+                .fetch_add(dropped.count, Ordering::Relaxed);
             tracing::warn!(
                 first_task = dropped.first,
                 dropped = dropped.count,
@@ -682,7 +688,7 @@ impl Shared {
             return;
         }
         let total = self
-            .unclaimed_dropped
+            .results_dropped
             .fetch_add(dropped.count, Ordering::Relaxed)
             + dropped.count;
         let now = self.millis(Instant::now()).max(1);
@@ -751,6 +757,7 @@ impl Shared {
         }
         let shared = self.clone();
         let until = tokio::time::Instant::now() + delay;
+        self.retries_waiting.fetch_add(1, Ordering::Relaxed);
         self.tracker.spawn(async move {
             loop {
                 let cancel = shared.cancel.wake.notified();
@@ -767,6 +774,7 @@ impl Shared {
                     _ = cancel => {}
                 }
             }
+            shared.retries_waiting.fetch_sub(1, Ordering::Relaxed);
             shared.enqueue(record, Duration::ZERO)
         });
     }
@@ -922,7 +930,8 @@ impl Master {
             detached,
             ids_from: if journaled { 1 } else { next_id },
             cancel: cancel::CancelState::new(restored_out),
-            unclaimed_dropped: AtomicU64::new(0),
+            results_dropped: AtomicU64::new(0),
+            retries_waiting: AtomicU64::new(0),
             unclaimed_logged_ms: AtomicU64::new(0),
             detached_pending: AtomicU64::new(0),
         });

@@ -57,6 +57,10 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
 pub struct MasterGauges {
     /// Results kept until a client fetches or acknowledges them.
     pub results_kept: u64,
+    /// Results dropped since start for want of room to keep them.
+    pub results_dropped: u64,
+    /// Tasks waiting out a retry back-off.
+    pub retries_waiting: u64,
     /// The journal, if any.
     pub journal: Option<JournalGauges>,
 }
@@ -70,6 +74,8 @@ pub struct JournalGauges {
     pub bytes: u64,
     /// Compactions since start.
     pub compactions: u64,
+    /// Compactions that failed since start.
+    pub compaction_failures: u64,
     /// `fdatasync` calls since start.
     pub syncs: u64,
 }
@@ -84,6 +90,23 @@ pub fn render(s: &StatusReport, hists: &Histograms, m: &MasterGauges) -> String 
         "Results kept until a client fetches or acknowledges them.",
     );
     let _ = writeln!(out, "runner_results_kept {}", m.results_kept);
+    for (name, kind, help, v) in [
+        (
+            "runner_results_dropped_total",
+            "counter",
+            "Results dropped since the master started: no journal, and no room left to keep them for clients that went away.",
+            m.results_dropped,
+        ),
+        (
+            "runner_tasks_waiting_to_retry",
+            "gauge",
+            "Tasks waiting out the back-off before their next attempt (in no queue, on no worker).",
+            m.retries_waiting,
+        ),
+    ] {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
     if let Some(j) = &m.journal {
         for (name, kind, help, v) in [
             (
@@ -98,6 +121,12 @@ pub fn render(s: &StatusReport, hists: &Histograms, m: &MasterGauges) -> String 
                 "counter",
                 "Journal compactions since the master started.",
                 j.compactions,
+            ),
+            (
+                "runner_journal_compaction_failures_total",
+                "counter",
+                "Journal compactions that failed since the master started (the journal stays as it was; retried).",
+                j.compaction_failures,
             ),
             (
                 "runner_journal_syncs_total",
@@ -250,10 +279,13 @@ mod tests {
             &hs,
             &MasterGauges {
                 results_kept: 2,
+                results_dropped: 5,
+                retries_waiting: 3,
                 journal: Some(JournalGauges {
                     failing: true,
                     bytes: 4096,
                     compactions: 1,
+                    compaction_failures: 0,
                     syncs: 9,
                 }),
             },
