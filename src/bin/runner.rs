@@ -178,8 +178,10 @@ struct MasterArgs {
     #[arg(long, value_parser = parse_period, default_value = "15s")]
     handshake_timeout: Duration,
     /// Serve Prometheus metrics (counters, gauges, latency histograms) at
-    /// http://ADDR/metrics, e.g. 127.0.0.1:9464.
-    #[arg(long, value_name = "ADDR")]
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464 or localhost:9464. Not
+    /// authenticated: on another address than loopback anyone who can
+    /// reach it reads worker names and task counts.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     metrics: Option<std::net::SocketAddr>,
     /// Journal every accepted task and every result to PATH before
     /// acknowledging it, and resume from PATH on start: unfinished tasks run
@@ -1226,6 +1228,30 @@ fn check_heartbeat(
     Ok(())
 }
 
+/// `IP:PORT` or `HOST:PORT`, the host resolved now (the first address it
+/// has, IPv4 first): a listener binds one address.
+fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if s.rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err("expected HOST:PORT or IP:PORT, e.g. 127.0.0.1:9464 or localhost:9464 ([::1]:9464 for IPv6)".into());
+    }
+    let addrs: Vec<_> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 fn parse_scan_host(s: &str) -> Result<String, String> {
     let host = s.trim();
     if host.is_empty() {
@@ -1401,7 +1427,23 @@ async fn status(a: StatusArgs) -> Result<ExitCode, Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::bytes_text;
+    use super::{bytes_text, parse_listen_addr};
+
+    #[test]
+    fn a_listen_address_may_name_its_host() {
+        assert_eq!(
+            parse_listen_addr("localhost:9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("[::1]:9464").unwrap(),
+            "[::1]:9464".parse().unwrap()
+        );
+        for bad in ["localhost", "localhost:http", ":9464", "localhost:70000"] {
+            let e = parse_listen_addr(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn output_in_another_encoding_is_printed_with_its_stray_bytes_escaped() {

@@ -942,7 +942,13 @@ impl Master {
         shared.tracker.spawn(discovery::scan_loop(shared.clone()));
         if let Some(l) = metrics {
             if let Ok(addr) = l.local_addr() {
-                tracing::info!(%addr, "serving Prometheus /metrics");
+                if addr.ip().is_loopback() {
+                    tracing::info!(%addr, "serving Prometheus /metrics");
+                } else {
+                    // Read-only, but it names every worker and counts the
+                    // work: worth a line for whoever audits the exposure.
+                    tracing::warn!(%addr, "serving Prometheus /metrics without authentication to whoever can reach {addr}: worker names and task counts; bind it to loopback or firewall it if that is not meant");
+                }
             }
             shared.tracker.spawn(metrics_http::serve(shared.clone(), l));
         }
