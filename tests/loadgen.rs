@@ -622,3 +622,31 @@ fn a_killed_load_generator_leaves_no_cluster_behind() {
     child.wait().unwrap();
     wait_gone(&kids, "the cluster after kill -9");
 }
+
+/// A run that fails to start (here: no master listening) leaves the report
+/// already in its --report directory as it was.
+#[test]
+fn a_run_that_fails_to_start_leaves_an_earlier_report_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    std::fs::write(&summary, "{\"earlier\": true}\n").unwrap();
+    std::fs::write(dir.path().join("client_end_to_end.hgrm"), "earlier\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--master",
+            "127.0.0.1:1",
+            "--tasks",
+            "10",
+            "--quiet",
+            "--report",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap(),
+        "{\"earlier\": true}\n"
+    );
+    assert!(dir.path().join("client_end_to_end.hgrm").exists());
+}

@@ -123,7 +123,7 @@ fn a_failed_attempt_is_retried_with_backoff_until_retries_run_out() {
     let mut rec = record(1, 1, 0, t0);
     l.assign(rec, t0);
     rec = match l.finish(done(1, 1, AttemptStatus::Failed), t0) {
-        Outcome::Requeue { record, delay } => {
+        Outcome::Requeue { record, delay, .. } => {
             assert_eq!(delay, RetryPolicy::default().delay(1));
             record
         }
@@ -185,7 +185,7 @@ fn a_returned_attempt_is_requeued_at_once_and_not_charged() {
     let mut l = link(1, 0, t0);
     l.assign(record(1, 0, 0, t0), t0);
     match l.finish(done(1, 1, AttemptStatus::Returned), t0) {
-        Outcome::Requeue { record, delay } => {
+        Outcome::Requeue { record, delay, .. } => {
             assert_eq!(delay, Duration::ZERO);
             assert!(record.errors.is_empty());
         }
@@ -544,7 +544,7 @@ fn a_lost_workers_attempts_are_requeued_at_once_and_counted() {
         Outcome::Stale { result } => result.task_id,
     });
     match &outs[0] {
-        Outcome::Requeue { record, delay } => {
+        Outcome::Requeue { record, delay, .. } => {
             assert_eq!(
                 *delay,
                 Duration::ZERO,

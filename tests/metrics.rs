@@ -186,3 +186,41 @@ async fn a_task_waiting_out_its_retry_back_off_shows_in_the_metrics() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A retried task's every attempt is timed from dispatch to its end, not
+/// only the last: the time lost to failed attempts shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_attempt_of_a_retried_task_counts_in_dispatch_to_result() {
+    let metrics_port = support::port_block(PORT_BASE);
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (_c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            master_args: &["--metrics", &metrics],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let task = NewTask {
+        kind: Text::from_static("fail"),
+        payload: Payload::from("f"),
+        priority: 0,
+        retries: 2,
+        timeout_ms: 0,
+    };
+    client.submit_batch(vec![task]).await.unwrap();
+    let results = collect(&mut client, 1, Duration::from_secs(10)).await;
+    let r = results.values().next().unwrap();
+    assert_eq!(r.attempts, 3);
+    let body = get(&metrics, "/metrics");
+    for line in [
+        "runner_dispatch_to_result_seconds_count 3",
+        "runner_end_to_end_seconds_count 1",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{body}"
+        );
+    }
+}

@@ -277,7 +277,7 @@ const CHAOS_EVERY_MIN: Duration = Duration::from_millis(100);
 fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
     let given = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
     if let Some(dir) = &a.report {
-        report::prepare_dir(dir)?;
+        report::check_dir(dir)?;
     }
     if a.fake_workers > 0 {
         let ignored: Vec<String> = [
@@ -525,6 +525,7 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
         None => println!("master resident memory       (unknown: not our process)"),
     }
     if let Some(dir) = &a.report {
+        report::clear_stale(dir)?;
         let summary = serde_json::json!({
             "command": command,
             "machine": report::machine(),
@@ -680,6 +681,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         summary["ratios"] = ratios;
     }
     if let Some(dir) = &a.report {
+        report::clear_stale(dir)?;
         report::write(dir, &o, &command)?;
         if let Some(h) = &relay_loaded {
             report::write_hgrm(dir, "baseline_relay_at_rate", h)?;

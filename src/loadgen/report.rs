@@ -217,14 +217,25 @@ pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> Result<(), Stri
 /// Files a run writes into its report directory that are not histograms.
 const REPORT_FILES: &[&str] = &["summary.json", "summary.csv", "latency.svg"];
 
-/// Makes `dir` ready for a run's report before the run (so a path that
-/// cannot take one fails at once, not after the load): creates it, and
-/// removes what an earlier run's report left there (its histograms, logs,
-/// summaries), so that nothing stale sits beside the new figures. Other
-/// files are left alone.
-pub fn prepare_dir(dir: &Path) -> Result<(), String> {
+/// Checks before the run that `dir` can take a report (so a path that
+/// cannot fails at once, not after the load): creates it and writes a probe
+/// file. An earlier report there stays until this run has one to write
+/// ([`clear_stale`]): a run that fails to start must not cost it.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
     let io = |e: std::io::Error| format!("--report {}: {e}", dir.display());
     fs::create_dir_all(dir).map_err(io)?;
+    // Writable: a report that fails only at the end wastes the run.
+    let probe = dir.join(".loadgen-write-check");
+    fs::write(&probe, b"").map_err(io)?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+/// Removes, just before a run writes its report, what an earlier run's
+/// report left in `dir` (its histograms, logs, summaries), so that nothing
+/// stale sits beside the new figures. Other files are left alone.
+pub fn clear_stale(dir: &Path) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("--report {}: {e}", dir.display());
     for entry in fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -239,10 +250,6 @@ pub fn prepare_dir(dir: &Path) -> Result<(), String> {
             fs::remove_file(&path).map_err(io)?;
         }
     }
-    // Writable: a report that fails only at the end wastes the run.
-    let probe = dir.join(".loadgen-write-check");
-    fs::write(&probe, b"").map_err(io)?;
-    let _ = fs::remove_file(probe);
     Ok(())
 }
 

@@ -34,6 +34,9 @@ pub enum Outcome<R> {
         record: TaskRecord<R>,
         /// Back-off.
         delay: Duration,
+        /// Time from dispatch to the attempt's end (its result, or its
+        /// worker lost or handing it back); none when the master stops.
+        ran: Option<Duration>,
     },
     /// A result for an attempt this worker does not hold (a late result for
     /// an attempt already given up on): dropped.
@@ -501,6 +504,7 @@ impl<R> WorkerLink<R> {
             return Outcome::Requeue {
                 record,
                 delay: Duration::ZERO,
+                ran: Some(ran),
             };
         }
         let reason = Text::from(format!(
@@ -529,6 +533,7 @@ impl<R> WorkerLink<R> {
                 Outcome::Requeue {
                     record,
                     delay: if backoff { delay } else { Duration::ZERO },
+                    ran: Some(ran),
                 }
             }
             Verdict::Exhausted => {
@@ -693,6 +698,7 @@ impl<R> WorkerLink<R> {
                 Departure::Shutdown => Outcome::Requeue {
                     record: f.record,
                     delay: Duration::ZERO,
+                    ran: None,
                 },
                 Departure::Goodbye(_) => {
                     self.handed_back(f.record, now.saturating_duration_since(f.sent_at), now)

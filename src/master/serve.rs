@@ -1389,7 +1389,10 @@ fn act(
             }
             finished.push((result, reply));
         }
-        Outcome::Requeue { record, delay } => {
+        Outcome::Requeue { record, delay, ran } => {
+            if let Some(ran) = ran {
+                hists.record(Metric::DispatchToResult, ran);
+            }
             shared.totals.running.fetch_sub(1, Ordering::Relaxed);
             if let (Some(j), Some(e)) = (&shared.journal, record.errors.last()) {
                 if e.attempt == record.attempt {

@@ -73,7 +73,7 @@ impl Metric {
     pub fn help(self) -> &'static str {
         match self {
             Metric::QueueWait => "time a task waited in the master's queue before dispatch",
-            Metric::DispatchToResult => "dispatch of an attempt to its result reaching the master",
+            Metric::DispatchToResult => "dispatch of an attempt to its end: its result reaching the master, or its worker lost (every attempt, retried ones too)",
             Metric::EndToEnd => "task accepted to its final result, in the master",
             Metric::HeartbeatRtt => "heartbeat round trip from the master to a worker",
             Metric::DiscoveryScan => "duration of one discovery scan",
