@@ -508,6 +508,9 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     println!("fake workers registered      {}", r.registered);
+    if r.others > 0 {
+        println!("other workers of the master  {}", r.others);
+    }
     println!(
         "time to connect them all     {:.2} s",
         r.setup.as_secs_f64()
@@ -517,7 +520,10 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
         r.window.as_secs_f64()
     );
     match r.master_cpu_percent {
-        Some(c) => println!("master CPU                   {c:.1} % of one core"),
+        Some(c) => println!(
+            "master CPU                   {c:.1} % of one core (to within {:.1} %: clock ticks over the window)",
+            r.cpu_resolution_percent
+        ),
         None => println!("master CPU                   (unknown: not our process)"),
     }
     match r.master_rss_mib {
@@ -531,6 +537,8 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
             "machine": report::machine(),
             "fake_workers": a.fake_workers,
             "registered": r.registered,
+            "other_workers": r.others,
+            "master_cpu_resolution_percent": r.cpu_resolution_percent,
             "setup_s": r.setup.as_secs_f64(),
             "window_s": r.window.as_secs_f64(),
             "master_cpu_percent_of_a_core": r.master_cpu_percent,

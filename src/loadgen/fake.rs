@@ -20,11 +20,17 @@ const CONNECTS_IN_FLIGHT_MAX: usize = crate::limits::PREAUTH_PER_SOURCE_MAX / 2;
 
 type WorkerConn = net::Conn<FromWorker, ToWorker>;
 
+/// This run's fake workers' node ids start with this: they are told apart
+/// from the master's other workers, and from another run's fake workers.
+fn node_prefix() -> String {
+    format!("fake-{}-", std::process::id())
+}
+
 /// Connects and registers one fake worker.
 async fn join(master: SocketAddr, id: u32, wire: Wire) -> Result<WorkerConn, String> {
     let me = Identity {
         role: Role::Worker,
-        node: Text::from(format!("fake-{id}")),
+        node: Text::from(format!("{}{id}", node_prefix())),
         secret: None,
     };
     let (mut conn, _) = net::connect::<FromWorker, ToWorker>(
@@ -94,8 +100,10 @@ async fn serve(mut conn: WorkerConn, id: u32, heartbeat: Duration) -> Result<(),
 /// What holding the fake pool cost the master.
 #[derive(Debug)]
 pub struct PoolReport {
-    /// Workers registered at the master.
+    /// This run's fake workers registered at the master.
     pub registered: usize,
+    /// The master's other workers.
+    pub others: usize,
     /// Time to connect and register them all.
     pub setup: Duration,
     /// The measurement window.
@@ -103,6 +111,9 @@ pub struct PoolReport {
     /// Master CPU over the window, in percent of one core (when its pid is
     /// known).
     pub master_cpu_percent: Option<f64>,
+    /// What one clock tick over the window is in percent of a core: the
+    /// CPU figure's resolution.
+    pub cpu_resolution_percent: f64,
     /// Master resident memory at the end of the window, in MiB.
     pub master_rss_mib: Option<f64>,
 }
@@ -156,16 +167,19 @@ pub async fn hold_pool(
     }
     while set.join_next().await.is_some() {}
     let deadline = Instant::now() + Duration::from_secs(120);
-    let registered = loop {
+    let prefix = node_prefix();
+    let (registered, others) = loop {
         let s = client.status(false).await.map_err(|e| e.to_string())?;
-        if s.workers.len() >= n as usize {
-            break s.workers.len();
+        let ours = s
+            .workers
+            .iter()
+            .filter(|w| w.id.as_str().starts_with(&prefix))
+            .count();
+        if ours >= n as usize {
+            break (ours, s.workers.len() - ours);
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "only {} of {n} fake workers registered",
-                s.workers.len()
-            ));
+            return Err(format!("only {ours} of {n} fake workers registered"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -181,9 +195,11 @@ pub async fn hold_pool(
     };
     Ok(PoolReport {
         registered,
+        others,
         setup,
         window,
         master_cpu_percent,
+        cpu_resolution_percent: 100.0 / hz / window.as_secs_f64(),
         master_rss_mib: pid.and_then(rss_mib),
     })
 }

@@ -300,6 +300,33 @@ impl Starts {
 }
 
 /// One submitted batch: its ids and when each task was meant to start.
+/// Ids of the batches answered in full and forgotten, as ranges in the
+/// order they were forgotten (ascending for one client: the master hands
+/// out ids in order), merged where they touch: a handful of ranges for a
+/// run, however long.
+#[derive(Default)]
+struct Answered(Vec<std::ops::Range<u64>>);
+
+impl Answered {
+    fn add(&mut self, first: u64, count: u64) {
+        match self.0.last_mut() {
+            Some(last) if last.end == first => last.end = first + count,
+            Some(last) if last.start > first => {
+                // Out of order (another client's batches between ours):
+                // kept sorted for the lookup.
+                let i = self.0.partition_point(|r| r.start < first);
+                self.0.insert(i, first..first + count);
+            }
+            _ => self.0.push(first..first + count),
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        let i = self.0.partition_point(|r| r.end <= id);
+        self.0.get(i).is_some_and(|r| r.contains(&id))
+    }
+}
+
 struct Batch {
     first_id: u64,
     starts: Starts,
@@ -743,6 +770,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
     let bar = opts.progress.then(|| progress_bar(opts.tasks));
 
     let mut batches: VecDeque<Batch> = VecDeque::new();
+    let mut answered = Answered::default();
     let mut acks = VecDeque::new();
     let mut e2e = metrics::histogram();
     let mut submit_lag = metrics::histogram();
@@ -942,6 +970,10 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                     batches.push_back(b);
                 }
                 match batch_of(&batches, r.id) {
+                    // A second result for a task of a batch already
+                    // answered in full is a duplicate; any other id, one
+                    // this run never had.
+                    None if answered.contains(r.id) => duplicated += 1,
                     None => unexpected += 1,
                     Some(bi) => {
                         let b = &mut batches[bi];
@@ -976,7 +1008,8 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
                 }
                 // Forget fully answered batches at the front.
                 while batches.front().is_some_and(|b| b.missing == 0) {
-                    batches.pop_front();
+                    let b = batches.pop_front().expect("checked");
+                    answered.add(b.first_id, b.got.len() as u64);
                 }
                 if now.duration_since(interval_start) >= Duration::from_secs(1) {
                     let fresh = spare_intervals.pop().unwrap_or_else(metrics::histogram);
@@ -1164,4 +1197,25 @@ fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
             .progress_chars("=> ");
     bar.set_style(style);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answered;
+
+    #[test]
+    fn a_result_for_a_batch_answered_in_full_is_told_from_one_never_submitted() {
+        let mut a = Answered::default();
+        a.add(100, 10);
+        a.add(110, 5);
+        a.add(200, 3);
+        a.add(50, 2);
+        assert_eq!(a.0.len(), 3, "touching ranges merge");
+        for id in [100, 109, 110, 114, 200, 202, 50, 51] {
+            assert!(a.contains(id), "{id}");
+        }
+        for id in [99, 115, 199, 203, 0, 52] {
+            assert!(!a.contains(id), "{id}");
+        }
+    }
 }
