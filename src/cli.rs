@@ -34,3 +34,23 @@ pub fn exit_with(e: clap::Error) -> ! {
     }
     e.exit()
 }
+
+/// Writes one line to stdout, and ignores a reader that went away: a
+/// summary piped into `head` must not end the run in a panic ("failed
+/// printing to stdout") half-way through writing its report.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+}
+
+/// `println!` for the command-line tools' output: see [`out_line`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::out_line(format_args!(""))
+    };
+    ($($t:tt)*) => {
+        $crate::cli::out_line(format_args!($($t)*))
+    };
+}

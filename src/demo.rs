@@ -70,7 +70,7 @@ struct Clock(Instant);
 
 impl Clock {
     fn say(&self, line: impl std::fmt::Display) {
-        println!("[{:>6.2}s] {line}", self.0.elapsed().as_secs_f64());
+        crate::outln!("[{:>6.2}s] {line}", self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -179,7 +179,7 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
         Some(f) => vec!["--secret-file".into(), f.display().to_string()],
         None => Vec::new(),
     };
-    println!(
+    crate::outln!(
         "runner demo: a master and {} workers as separate processes, {} tasks, {} wire; logs in {}/",
         opts.workers, opts.tasks, wire, logs
     );
@@ -396,24 +396,25 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
     let low_after = last_high.map_or(0, |i| {
         results[i + 1..].iter().filter(|(_, k)| *k == "low").count()
     });
-    println!();
-    println!("summary");
-    println!("  tasks:     {done} done, {failed} failed; {retried} failed attempts (retried while retries remained)");
-    println!(
+    crate::outln!();
+    crate::outln!("summary");
+    crate::outln!("  tasks:     {done} done, {failed} failed; {retried} failed attempts (retried while retries remained)");
+    crate::outln!(
         "  priority:  all {high_n} high-priority tasks finished while {low_after} of {low_n} low-priority tasks (submitted first) were still waiting or running"
     );
-    print!("  workers:  ");
-    for w in &status.workers {
-        print!(" {} ran {} ok / {} failed;", w.id, w.done, w.failed);
-    }
-    println!();
-    println!(
+    let worker_line: String = status
+        .workers
+        .iter()
+        .map(|w| format!(" {} ran {} ok / {} failed;", w.id, w.done, w.failed))
+        .collect();
+    crate::outln!("  workers:  {worker_line}");
+    crate::outln!(
         "  latency:   submit to result p50 {:.1} ms, p99 {:.1} ms (over {} tasks)",
         hist.value_at_quantile(0.50) as f64 / 1000.0,
         hist.value_at_quantile(0.99) as f64 / 1000.0,
         hist.len()
     );
-    println!();
+    crate::outln!();
     client.shutdown().await;
 
     // 7. Stop the master; the workers, left without one, terminate themselves.
@@ -431,7 +432,7 @@ async fn run_demo(opts: DemoOptions) -> Result<ExitCode, DemoError> {
     while let Ok((node, line)) = lines.try_recv() {
         clock.say(format_args!("{node}: {line}"));
     }
-    println!("logs: {logs}/master.log, {logs}/worker-1.log, ...");
+    crate::outln!("logs: {logs}/master.log, {logs}/worker-1.log, ...");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -455,9 +456,11 @@ fn describe(clock: &Clock, r: &TaskResult, kind: &str) {
                 r.id, r.worker, r.attempts
             ));
             for e in &r.errors {
-                println!(
+                crate::outln!(
                     "            attempt {} on {}: {}",
-                    e.attempt, e.worker, e.reason
+                    e.attempt,
+                    e.worker,
+                    e.reason
                 );
             }
         }
@@ -473,9 +476,11 @@ fn describe(clock: &Clock, r: &TaskResult, kind: &str) {
                 r.attempts
             ));
             for e in &r.errors {
-                println!(
+                crate::outln!(
                     "            attempt {} on {}: {}",
-                    e.attempt, e.worker, e.reason
+                    e.attempt,
+                    e.worker,
+                    e.reason
                 );
             }
         }

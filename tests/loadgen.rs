@@ -650,3 +650,42 @@ fn a_run_that_fails_to_start_leaves_an_earlier_report_in_place() {
     );
     assert!(dir.path().join("client_end_to_end.hgrm").exists());
 }
+
+/// Its summary piped into a reader that went away (`| head -1`) does not
+/// end the run in a panic: the run finishes and exits as it would.
+#[test]
+fn a_summary_piped_to_a_reader_that_left_does_not_panic() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--tasks", "100", "--concurrency", "10", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// An open loop that cannot send at its --rate says so and exits 3, and a
+/// run that ends within its --warmup, having recorded nothing, exits 1:
+/// neither passes for a result.
+#[test]
+fn a_run_that_could_not_measure_what_was_asked_exits_non_zero() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(args)
+            .arg("--quiet")
+            .output()
+            .unwrap()
+    };
+    let behind = run(&["--rate", "1e9", "--duration", "500ms"]);
+    let stderr = String::from_utf8_lossy(&behind.stderr);
+    assert_eq!(behind.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("fell behind --rate"), "{stderr}");
+    let within = run(&["--tasks", "100", "--concurrency", "10", "--warmup", "5s"]);
+    let stderr = String::from_utf8_lossy(&within.stderr);
+    assert_eq!(within.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("within its --warmup"), "{stderr}");
+}

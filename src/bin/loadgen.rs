@@ -16,8 +16,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Load generator for runner. By default it starts its own cluster (a master
 /// and --spawn-workers worker processes of the `runner` binary beside it),
-/// runs the load, checks that every accepted task got exactly one result
-/// (exit status 1 if any was lost or duplicated), and prints a summary.
+/// runs the load, checks that every accepted task got exactly one result,
+/// and prints a summary.
+///
+/// Exit status: 0 when every task got exactly one result (failures only
+/// where the run asked for them); 1 if any was lost, duplicated or failed
+/// unasked, or the run ended within its --warmup; 2 for arguments that
+/// cannot work; 3 when an open loop could not keep to --rate (the report
+/// is written, but its figures are not of that rate); 130 if interrupted.
 ///
 /// Examples:
 ///   loadgen --tasks 1000000 --concurrency 20000 --baseline --report results/w1
@@ -66,17 +72,17 @@ enum Sub {
 #[derive(Args)]
 struct BaselineArgs {
     /// Sequential round trips per latency baseline.
-    #[arg(long, default_value_t = baseline::ROUND_TRIPS_DEFAULT)]
+    #[arg(long, default_value_t = baseline::ROUND_TRIPS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..))]
     round_trips: u32,
     /// Frames through the relay for its throughput.
-    #[arg(long, default_value_t = baseline::FRAMES_DEFAULT)]
+    #[arg(long, default_value_t = baseline::FRAMES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     frames: u64,
     /// Also measure how fast a tokio program spawns `true`, this many times
     /// with --spawn-in-flight at once (the ceiling for `exec` tasks).
     #[arg(long, default_value_t = 0)]
     spawns: u32,
     /// Children in flight for --spawns.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     spawn_in_flight: u32,
 }
 
@@ -130,10 +136,13 @@ struct RunArgs {
     /// intended start (coordinated-omission correction).
     #[arg(long)]
     rate: Option<f64>,
-    /// Stop after this many tasks.
+    /// Stop after this many tasks (with --duration too: at whichever comes
+    /// first).
     #[arg(long)]
     tasks: Option<u64>,
-    /// Stop submitting after this long.
+    /// Stop submitting after this long (with --tasks too: at whichever
+    /// comes first). With --fake-workers: how long to hold them (10 s if
+    /// not given).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Task kind: noop, echo, sleep, spin, fail, flaky, stall, exec, or
@@ -267,6 +276,10 @@ const KINDS: &[&str] = &[
     "noop", "echo", "sleep", "spin", "fail", "flaky", "stall", "exec", "mixed",
 ];
 
+/// Finest --pace: below it the pacer's wake-ups cost a core and gain
+/// nothing (a loopback round trip here takes about 100 µs).
+const PACE_MIN: Duration = Duration::from_micros(10);
+
 /// Least time between chaos strikes: a new worker takes about this long to
 /// start and register.
 const CHAOS_EVERY_MIN: Duration = Duration::from_millis(100);
@@ -351,6 +364,12 @@ fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
     if a.rate.is_none() && given("pace") {
         return Err("--pace paces an open loop: give --rate too".into());
     }
+    if !a.pace.is_zero() && a.pace < PACE_MIN {
+        return Err(format!(
+            "--pace {:?} is below {PACE_MIN:?}: the load generator would spend a core waking up; 0s leaves the pace to the 1 ms timer",
+            a.pace
+        ));
+    }
     if let (Some(w), Some(d)) = (given("warmup").then_some(a.warmup), a.duration) {
         if w >= d {
             return Err(format!(
@@ -430,9 +449,6 @@ fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
 }
 
 async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
-    if b.round_trips == 0 || b.frames == 0 {
-        return Err("--round-trips and --frames must be at least 1".into());
-    }
     let r = tokio::time::timeout(baseline::TIMEOUT, baseline::run(b.round_trips, b.frames))
         .await
         .map_err(|_| "the baseline took too long".to_string())?
@@ -442,7 +458,7 @@ async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
         let rate = baseline::spawn_rate("true", b.spawns, b.spawn_in_flight)
             .await
             .map_err(|e| format!("spawning true: {e}"))?;
-        println!(
+        runner::outln!(
             "{:<34} {:>9.0}",
             format!("spawn `true`, {} in flight (/s)", b.spawn_in_flight),
             rate
@@ -507,28 +523,28 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
     let r = loadgen::run_pool(&opts, a.fake_workers, window)
         .await
         .map_err(|e| e.to_string())?;
-    println!("fake workers registered      {}", r.registered);
+    runner::outln!("fake workers registered      {}", r.registered);
     if r.others > 0 {
-        println!("other workers of the master  {}", r.others);
+        runner::outln!("other workers of the master  {}", r.others);
     }
-    println!(
+    runner::outln!(
         "time to connect them all     {:.2} s",
         r.setup.as_secs_f64()
     );
-    println!(
+    runner::outln!(
         "measured over                {:.1} s",
         r.window.as_secs_f64()
     );
     match r.master_cpu_percent {
-        Some(c) => println!(
+        Some(c) => runner::outln!(
             "master CPU                   {c:.1} % of one core (to within {:.1} %: clock ticks over the window)",
             r.cpu_resolution_percent
         ),
-        None => println!("master CPU                   (unknown: not our process)"),
+        None => runner::outln!("master CPU                   (unknown: not our process)"),
     }
     match r.master_rss_mib {
-        Some(m) => println!("master resident memory       {m:.0} MiB"),
-        None => println!("master resident memory       (unknown: not our process)"),
+        Some(m) => runner::outln!("master resident memory       {m:.0} MiB"),
+        None => runner::outln!("master resident memory       (unknown: not our process)"),
     }
     if let Some(dir) = &a.report {
         report::clear_stale(dir)?;
@@ -549,7 +565,7 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
             serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n",
         )
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-        println!("report written to {}", dir.display());
+        runner::outln!("report written to {}", dir.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -611,7 +627,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
     report::print_summary(&o);
     let mut summary = report::summary_json(&o, &command);
     if let Some(b) = &base {
-        println!();
+        runner::outln!();
         baseline::print(b);
         let e2e = |q: f64| o.e2e.value_at_quantile(q) as f64;
         let mut ratios = serde_json::json!({
@@ -624,14 +640,14 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             "p999_vs_ping_pong": e2e(0.999) / b.ping_pong.value_at_quantile(0.999) as f64,
         });
         let r = |k: &str| ratios[k].as_f64().unwrap_or(0.0);
-        println!(
+        runner::outln!(
             "cluster / raw relay: throughput {:.3}, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
             r("throughput_vs_relay"),
             r("p50_vs_relay_rtt"),
             r("p99_vs_relay_rtt"),
             r("p999_vs_relay_rtt"),
         );
-        println!(
+        runner::outln!(
             "cluster / raw ping-pong (1 hop): p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
             r("p50_vs_ping_pong"),
             r("p99_vs_ping_pong"),
@@ -645,7 +661,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
                 "busy relay at the run's rate"
             };
             let q = |q: f64| h.value_at_quantile(q) as f64;
-            println!(
+            runner::outln!(
                 "{label:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 q(0.5) / 1000.0,
                 q(0.99) / 1000.0,
@@ -662,10 +678,10 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             ];
             let [p50, p99, p999, idle99, idle999] = at_rate.map(|(_, v)| v);
             if !a.relay_work.is_zero() {
-                println!("(the relay busy {:?} a frame)", a.relay_work);
+                runner::outln!("(the relay busy {:?} a frame)", a.relay_work);
             }
-            println!("cluster / {label}: p50 {p50:.2}x, p99 {p99:.2}x, p99.9 {p999:.2}x");
-            println!("{label} / idle relay: p99 {idle99:.2}x, p99.9 {idle999:.2}x");
+            runner::outln!("cluster / {label}: p50 {p50:.2}x, p99 {p99:.2}x, p99.9 {p999:.2}x");
+            runner::outln!("{label} / idle relay: p99 {idle99:.2}x, p99.9 {idle999:.2}x");
             for (k, v) in at_rate {
                 ratios[k] = v.into();
             }
@@ -699,7 +715,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())? + "\n",
         )
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-        println!("report written to {}", dir.display());
+        runner::outln!("report written to {}", dir.display());
     }
     if o.interrupted {
         eprintln!("loadgen: interrupted");
@@ -728,6 +744,19 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
             o.lost, a.drain_timeout, o.duplicated, o.unexpected
         );
         return Ok(ExitCode::FAILURE);
+    }
+    if !a.warmup.is_zero() && o.e2e.is_empty() && o.ok + o.failed > 0 {
+        eprintln!(
+            "loadgen: FAILED: the run ended within its --warmup {:?}, so no latency was recorded: give more --tasks or a shorter --warmup",
+            a.warmup
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some((sent, due)) = o.behind {
+        eprintln!(
+            "loadgen: the open loop fell behind --rate: it sent {sent} of the {due} tasks due, so its figures are not of that rate"
+        );
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -226,7 +226,7 @@ pub async fn serve_peer(
         crate::realtime::enter().map_err(std::io::Error::other)?;
     }
     let (l, addr) = listener().await?;
-    println!("listening on {addr}");
+    crate::outln!("listening on {addr}");
     use std::io::Write as _;
     std::io::stdout().flush()?;
     match role {
@@ -447,15 +447,19 @@ pub async fn spawn_rate(program: &str, n: u32, in_flight: u32) -> std::io::Resul
 /// Prints what a baseline measured.
 pub fn print(b: &Baseline) {
     let ms = |v: u64| v as f64 / 1000.0;
-    println!(
+    crate::outln!(
         "{:<34} {:>9} {:>9} {:>9} {:>9}",
-        "baseline round trip (ms)", "p50", "p99", "p99.9", "max"
+        "baseline round trip (ms)",
+        "p50",
+        "p99",
+        "p99.9",
+        "max"
     );
     for (name, h) in [
         ("raw TCP ping-pong (1 hop)", &b.ping_pong),
         ("raw relay (2 hops)", &b.relay_rtt),
     ] {
-        println!(
+        crate::outln!(
             "{:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
             name,
             ms(h.value_at_quantile(0.5)),
@@ -464,9 +468,10 @@ pub fn print(b: &Baseline) {
             ms(h.max())
         );
     }
-    println!(
+    crate::outln!(
         "{:<34} {:>9.0}",
-        "raw relay throughput (frames/s)", b.relay_frames_per_s
+        "raw relay throughput (frames/s)",
+        b.relay_frames_per_s
     );
 }
 

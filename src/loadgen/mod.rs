@@ -158,12 +158,22 @@ pub struct Outcome {
     /// Failed results that do not say why (no attempt errors, or an empty
     /// reason): a failure must always carry its reason.
     pub failed_without_reason: u64,
+    /// Only submitted (`--submit-only`): `elapsed` ends at the last
+    /// acceptance, and no result was awaited.
+    pub submit_only: bool,
+    /// The master's resident memory at the end, when this run started it.
+    pub master_rss_mib: Option<f64>,
 }
 
 impl Outcome {
-    /// Results per second.
+    /// Results per second; tasks accepted per second when only submitting.
     pub fn throughput(&self) -> f64 {
-        (self.ok + self.failed + self.cancelled) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        let n = if self.submit_only {
+            self.accepted
+        } else {
+            self.ok + self.failed + self.cancelled
+        };
+        n as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -1065,6 +1075,10 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         submitted - done
     };
     let master = client.status(true).await.ok();
+    let master_rss_mib = spawned
+        .as_ref()
+        .and_then(|s| s.master.id())
+        .and_then(fake::rss_mib);
     client.shutdown().await;
     drop(spawned);
     Ok(Outcome {
@@ -1087,6 +1101,8 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         behind,
         interrupted,
         failed_without_reason,
+        submit_only: opts.submit_only,
+        master_rss_mib,
     })
 }
 

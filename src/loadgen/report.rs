@@ -51,7 +51,14 @@ fn points_ms(h: &Histogram<u64>) -> [f64; 5] {
     ]
 }
 
+/// A histogram's count and percentiles; `null` percentiles for an empty
+/// one (no sample is not a latency of 0).
 fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        return json!({
+            "count": 0, "p50_ms": null, "p90_ms": null, "p99_ms": null, "p999_ms": null, "max_ms": null,
+        });
+    }
     let [p50, p90, p99, p999, max] = points_ms(h);
     json!({
         "count": h.len(),
@@ -84,19 +91,28 @@ pub fn master_histograms(o: &Outcome) -> Vec<(String, Histogram<u64>)> {
             .find(|h| h.name.as_str() == name)
             .and_then(|h| metrics::decode(&h.hdr).ok())
     };
-    o.master
+    let Some(status) = &o.master else {
+        return Vec::new();
+    };
+    // Every histogram, in one order, whether the master sent it or not:
+    // reports of different runs have the same rows.
+    metrics::Metric::ALL
         .iter()
-        .flat_map(|s| s.histograms.iter())
-        .filter_map(|h| {
-            let mut d = metrics::decode(&h.hdr).ok()?;
-            if let Some(before) = at_warmup(h.name.as_str()) {
+        .map(|m| {
+            let sent = status
+                .histograms
+                .iter()
+                .find(|h| h.name.as_str() == m.name())
+                .and_then(|h| metrics::decode(&h.hdr).ok());
+            let mut d = sent.unwrap_or_else(metrics::histogram);
+            if let Some(before) = at_warmup(m.name()) {
                 // A histogram that somehow shrank is kept whole.
                 let whole = d.clone();
                 if d.subtract(&before).is_err() {
                     d = whole;
                 }
             }
-            Some((h.name.to_string(), d))
+            (m.name().to_string(), d)
         })
         .collect()
 }
@@ -116,6 +132,8 @@ pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
         "machine": machine(),
         "elapsed_s": o.elapsed.as_secs_f64(),
         "throughput_per_s": o.throughput(),
+        "submit_only": o.submit_only,
+        "master_rss_mib": o.master_rss_mib,
         "accepted": o.accepted,
         "ok": o.ok,
         "failed": o.failed,
@@ -140,60 +158,92 @@ pub fn summary_json(o: &Outcome, command: &str) -> serde_json::Value {
 
 /// Prints the summary table.
 pub fn print_summary(o: &Outcome) {
-    println!();
-    println!(
-        "{:<28} {:>14}",
-        "throughput (results/s)",
-        format!("{:.0}", o.throughput())
+    crate::outln!();
+    let (label, digits) = match (o.submit_only, o.throughput() < 10.0) {
+        (true, _) => ("throughput (accepted/s)", 0),
+        (false, true) => ("throughput (results/s)", 2),
+        (false, false) => ("throughput (results/s)", 0),
+    };
+    crate::outln!(
+        "{label:<28} {:>14}",
+        format!("{:.*}", digits, o.throughput())
     );
-    println!(
+    if o.submit_only {
+        crate::outln!("(--submit-only: results not awaited, so no latency is measured)");
+    }
+    if let Some(m) = o.master_rss_mib {
+        crate::outln!(
+            "{:<28} {:>14}",
+            "master resident memory",
+            format!("{m:.0} MiB")
+        );
+    }
+    crate::outln!(
         "{:<28} {:>14}",
         "elapsed (s)",
         format!("{:.3}", o.elapsed.as_secs_f64())
     );
-    println!(
+    crate::outln!(
         "{:<28} {:>14}",
         "accepted / ok / failed",
         format!("{} / {} / {}", o.accepted, o.ok, o.failed)
     );
-    println!(
+    crate::outln!(
         "{:<28} {:>14}",
         "lost / duplicated / unexpected",
         format!("{} / {} / {}", o.lost, o.duplicated, o.unexpected)
     );
     if !o.chaos_log.is_empty() {
         let n = |what: &str| o.chaos_log.iter().filter(|(_, w, _)| *w == what).count();
-        println!(
+        crate::outln!(
             "{:<28} {:>14}",
             "chaos: killed/stopped/added",
             format!("{} / {} / {}", n("killed"), n("stopped"), n("added"))
         );
         for (at, what, worker) in &o.chaos_log {
-            println!("  {:>8.3} s  {what} {worker}", at.as_secs_f64());
+            crate::outln!("  {:>8.3} s  {what} {worker}", at.as_secs_f64());
         }
     }
     if !o.failure_reasons.is_empty() {
-        println!("failures, by their last attempt's reason:");
+        crate::outln!("failures, by their last attempt's reason:");
         for (reason, count) in &o.failure_reasons {
-            println!("  {count:>9}  {reason}");
+            crate::outln!("  {count:>9}  {reason}");
         }
     }
     if let Some((sent, due)) = o.behind {
-        println!(
+        crate::outln!(
             "BEHIND: the load generator sent {sent} of the {due} tasks due by the end: it could not keep up with --rate (latency counts from when each was due, so it includes that lag)"
         );
     }
     if o.interrupted {
-        println!("INTERRUPTED: the figures cover what ran before the interruption");
+        crate::outln!("INTERRUPTED: the figures cover what ran before the interruption");
     }
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+        "latency (ms)",
+        "count",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max"
     );
     let row = |name: &str, h: &Histogram<u64>| {
+        if h.is_empty() {
+            crate::outln!(
+                "{name:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                0,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
+            );
+            return;
+        }
         let [p50, p90, p99, p999, max] = points_ms(h);
-        println!(
+        crate::outln!(
             "{:<28} {:>9} {p50:>9.3} {p90:>9.3} {p99:>9.3} {p999:>9.3} {max:>9.3}",
             name,
             h.len()
@@ -324,22 +374,17 @@ pub fn write(dir: &Path, o: &Outcome, command: &str) -> Result<(), String> {
     let mut csv = fs::File::create(dir.join("summary.csv")).map_err(|e| io("summary.csv", e))?;
     writeln!(csv, "histogram,count,p50_ms,p90_ms,p99_ms,p999_ms,max_ms")
         .map_err(|e| io("csv", e))?;
+    // Rows of one shape only (the run's counts are in summary.json); an
+    // empty histogram's percentiles are empty fields, not zeros.
     for (name, h) in &all {
+        if h.is_empty() {
+            writeln!(csv, "{name},0,,,,,").map_err(|e| io("csv", e))?;
+            continue;
+        }
         let [p50, p90, p99, p999, max] = points_ms(h);
         writeln!(csv, "{name},{},{p50},{p90},{p99},{p999},{max}", h.len())
             .map_err(|e| io("csv", e))?;
     }
-    writeln!(
-        csv,
-        "# throughput_per_s={:.1},accepted={},ok={},failed={},lost={},duplicated={}",
-        o.throughput(),
-        o.accepted,
-        o.ok,
-        o.failed,
-        o.lost,
-        o.duplicated
-    )
-    .map_err(|e| io("csv", e))?;
     let plotted: Vec<(&str, &Histogram<u64>)> = all
         .iter()
         .filter(|(n, _)| {
