@@ -624,3 +624,92 @@ async fn acknowledgements_lost_in_a_master_crash_are_sent_again_after_the_reconn
     );
     drop(client);
 }
+
+/// Whether `strace` can run here (CI installs it; elsewhere the test that
+/// needs it says it skipped).
+fn strace() -> bool {
+    std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A worker starts no task before the journal has stored it. A master
+/// killed while a task's record waited for a slow disk had handed that task
+/// out all the same; restarted without it, it gave the task's id to the
+/// next task submitted, and that task got the first one's result from the
+/// worker still running it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_06_a_task_id_lost_with_the_master_is_never_another_tasks() {
+    if !strace() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "strace is not installed, and CI must run this test"
+        );
+        eprintln!("SKIPPED: strace is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = [
+        "--journal",
+        journal.to_str().unwrap(),
+        "--durability",
+        "fsync",
+    ];
+    let (mut c, client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 2,
+            master_args: &extra,
+            master_timeout: "20s",
+            ..Opts::default()
+        },
+    )
+    .await;
+    drop(client);
+    let args = c.master_args(&extra);
+    // A disk whose every sync takes 400 ms.
+    c.master.signal(libc::SIGKILL);
+    c.master.wait_exit(Duration::from_secs(5));
+    c.restart_master_under(
+        &[
+            "strace",
+            "-f",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            "inject=fdatasync:delay_exit=400000",
+        ],
+        &args,
+    );
+    let first = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    c.wait_workers(&first, 1).await;
+    // Another batch first, so that the writer is inside a slow sync when
+    // the task's record is appended.
+    let _other = first.send_batch(vec![task("echo", "other")]).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _sleeper = first.send_batch(vec![task("sleep", "3000")]).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // strace and the master it runs, one process group.
+    c.master.signal_group(libc::SIGKILL);
+    c.master.wait_exit(Duration::from_secs(5));
+    drop(first);
+    c.restart_master(&args);
+    let mut second = Client::connect(c.addr, reconnecting(&c)).await.unwrap();
+    let ids = second
+        .submit_batch(vec![task("echo", "mine")])
+        .await
+        .unwrap();
+    let results = collect(&mut second, 1, Duration::from_secs(20)).await;
+    let r = &results[&ids.start];
+    assert_eq!(r.status, TaskStatus::Ok, "{r:?}");
+    assert_eq!(
+        r.output.as_ref(),
+        b"mine",
+        "the task got another task's result: {r:?}"
+    );
+}

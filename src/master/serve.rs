@@ -1315,6 +1315,19 @@ async fn dispatch(
     }
     if let Some(j) = &shared.journal {
         j.append(crate::journal::Entry::Dispatched(&tasks));
+        // Write-ahead: a worker starts nothing the journal has not stored,
+        // neither its task nor this attempt. A master killed with a task's
+        // `Accepted` record still in memory would otherwise restart
+        // without it and hand its id to the next task submitted, while a
+        // worker still ran the first under that id: the second task got the
+        // first one's result. Under `batch` and `none` durability stored
+        // means written (a wait of the writer thread's turn); under `fsync`,
+        // synced, which the batch's acknowledgement waits for anyway. While
+        // the journal cannot write, work goes on unrecorded, as before.
+        let end = j.appended();
+        if j.stored() < end {
+            let _ = j.wait_stored(end).await;
+        }
     }
     shared
         .totals

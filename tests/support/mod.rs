@@ -286,10 +286,20 @@ impl Cluster {
     /// Starts the master again with `args` (its command line: same port,
     /// same journal) and waits until it listens.
     pub fn restart_master(&mut self, args: &[String]) {
+        self.restart_master_under(&[], args)
+    }
+
+    /// Restarts the master under `wrapper` (a command that execs it, such
+    /// as strace), or as itself when `wrapper` is empty.
+    pub fn restart_master_under(&mut self, wrapper: &[&str], args: &[String]) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut m = Proc::spawn("master", &args);
+            let mut m = if wrapper.is_empty() {
+                Proc::spawn("master", &args)
+            } else {
+                Proc::spawn_under(wrapper, "master", &args)
+            };
             let line = m.wait_line(Duration::from_secs(10), |l| {
                 l.starts_with("master listening on ") || l.contains("runner:")
             });
