@@ -571,17 +571,39 @@ fn an_attempt_far_past_its_timeout_is_cancelled_by_the_master() {
     let t0 = Instant::now();
     let mut l = link(1, 0, t0);
     l.assign(record(1, 1, 500, t0), t0);
-    l.heard(t0 + Duration::from_millis(2400));
-    assert!(
-        l.tick(t0 + Duration::from_millis(2400)).cancels.is_empty(),
-        "within timeout + grace"
-    );
+    // A worker heard from at every tick, no result.
+    for t in (100..=2400).step_by(100) {
+        let now = t0 + Duration::from_millis(t);
+        l.heard(now);
+        assert!(l.tick(now).cancels.is_empty(), "within timeout + grace");
+    }
     l.heard(t0 + Duration::from_millis(2600));
     let t = l.tick(t0 + Duration::from_millis(2600));
     assert_eq!(t.cancels.len(), 1);
     assert_eq!((t.cancels[0].task_id, t.cancels[0].attempt), (1, 1));
     assert!(matches!(&t.outcomes[..], [Outcome::Requeue { .. }]));
     assert_eq!(l.in_flight(), 0);
+}
+
+/// A master frozen past an attempt's deadline (SIGSTOP, a suspended VM)
+/// does not cancel it at its first tick after: the result, sent in time,
+/// waits unread in the socket (FAULTS.md, scenario 8).
+#[test]
+fn a_pause_of_the_master_does_not_cancel_an_attempt_whose_result_waits_unread() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut l = link(1, 0, t0);
+    l.assign(record(1, 1, 500, t0), t0);
+    assert!(tick_until(&mut l, ms(100), ms(400), t0).is_none());
+    // Frozen from 400 ms to 20 s; the worker answered at 300 ms.
+    let t = l.tick(t0 + ms(20_000));
+    assert!(t.cancels.is_empty(), "the pause is not the attempt's time");
+    assert!(t.lost.is_none());
+    l.heard(t0 + ms(20_001));
+    assert!(matches!(
+        l.finish(done(1, 1, AttemptStatus::Ok), t0 + ms(20_001)),
+        Outcome::Finished { .. }
+    ));
 }
 
 /// One slot, two prefetched: the second attempt waits on the worker behind a

@@ -594,6 +594,13 @@ impl<R> WorkerLink<R> {
             let paused = gap - self.timing.heartbeat;
             self.last_heard = (self.last_heard + paused).min(now);
             self.last_arrival = (self.last_arrival + paused).min(now);
+            // So are the attempts' deadlines: a result that came in time
+            // may be waiting unread behind this tick.
+            for f in self.in_flight.values_mut() {
+                if let Some(d) = &mut f.deadline {
+                    *d += paused;
+                }
+            }
         }
         let silent = self.silent_for(now);
         let arriving =
