@@ -19,6 +19,42 @@ pub const US_PER_MS: f64 = 1000.0;
 /// Percentile ticks per half distance, as HdrHistogram's tools default to.
 const TICKS_PER_HALF_DISTANCE: u32 = 5;
 
+/// The rows of a percentile distribution, `(value, percentile level in
+/// percent, count up to it)`, computed as Java's `PercentileIterator` does,
+/// in its arithmetic: levels in percent, a bucket reached when
+/// `100 * count / total >= level`. The `hdrhistogram` crate's quantile
+/// iterator works in fractions, and where a count lands exactly on a level
+/// its rounding differs (2 rows of 74 in one report went to the next
+/// bucket), so a `.hgrm` would not match what HdrHistogram writes.
+pub fn percentile_rows(h: &Histogram<u64>, ticks_per_half_distance: u32) -> Vec<(u64, f64, u64)> {
+    let total = h.len();
+    let mut rows = Vec::new();
+    if total == 0 {
+        return rows;
+    }
+    let next_level = |level: f64| {
+        let halvings = ((100.0 / (100.0 - level)).ln() / 2f64.ln()) as i64 + 1;
+        let ticks =
+            u64::from(ticks_per_half_distance).saturating_mul(1u64 << halvings.clamp(0, 62));
+        level + 100.0 / ticks as f64
+    };
+    let (mut level, mut count) = (0.0f64, 0u64);
+    for v in h.iter_recorded() {
+        count += v.count_at_value();
+        let value = v.value_iterated_to();
+        while 100.0 * count as f64 / total as f64 >= level {
+            rows.push((value, level, count));
+            level = next_level(level);
+            if count >= total {
+                // One last row at 100 %, as Java's iterator adds.
+                rows.push((value, 100.0, count));
+                return rows;
+            }
+        }
+    }
+    rows
+}
+
 /// Writes `h` (microseconds) as a percentile distribution in milliseconds,
 /// in HdrHistogram's `.hgrm` text format.
 pub fn write_hgrm<W: Write>(h: &Histogram<u64>, mut w: W) -> io::Result<()> {
@@ -28,21 +64,17 @@ pub fn write_hgrm<W: Write>(h: &Histogram<u64>, mut w: W) -> io::Result<()> {
         "{:>12} {:>14} {:>10} {:>14}\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     )?;
-    let mut total = 0u64;
-    if !h.is_empty() {
-        for v in h.iter_quantiles(TICKS_PER_HALF_DISTANCE) {
-            total += v.count_since_last_iteration();
-            let value = v.value_iterated_to() as f64 / US_PER_MS;
-            let q = v.quantile_iterated_to();
-            if q < 1.0 {
-                writeln!(
-                    w,
-                    "{value:>12.digits$} {q:>2.12} {total:>10} {:>14.2}",
-                    1.0 / (1.0 - q)
-                )?;
-            } else {
-                writeln!(w, "{value:>12.digits$} {q:>2.12} {total:>10}")?;
-            }
+    for (value, percent, total) in percentile_rows(h, TICKS_PER_HALF_DISTANCE) {
+        let value = value as f64 / US_PER_MS;
+        let q = percent / 100.0;
+        if percent != 100.0 {
+            writeln!(
+                w,
+                "{value:>12.digits$} {q:>2.12} {total:>10} {:>14.2}",
+                1.0 / (1.0 - q)
+            )?;
+        } else {
+            writeln!(w, "{value:>12.digits$} {q:>2.12} {total:>10}")?;
         }
     }
     let (mean, stdev, max) = if h.is_empty() {
@@ -211,6 +243,22 @@ pub fn plot_percentiles(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where a bucket's count lands exactly on a level (19,625 of 20,000 is
+    /// 98.125 %), Java's iterator reports that level at that bucket.
+    #[test]
+    fn a_count_exactly_on_a_percentile_level_is_reported_at_its_bucket_as_java_does() {
+        let mut h = super::super::histogram();
+        h.record_n(100, 19_625).unwrap();
+        h.record_n(200, 375).unwrap();
+        let rows = percentile_rows(&h, 5);
+        let at = |level: f64| rows.iter().find(|r| r.1 == level).map(|r| (r.0, r.2));
+        assert_eq!(at(98.125), Some((100, 19_625)));
+        assert_eq!(at(98.4375), Some((200, 20_000)));
+        let levels: Vec<f64> = rows.iter().map(|r| r.1).take(8).collect();
+        assert_eq!(levels, [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 55.0, 60.0]);
+        assert_eq!(rows.last(), Some(&(200, 100.0, 20_000)));
+    }
 
     #[test]
     fn hgrm_has_the_header_rows_and_footer_hdrhistogram_tools_parse() {
