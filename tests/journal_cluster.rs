@@ -634,11 +634,11 @@ fn strace() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A worker starts no task before the journal has stored it. A master
-/// killed while a task's record waited for a slow disk had handed that task
-/// out all the same; restarted without it, it gave the task's id to the
-/// next task submitted, and that task got the first one's result from the
-/// worker still running it.
+/// A task id a worker may hold is never handed out again after a crash. A
+/// master killed while a task's record waited for a slow disk had handed
+/// that task out all the same; restarted without it, it gave the task's id
+/// to the next task submitted, and that task got the first one's result from
+/// the worker still running it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_06_a_task_id_lost_with_the_master_is_never_another_tasks() {
     if !strace() {

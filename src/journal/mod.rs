@@ -835,9 +835,10 @@ impl Writer {
     /// Starts a compaction when the file has grown enough; installs one that
     /// has finished.
     fn compaction(&mut self) {
-        if self.reap_compaction() {
-            return;
-        }
+        // One that just finished may leave another due at once: the records
+        // written while it ran may have drained what it kept, and with no
+        // write to come the next look could be far off.
+        self.reap_compaction();
         if self.compactor.is_some() || self.inner.failing.load(Ordering::Relaxed) {
             return;
         }
@@ -895,8 +896,6 @@ impl Writer {
         now.saturating_mul(COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN) <= self.compacted_live
     }
 
-    /// Appends what was written since the compaction started to the new
-    /// file and puts it in place of the old one.
     /// Installs a compaction that has finished, or notes its failure; true
     /// if one had finished.
     fn reap_compaction(&mut self) -> bool {
@@ -932,6 +931,8 @@ impl Writer {
         true
     }
 
+    /// Appends what was written since the compaction started to the new
+    /// file and puts it in place of the old one.
     fn install(&mut self, mut c: Compacted) -> Result<(), JournalError> {
         use std::os::unix::fs::FileExt;
         let path = self.inner.path.clone();

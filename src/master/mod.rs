@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod link;
 mod metrics_http;
 mod parked;
+mod reserve;
 mod results;
 mod serve;
 
@@ -375,6 +376,8 @@ pub(crate) struct Shared {
     pub retries_waiting: AtomicU64,
     /// Detached tasks not finished yet, whose results will need keeping.
     pub detached_pending: AtomicU64,
+    /// With a journal: task ids journaled ahead of use (see `reserve.rs`).
+    pub(crate) reservation: Option<reserve::Reservation>,
 }
 
 /// Default of [`MasterConfig::unclaimed_results_max`]: most results kept
@@ -867,6 +870,9 @@ impl Master {
             Some(r) if r.next_id > 1 => r.next_id,
             _ => fresh_first_id(),
         };
+        let reservation = journal
+            .as_ref()
+            .map(|j| reserve::Reservation::start(j, next_id));
         let store = match &restored {
             Some(r) => {
                 let mut st =
@@ -934,6 +940,7 @@ impl Master {
             retries_waiting: AtomicU64::new(0),
             unclaimed_logged_ms: AtomicU64::new(0),
             detached_pending: AtomicU64::new(0),
+            reservation,
         });
         tracing::info!(addr = %local_addr, "master listening");
         shared

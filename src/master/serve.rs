@@ -352,6 +352,9 @@ fn submit(shared: &Arc<Shared>, route: &Route, s: Submit, say: &impl Fn(ToClient
     }
     let n = s.tasks.len() as u64;
     let first_id = shared.next_id.fetch_add(n, Ordering::Relaxed);
+    if let (Some(j), Some(r)) = (&shared.journal, &shared.reservation) {
+        r.extend(j, first_id + n);
+    }
     if let Some(j) = &shared.journal {
         // Before `accepted` is queued: the client's writer sends it only
         // once this record is stored.
@@ -1315,18 +1318,11 @@ async fn dispatch(
     }
     if let Some(j) = &shared.journal {
         j.append(crate::journal::Entry::Dispatched(&tasks));
-        // Write-ahead: a worker starts nothing the journal has not stored,
-        // neither its task nor this attempt. A master killed with a task's
-        // `Accepted` record still in memory would otherwise restart
-        // without it and hand its id to the next task submitted, while a
-        // worker still ran the first under that id: the second task got the
-        // first one's result. Under `batch` and `none` durability stored
-        // means written (a wait of the writer thread's turn); under `fsync`,
-        // synced, which the batch's acknowledgement waits for anyway. While
-        // the journal cannot write, work goes on unrecorded, as before.
-        let end = j.appended();
-        if j.stored() < end {
-            let _ = j.wait_stored(end).await;
+        // No id goes to a worker that a restarted master could hand out
+        // again (`reserve.rs`).
+        if let Some(r) = &shared.reservation {
+            let max_id = tasks.iter().map(|a| a.task_id).max().unwrap_or(0);
+            r.cover(j, max_id).await;
         }
     }
     shared
