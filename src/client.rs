@@ -65,6 +65,9 @@ pub enum ClientError {
     /// The connection is gone.
     #[error("connection to the master closed: {0}")]
     Closed(String),
+    /// No master answered where one was looked for.
+    #[error("{0}")]
+    NoMaster(String),
     /// A batch too large for one message was accepted as several, and
     /// another client's batch came between them, so its ids are not one
     /// range: here they are ([`Client::submit_batches`] returns them so).
@@ -193,7 +196,7 @@ impl Client {
             }
         }
         Err(last_err.unwrap_or_else(|| {
-            ClientError::Closed(format!(
+            ClientError::NoMaster(format!(
                 "no master found on 127.0.0.1 ports {first}-{last}; start one with `runner master`, or pass --master HOST:PORT"
             ))
         }))

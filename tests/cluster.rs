@@ -1214,6 +1214,41 @@ async fn fault_01_no_task_process_outlives_a_hang_up_of_its_workers_process_grou
     no_task_process_outlives_its_worker(PORT_BASE, |w| w.signal_group(libc::SIGHUP)).await;
 }
 
+/// The reaper has a name of its own: a kill aimed at the worker by name
+/// (`pkill -9 -f 'runner worker --id w5'`, `killall -9 runner`) does not take
+/// it too, which left the tasks' other processes running.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_01_a_workers_reaper_does_not_answer_to_the_workers_name() {
+    let (mut c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            worker_args: &["--allow-exec"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let worker = c.worker("w1").pid();
+    let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+        .expect("the kernel lists children");
+    let reaper: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("a reaper")
+        .parse()
+        .unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{reaper}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "runner-reaper");
+    let cmdline = std::fs::read(format!("/proc/{reaper}/cmdline")).unwrap();
+    let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert_eq!(shown.trim_end(), "runner-reaper", "{shown:?}");
+    let own = std::fs::read(format!("/proc/{worker}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&own).contains("worker"),
+        "the worker keeps its own"
+    );
+}
+
 /// The reaper itself killed (only SIGKILL can): the worker logs it, and a
 /// task started afterwards still dies with its worker (PR_SET_PDEATHSIG).
 #[tokio::test(flavor = "multi_thread")]

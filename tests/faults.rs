@@ -450,8 +450,13 @@ async fn fault_11_a_workers_bad_first_message_is_refused_with_the_code_of_its_fa
         let line =
             format!("{{\"type\":\"hello\",\"role\":\"{role}\",\"node\":\"{node}\"}}\n{register}\n");
         let (said, _) = send_and_read(c.addr, line.as_bytes(), Duration::from_secs(5));
+        let why = if node.is_empty() {
+            "node is empty"
+        } else {
+            "control"
+        };
         assert!(
-            said.contains("\"code\":7,") && said.contains("without control characters"),
+            said.contains("\"code\":7,") && said.contains(why),
             "{role} node id {node:?}: {said}"
         );
     }

@@ -129,6 +129,17 @@ struct RunArgs {
         conflicts_with = "master"
     )]
     master_arg: Vec<String>,
+    /// An argument for each started worker, e.g.
+    /// --worker-arg=--port-range=6000-6100 (repeat for more). Workers listen
+    /// on the first free port of 5000-5100 unless told otherwise, so at most
+    /// 101 at once (chaos's stopped workers hold theirs).
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        conflicts_with = "master"
+    )]
+    worker_arg: Vec<String>,
     /// Closed loop: tasks in flight.
     #[arg(long, default_value_t = 10_000)]
     concurrency: u32,
@@ -474,6 +485,7 @@ fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
         worker_slots: a.worker_slots,
         prefetch: a.prefetch,
         master_args: a.master_arg.clone(),
+        worker_args: a.worker_arg.clone(),
         concurrency: a.concurrency,
         rate: a.rate,
         tasks: a.tasks,

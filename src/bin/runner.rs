@@ -358,9 +358,10 @@ struct StatusArgs {
     /// those with samples; the table shows all, empty ones as 0).
     #[arg(long)]
     json: bool,
-    /// Also show the master's latency histograms (queue wait, dispatch to
-    /// result, end to end, heartbeat RTT, discovery, failure detection,
-    /// recovery, retry delay).
+    /// Also show the master's latency histograms in milliseconds (queue
+    /// wait, dispatch to result, end to end, heartbeat RTT, discovery,
+    /// failure detection, recovery, retry delay), each over everything since
+    /// the master started.
     #[arg(long)]
     histograms: bool,
 }
@@ -1402,8 +1403,9 @@ async fn status(a: StatusArgs) -> Result<ExitCode, Failure> {
                 c[0], c[1], c[2], c[3], c[4], c[5], c[6]
             ))
         };
+        // Milliseconds, as the load generator's reports give them.
         row([
-            &"LATENCY (us)",
+            &"LATENCY (ms)",
             &"COUNT",
             &"P50",
             &"P90",
@@ -1411,12 +1413,19 @@ async fn status(a: StatusArgs) -> Result<ExitCode, Failure> {
             &"P99.9",
             &"MAX",
         ]);
+        let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
         // Every histogram, in a fixed order; the master sends only those
         // with samples, so the rest are shown as having none yet.
         for name in runner::metrics::Metric::ALL.map(|m| m.name()) {
             match s.histograms.iter().find(|h| h.name.as_str() == name) {
                 Some(h) => row([
-                    &name, &h.count, &h.p50_us, &h.p90_us, &h.p99_us, &h.p999_us, &h.max_us,
+                    &name,
+                    &h.count,
+                    &ms(h.p50_us),
+                    &ms(h.p90_us),
+                    &ms(h.p99_us),
+                    &ms(h.p999_us),
+                    &ms(h.max_us),
                 ]),
                 None => row([&name, &0, &"-", &"-", &"-", &"-", &"-"]),
             }

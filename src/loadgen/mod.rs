@@ -37,6 +37,8 @@ pub struct LoadOptions {
     pub prefetch: u32,
     /// More arguments for the spawned master (e.g. `--journal=PATH`).
     pub master_args: Vec<String>,
+    /// More arguments for each spawned worker (e.g. `--port-range=A-B`).
+    pub worker_args: Vec<String>,
     /// Closed loop: tasks in flight.
     pub concurrency: u32,
     /// Open loop: tasks per second (overrides `concurrency`).
@@ -396,6 +398,8 @@ struct Spawned {
     /// Workers started with the run.
     initial: usize,
     allow_exec: bool,
+    /// More arguments for each worker.
+    worker_args: Vec<String>,
     realtime: bool,
 }
 
@@ -473,6 +477,7 @@ impl Spawned {
             paused: Vec::new(),
             initial: opts.spawn_workers as usize,
             allow_exec: opts.kind == "exec",
+            worker_args: opts.worker_args.clone(),
             realtime: opts.realtime,
         };
         for _ in 0..opts.spawn_workers {
@@ -506,6 +511,7 @@ impl Spawned {
         if self.realtime {
             args.push("--realtime".into());
         }
+        args.extend(self.worker_args.iter().cloned());
         let mut w = Command::new(&self.runner);
         die_with_parent(&mut w);
         let mut w = w
@@ -763,6 +769,8 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
 
     let payload = match &opts.arg {
         Some(a) => Payload::from(a.clone()),
+        // A failing task's payload is its reason: a readable one.
+        None if opts.kind == "fail" => Payload::from("failed on purpose (loadgen --kind fail)"),
         None => Payload::from(vec![b'x'; opts.payload_bytes]),
     };
     // Made once: a text per task would be an allocation and a copy per task.

@@ -253,10 +253,16 @@ impl Shared {
 pub(crate) fn cancel_tasks(shared: &Arc<Shared>, route: &Route, c: CancelTasks) {
     // The client's name and reason are each within the limit; together
     // they may not be.
-    let reason = Text::clipped(if c.reason.is_empty() {
-        format!("cancelled by {}", route.name)
+    // A client that gave no name in its hello is still someone.
+    let who = if route.name.is_empty() {
+        "a client"
     } else {
-        format!("cancelled by {}: {}", route.name, c.reason)
+        route.name.as_str()
+    };
+    let reason = Text::clipped(if c.reason.is_empty() {
+        format!("cancelled by {who}")
+    } else {
+        format!("cancelled by {who}: {}", c.reason)
     });
     let next_id = shared.next_id.load(Ordering::Relaxed);
     let mut ids = c.ids;

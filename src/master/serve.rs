@@ -832,7 +832,11 @@ pub(crate) async fn worker_session(
         let _ = write
             .send(ToWorker::Error(ErrorMsg::new(
                 ErrorCode::INVALID,
-                "a worker needs a node id without control characters",
+                if node.is_empty() {
+                    "a worker needs a node id: its hello's node is empty"
+                } else {
+                    "a worker's node id may not hold control or invisible characters"
+                },
             )))
             .await;
         return Registration::Refused;

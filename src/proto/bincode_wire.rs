@@ -33,10 +33,36 @@ const RECORD_CONFIG: bincode::config::Configuration<
 /// Largest journal record body.
 pub(crate) const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// What a decode error means, for the peer that sent the bytes: bincode's
+/// own text is its `Debug` form (`UnexpectedEnd { additional: 1 }`).
+fn decode_error_text(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    match e {
+        E::UnexpectedEnd { .. } => "the body ends before its last field".into(),
+        E::LimitExceeded => "a length in the body is above the frame's limit".into(),
+        E::InvalidIntegerType { expected, found } => format!(
+            "a varint marks a {} where a {} belongs",
+            integer_type(found),
+            integer_type(expected)
+        ),
+        E::Utf8 { inner } => format!("a string is not UTF-8 ({inner})"),
+        E::InvalidBooleanValue(v) => format!("a bool is {v}, not 0 or 1"),
+        E::InvalidCharEncoding(_) => "a character is not valid UTF-8".into(),
+        E::OutsideUsizeRange(n) => format!("a length of {n} is out of range"),
+        E::OtherString(s) => s.clone(),
+        E::Other(s) => (*s).to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn integer_type(t: &bincode::error::IntegerType) -> String {
+    format!("{t:?}").to_lowercase()
+}
+
 /// Decodes a whole journal record body; as [`decode_body`] otherwise.
 pub(crate) fn decode_record<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtoError> {
     let (v, used) = bincode::serde::borrow_decode_from_slice(body, RECORD_CONFIG)
-        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+        .map_err(|e| ProtoError::Malformed(decode_error_text(&e)))?;
     if used != body.len() {
         return Err(ProtoError::Malformed(format!(
             "{} trailing bytes after the record",
@@ -70,7 +96,7 @@ pub(crate) fn encode_body<T: Serialize + ?Sized>(
 /// has exactly one encoding.
 pub(crate) fn decode_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtoError> {
     let (msg, used) = bincode::serde::borrow_decode_from_slice(body, CONFIG)
-        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+        .map_err(|e| ProtoError::Malformed(decode_error_text(&e)))?;
     if used != body.len() {
         return Err(ProtoError::Malformed(format!(
             "{} trailing bytes after the body",
@@ -78,4 +104,33 @@ pub(crate) fn decode_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T
         )));
     }
     Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_body;
+    use crate::proto::ProtoError;
+
+    fn why(body: &[u8]) -> String {
+        match decode_body::<(u32, String)>(body) {
+            Err(ProtoError::Malformed(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A peer told why its bytes were refused reads words, not bincode's
+    /// `Debug` form (`UnexpectedEnd { additional: 1 }`).
+    #[test]
+    fn a_body_that_cannot_be_decoded_is_refused_in_words() {
+        assert_eq!(why(&[]), "the body ends before its last field");
+        assert_eq!(
+            why(&[0xfd, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            "a varint marks a u64 where a u32 belongs"
+        );
+        assert_eq!(
+            why(&[1, 2, 0xff, 0xfe]),
+            "a string is not UTF-8 (invalid utf-8 sequence of 1 bytes from index 0)"
+        );
+        assert!(!why(&[1]).contains('{'));
+    }
 }

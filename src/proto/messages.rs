@@ -744,7 +744,7 @@ impl Validate for Register {
         check_text("register.listen", &self.listen)?;
         self.kinds
             .iter()
-            .try_for_each(|k| check_kind("register.kinds", k))
+            .try_for_each(|k| check_kind("a kind in register.kinds", k))
     }
 }
 

@@ -126,6 +126,7 @@ pub unsafe fn install() -> io::Result<()> {
                 libc::sigfillset(&mut all);
                 libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
             }
+            rename_self(REAPER_NAME);
             wait_for_end(read_end);
             for entry in table {
                 let pgid = entry.load(Ordering::Acquire);
@@ -155,6 +156,46 @@ pub unsafe fn install() -> io::Result<()> {
             let _ = REAPER.set(reaper);
             Ok(())
         }
+    }
+}
+
+/// The reaper's process name (`comm`) and command line. A name of its own:
+/// with the worker's, a kill aimed at the worker by name (`pkill -9 -f
+/// 'runner worker --id w5'`, `killall -9 runner`) took the reaper too, and
+/// the tasks' other processes ran on (found in the lab).
+pub const REAPER_NAME: &[u8] = b"runner-reaper";
+
+extern "C" {
+    /// glibc's (and musl's) pointer to `argv[0]`, whose bytes, with the
+    /// other arguments after them, are what `/proc/PID/cmdline` shows.
+    static mut program_invocation_name: *mut libc::c_char;
+}
+
+/// Gives this process `name` as its `comm` and its command line. The
+/// command line is rewritten in place, over the bytes of `argv`, as
+/// `setproctitle` does. Only in the forked reaper: its memory is its own.
+fn rename_self(name: &[u8]) {
+    let mut comm = [0u8; 16];
+    let n = name.len().min(comm.len() - 1);
+    comm[..n].copy_from_slice(&name[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    // SAFETY: reading a pointer glibc set at start-up and never changes.
+    let start = unsafe { program_invocation_name }.cast::<u8>();
+    if start.is_null() {
+        return;
+    }
+    // The arguments' bytes, each with its NUL: one block from argv[0].
+    let len: usize = std::env::args_os().map(|a| a.len() + 1).sum();
+    if len == 0 {
+        return;
+    }
+    let n = name.len().min(len - 1);
+    // SAFETY: `len` bytes from argv[0] are argv's strings, contiguous, ours
+    // (this process is a fork; nothing else reads them but the kernel).
+    unsafe {
+        std::ptr::write_bytes(start, 0, len);
+        std::ptr::copy_nonoverlapping(name.as_ptr(), start, n);
     }
 }
 
