@@ -1214,6 +1214,19 @@ async fn fault_01_no_task_process_outlives_a_hang_up_of_its_workers_process_grou
     no_task_process_outlives_its_worker(PORT_BASE, |w| w.signal_group(libc::SIGHUP)).await;
 }
 
+/// The reaper of worker process `worker`: before any task, its only child,
+/// forked by the main thread before any other thread existed.
+fn reaper_of(worker: u32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+        .expect("the kernel lists children");
+    children
+        .split_whitespace()
+        .next()
+        .expect("a reaper")
+        .parse()
+        .unwrap()
+}
+
 /// The reaper has a name of its own: a kill aimed at the worker by name
 /// (`pkill -9 -f 'runner worker --id w5'`, `killall -9 runner`) does not take
 /// it too, which left the tasks' other processes running.
@@ -1229,14 +1242,7 @@ async fn fault_01_a_workers_reaper_does_not_answer_to_the_workers_name() {
     )
     .await;
     let worker = c.worker("w1").pid();
-    let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
-        .expect("the kernel lists children");
-    let reaper: i32 = children
-        .split_whitespace()
-        .next()
-        .expect("a reaper")
-        .parse()
-        .unwrap();
+    let reaper = reaper_of(worker);
     let comm = std::fs::read_to_string(format!("/proc/{reaper}/comm")).unwrap();
     assert_eq!(comm.trim_end(), "runner-reaper");
     let cmdline = std::fs::read(format!("/proc/{reaper}/cmdline")).unwrap();
@@ -1262,17 +1268,7 @@ async fn fault_01_a_worker_whose_reaper_died_says_so_and_its_tasks_still_die_wit
         },
     )
     .await;
-    // Before any task, the worker's only child is its reaper, forked by the
-    // main thread before any other thread existed.
-    let worker = c.worker("w1").pid();
-    let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
-        .expect("the kernel lists children");
-    let reaper: i32 = children
-        .split_whitespace()
-        .next()
-        .expect("a reaper")
-        .parse()
-        .unwrap();
+    let reaper = reaper_of(c.worker("w1").pid());
     // SAFETY: kill(2) on a process this test started (indirectly).
     unsafe { libc::kill(reaper, libc::SIGKILL) };
     support::wait_for_text(

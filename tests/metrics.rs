@@ -32,11 +32,12 @@ fn promtool() -> Option<std::path::PathBuf> {
         .find(|p| p.exists())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
+/// A master serving `/metrics` with one worker: the cluster, a client and
+/// the metrics address.
+async fn with_metrics() -> (Cluster, runner::client::Client, String) {
     let metrics_port = support::port_block(PORT_BASE);
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let (c, mut client) = Cluster::ready(
+    let (c, client) = Cluster::ready(
         PORT_BASE,
         Opts {
             workers: 1,
@@ -45,6 +46,12 @@ async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
         },
     )
     .await;
+    (c, client, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
+    let (c, mut client, metrics) = with_metrics().await;
     let task = NewTask {
         kind: Text::from_static("echo"),
         payload: Payload::from("m"),
@@ -146,17 +153,7 @@ async fn metrics_are_served_in_the_prometheus_format_promtool_accepts() {
 /// worker: the metrics count it, or it would seem to have vanished.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_waiting_out_its_retry_back_off_shows_in_the_metrics() {
-    let metrics_port = support::port_block(PORT_BASE);
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let (_c, client) = Cluster::ready(
-        PORT_BASE,
-        Opts {
-            workers: 1,
-            master_args: &["--metrics", &metrics],
-            ..Opts::default()
-        },
-    )
-    .await;
+    let (_c, client, metrics) = with_metrics().await;
     let task = NewTask {
         kind: Text::from_static("fail"),
         payload: Payload::from("f"),
@@ -191,17 +188,7 @@ async fn a_task_waiting_out_its_retry_back_off_shows_in_the_metrics() {
 /// only the last: the time lost to failed attempts shows.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_attempt_of_a_retried_task_counts_in_dispatch_to_result() {
-    let metrics_port = support::port_block(PORT_BASE);
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let (_c, mut client) = Cluster::ready(
-        PORT_BASE,
-        Opts {
-            workers: 1,
-            master_args: &["--metrics", &metrics],
-            ..Opts::default()
-        },
-    )
-    .await;
+    let (_c, mut client, metrics) = with_metrics().await;
     let task = NewTask {
         kind: Text::from_static("fail"),
         payload: Payload::from("f"),
