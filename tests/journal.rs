@@ -419,7 +419,12 @@ fn a_journal_whose_backlog_drained_is_compacted_to_what_is_left() {
             tasks: &tasks,
         });
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
     while j.stored() < j.appended() {
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not written within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     wait_for_a_compaction(&j);
