@@ -283,6 +283,62 @@ fn a_second_master_cannot_open_a_journal_in_use() {
     j.close();
 }
 
+/// A compaction renames a new file over the journal's name. Were that file
+/// unlocked for a moment, a second master opening the name then would win
+/// its lock and two masters would write one journal.
+#[test]
+fn a_second_master_cannot_open_a_journal_while_its_holder_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let cfg = JournalConfig {
+        compact_at: 16 * 1024,
+        ..JournalConfig::new(&path, Durability::None)
+    };
+    let (j, _) = Journal::open(&cfg).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let second = {
+        let (stop, cfg) = (stop.clone(), cfg.clone());
+        std::thread::spawn(move || {
+            let mut tries = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match Journal::open(&cfg) {
+                    Err(JournalError::Locked(_)) => tries += 1,
+                    Err(e) => panic!("a second open failed otherwise: {e}"),
+                    Ok(_) => return Err(tries),
+                }
+            }
+            Ok(tries)
+        })
+    };
+    let compactions = || {
+        j.stats()
+            .compactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = 1u64;
+    while compactions() < 20 && !second.is_finished() {
+        assert!(Instant::now() < deadline, "20 compactions within 30 s");
+        let tasks: Vec<NewTask> = (0..20).map(|i| task(next + i)).collect();
+        j.append(Entry::Accepted {
+            first_id: next,
+            tasks: &tasks,
+        });
+        for id in next..next + 20 {
+            j.append(Entry::Finished(&result(id)));
+            j.append(Entry::Forgotten(&[id]));
+        }
+        next += 20;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    match second.join().unwrap() {
+        Ok(tries) => assert!(tries > 0, "the second master tried"),
+        Err(tries) => panic!("a second master opened the journal after {tries} refusals"),
+    }
+    j.close();
+}
+
 #[test]
 fn compaction_keeps_the_live_state_and_shrinks_the_file_to_it() {
     let dir = tempfile::tempdir().unwrap();
