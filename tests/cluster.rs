@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use runner::proto::{NewTask, Payload, TaskStatus, Text, Wire};
 use support::{collect, Cluster, Opts, Proc};
@@ -1750,6 +1750,108 @@ async fn results_a_client_did_not_acknowledge_before_its_connection_ended_wait_f
             "{:?}",
             got[&id]
         );
+    }
+}
+
+/// A client that sends its first messages with its hello, in one write (as
+/// `printf ... | nc` does), is answered at once: the bytes read with the
+/// hello are messages of the session, not kept until more arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_that_arrive_with_the_hello_are_answered_without_waiting_for_more() {
+    let (c, _client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let addr = c.addr;
+    let types = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            concat!(
+                r#"{"type":"hello","role":"client","node":"one-write"}"#,
+                "\n",
+                r#"{"type":"submit","tasks":[{"kind":"echo","payload":"hi"}]}"#,
+                "\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        // The socket stays open and silent: only the master writes now.
+        let mut types = Vec::new();
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { break };
+            let m: serde_json::Value = serde_json::from_str(&line).unwrap();
+            types.push(m["type"].as_str().unwrap().to_string());
+            if types.len() == 3 {
+                break;
+            }
+        }
+        types
+    })
+    .await
+    .unwrap();
+    assert_eq!(types, ["hello", "accepted", "results"]);
+}
+
+/// A worker registers at first contact. Its `register` follows its hello at
+/// once, and when both came in one read the master had let it wait for the
+/// next bytes on the connection: a heartbeat later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_registers_at_first_contact_not_at_the_first_heartbeat() {
+    let first_port = support::port_block(PORT_BASE);
+    let range = format!("{}-{}", first_port + 1, first_port + support::BLOCK - 1);
+    let logs = tempfile::tempdir().unwrap();
+    let mut args = support::master_args_on(
+        first_port,
+        &range,
+        logs.path().to_str().unwrap(),
+        Wire::Bincode,
+        &[],
+    );
+    for (flag, value) in [("--heartbeat", "30s"), ("--worker-timeout", "90s")] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.to_string();
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut master = Proc::spawn("master", &args);
+    let line = master.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("master listening on ")
+    });
+    let addr: std::net::SocketAddr = line
+        .trim_start_matches("master listening on ")
+        .parse()
+        .unwrap();
+    let mut worker = Proc::spawn(
+        "w1",
+        &[
+            "worker",
+            "--quiet",
+            "--id",
+            "w1",
+            "--port-range",
+            &range,
+            "--heartbeat",
+            "30s",
+            "--master-timeout",
+            "90s",
+        ],
+    );
+    worker.wait_line(Duration::from_secs(10), |l| l.contains(" listening on "));
+    let client = runner::client::Client::connect(addr, Default::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.status(false).await.unwrap().workers.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no worker registered within 10 s (the heartbeat is 30 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -215,7 +215,7 @@ where
 
 /// The two halves of a connection after its handshake, retyped to the
 /// session's messages: reading and writing then proceed independently.
-pub type Reader<Tx, Rx> = FramedRead<OwnedReadHalf, WireCodec<Tx, Rx>>;
+pub type Reader<Tx, Rx> = FramedRead<SessionRead, WireCodec<Tx, Rx>>;
 /// See [`Reader`].
 pub type Writer<Tx, Rx> = FramedWrite<OwnedWriteHalf, WireCodec<Tx, Rx>>;
 
@@ -238,14 +238,49 @@ where
     let (r, w) = parts.io.into_split();
     let codec: WireCodec<Tx, Rx> = parts.codec.retype();
     let wire = codec.wire().unwrap_or_default();
-    let mut reader = FramedRead::with_capacity(r, codec, SESSION_BUFFER_BYTES);
-    reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+    let read = SessionRead {
+        early: parts.read_buf.freeze(),
+        inner: r,
+    };
+    let reader = FramedRead::with_capacity(read, codec, SESSION_BUFFER_BYTES);
     let mut write_codec = WireCodec::<Tx, Rx>::new(wire);
     write_codec.handshake_complete();
     (
         reader,
         FramedWrite::with_capacity(w, write_codec, SESSION_BUFFER_BYTES),
     )
+}
+
+/// The read half of a session: first the bytes that came in with the
+/// handshake, then the socket. A peer may send its first messages in the
+/// same write as its hello (`printf ... | nc`), and the handshake's reader
+/// then holds them. Put into a new `FramedRead`'s buffer they would wait
+/// for the socket's next bytes, possibly forever: a `FramedRead` reads
+/// before it decodes anything it did not read itself.
+pub struct SessionRead {
+    early: bytes::Bytes,
+    inner: OwnedReadHalf,
+}
+
+impl tokio::io::AsyncRead for SessionRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.early.is_empty() {
+            return std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.early.len().min(buf.remaining());
+        buf.put_slice(&self.early.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl AsRef<TcpStream> for SessionRead {
+    fn as_ref(&self) -> &TcpStream {
+        self.inner.as_ref()
+    }
 }
 
 /// Offset of `tcpi_data_segs_in` in Linux's `struct tcp_info` (uapi
