@@ -232,8 +232,25 @@ impl Client {
         tasks: Vec<NewTask>,
         detached: bool,
     ) -> Result<Vec<Range<u64>>, ClientError> {
+        let never = std::pin::pin!(std::future::pending::<()>());
+        Ok(self.submit_batches_until(tasks, detached, never).await?.0)
+    }
+
+    /// [`Client::submit_batches`], sending no further part once `stop` is
+    /// ready (Ctrl-C, say). Returns the ids accepted and whether it stopped
+    /// early; a part already sent is awaited, so that every id the master
+    /// gave is known.
+    pub async fn submit_batches_until(
+        &self,
+        tasks: Vec<NewTask>,
+        detached: bool,
+        mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<(Vec<Range<u64>>, bool), ClientError> {
         let mut ranges: Vec<Range<u64>> = Vec::new();
         for tasks in crate::proto::batches(tasks) {
+            if futures::poll!(stop.as_mut()).is_ready() {
+                return Ok((ranges, true));
+            }
             let n = tasks.len() as u64;
             let acc = match self.send_batch_as(tasks, detached) {
                 Ok(acc) => acc.await,
@@ -263,7 +280,7 @@ impl Client {
                 _ => ranges.push(r),
             }
         }
-        Ok(ranges)
+        Ok((ranges, false))
     }
 
     /// Submits a batch whose results this client will not take: the master

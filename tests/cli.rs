@@ -592,6 +592,57 @@ async fn an_interrupted_submit_says_which_results_are_due_and_how_to_fetch_them(
     assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(130));
 }
 
+/// Interrupted while it still sends, a submit stops sending and names the
+/// ids the master took: they run, and nothing else tells the user them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_interrupted_while_sending_names_the_tasks_already_accepted() {
+    let c = Cluster::start(
+        PORT_BASE,
+        Opts {
+            workers: 0,
+            ..Opts::default()
+        },
+    );
+    let master = c.addr.to_string();
+    let client = c.client().await;
+    let mut p = Proc::spawn(
+        "submit",
+        &[
+            "submit", "--master", &master, "--detach", "--count", "5000000", "--", "noop",
+        ],
+    );
+    c.wait_status(&client, Duration::from_secs(20), "tasks accepted", |s| {
+        s.submitted > 0
+    })
+    .await;
+    p.signal(libc::SIGINT);
+    let hint = p.wait_line(Duration::from_secs(20), |l| l.contains("interrupted"));
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(130));
+    let (count, ranges) = hint
+        .split_once("interrupted while submitting: ")
+        .and_then(|(_, rest)| rest.split_once(" of 5000000 tasks were accepted"))
+        .map(|(n, rest)| {
+            let ranges = rest.rsplit(' ').next().unwrap().to_string();
+            (n.parse::<u64>().unwrap(), ranges)
+        })
+        .unwrap_or_else(|| panic!("{hint}"));
+    assert!(
+        hint.contains(&format!("runner results --master {master} ")),
+        "{hint}"
+    );
+    let submitted = client.status(false).await.unwrap().submitted;
+    assert!(count > 0 && count < 5_000_000, "{hint}");
+    assert_eq!(count, submitted, "every accepted task is named: {hint}");
+    let named: u64 = ranges
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1,
+            None => 1,
+        })
+        .sum();
+    assert_eq!(named, count, "{hint}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_output_cut_at_the_limit_says_so() {
     let (c, _client) = Cluster::ready(

@@ -1008,11 +1008,34 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
     let reconnect = (!a.detach).then_some(a.reconnect);
     let client = connect(&a.common, &a.master, reconnect).await?;
     let tasks = vec![task; a.count as usize];
+    let again = again_args(&a.common, &a.master, client.master());
+    // Installed before the first task is sent: interrupted while it submits,
+    // it stops sending and says which ids the master took, rather than
+    // dying with tasks accepted that nobody knows the ids of.
+    let mut interrupted = std::pin::pin!(shutdown_signal());
     // Accepted in part (a later part refused, or the connection lost): the
     // accepted tasks run, so their ids are printed and their results
     // awaited as any others, and the run ends with exit status 1.
-    let (ranges, partial) = match client.submit_batches(tasks, a.detach).await {
-        Ok(ranges) => (ranges, None),
+    let (ranges, partial) = match client
+        .submit_batches_until(tasks, a.detach, interrupted.as_mut())
+        .await
+    {
+        Ok((ranges, false)) => (ranges, None),
+        Ok((ranges, true)) => {
+            let ids: Vec<u64> = ranges.iter().flat_map(|r| r.clone()).collect();
+            client.shutdown().await;
+            if ids.is_empty() {
+                eprintln!("runner: interrupted before the master accepted any task");
+            } else {
+                eprintln!(
+                    "runner: interrupted while submitting: {} of {} tasks were accepted and go on. Fetch their results with: runner results{again} {}",
+                    ids.len(),
+                    a.count,
+                    id_ranges(&ids)
+                );
+            }
+            return Ok(ExitCode::from(INTERRUPTED_EXIT));
+        }
         Err(runner::client::ClientError::Partial {
             accepted,
             unsure,
@@ -1040,8 +1063,6 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
             code
         }
     };
-    // Before the ids are printed: whoever reads them may interrupt at once.
-    let interrupted = shutdown_signal();
     // One range as `submit` always printed it; a batch split into messages
     // that another client's came between, as its runs.
     let shown = match &ranges[..] {
@@ -1058,7 +1079,7 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
             ));
         } else {
             say(format_args!(
-                "submitted {count} task{plural}: ids {shown}; fetch with `runner results {}`",
+                "submitted {count} task{plural}: ids {shown}; fetch with `runner results{again} {}`",
                 id_ranges(&ids)
             ));
         }
@@ -1073,7 +1094,6 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode, Failure> {
     } else {
         say(format_args!("submitted {count} task{plural} (ids {shown})"));
     }
-    let again = again_args(&a.common, &a.master, client.master());
     Ok(partial_exit(
         print_results(client, ids, a.json, interrupted, &again).await?,
     ))
