@@ -209,6 +209,15 @@ fn bad_arguments_get_clear_errors_not_panics() {
             "the task's kind is empty",
         ),
         (&["results", "seven"], "expected a task id like 7"),
+        (&["status", "--master", "127.0.0.1"], "expected HOST:PORT"),
+        (
+            &["results", "--master", "127.0.0.1:99999", "7"],
+            "expected HOST:PORT",
+        ),
+        (
+            &["master", "--journal", "j", "--journal-compact-at", "100"],
+            "at least 4096",
+        ),
         (
             &["submit", "--master", "127.0.0.1:1", "--", "noop"],
             "cannot connect to 127.0.0.1:1",
@@ -350,9 +359,13 @@ fn a_short_secret_is_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("secret");
     std::fs::write(&f, "short").unwrap();
-    let (ok, _, err) = run(&["master", "--secret-file", f.to_str().unwrap()]);
-    assert!(!ok);
+    let out = Command::new(BIN)
+        .args(["master", "--secret-file", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 16 are required"), "{err}");
+    assert_eq!(out.status.code(), Some(2), "what was asked is wrong: {err}");
 }
 
 #[test]

@@ -339,6 +339,45 @@ fn a_second_master_cannot_open_a_journal_while_its_holder_compacts() {
     j.close();
 }
 
+/// A journal whose compacted file is already past its threshold (here an
+/// empty one, past a threshold of 1 byte) is not compacted again while
+/// nothing is written: it had been, dozens of times a second.
+#[test]
+fn a_journal_compacted_to_nothing_is_not_compacted_again_while_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let cfg = JournalConfig {
+        compact_at: 1,
+        ..JournalConfig::new(&path, Durability::None)
+    };
+    let (j, _) = Journal::open(&cfg).unwrap();
+    let tasks: Vec<NewTask> = (1..=10).map(task).collect();
+    j.append(Entry::Accepted {
+        first_id: 1,
+        tasks: &tasks,
+    });
+    for id in 1..=10 {
+        j.append(Entry::Finished(&result(id)));
+        j.append(Entry::Forgotten(&[id]));
+    }
+    wait_for_a_compaction(&j);
+    let compactions = || {
+        j.stats()
+            .compactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Let any compaction already under way finish.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = compactions();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        compactions(),
+        before,
+        "compacted again with nothing written"
+    );
+    j.close();
+}
+
 #[test]
 fn compaction_keeps_the_live_state_and_shrinks_the_file_to_it() {
     let dir = tempfile::tempdir().unwrap();

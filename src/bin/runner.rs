@@ -197,7 +197,8 @@ struct MasterArgs {
     /// Compact the journal once it is this many bytes and twice its size
     /// after the last compaction, or once the tasks and results it holds
     /// have fallen to a quarter of those then (a drained backlog).
-    #[arg(long, value_name = "BYTES", default_value_t = runner::journal::COMPACT_AT_BYTES_DEFAULT, requires = "journal")]
+    #[arg(long, value_name = "BYTES", default_value_t = runner::journal::COMPACT_AT_BYTES_DEFAULT, requires = "journal",
+          value_parser = parse_compact_at)]
     journal_compact_at: u64,
     #[command(flatten)]
     realtime: Realtime,
@@ -240,7 +241,7 @@ struct WorkerArgs {
     /// Dial this master (HOST:PORT) rather than wait to be found. The worker
     /// still listens on its port range, but while its master is live it
     /// refuses any other master that finds it there.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_master_addr)]
     master: Option<String>,
     /// Tasks run at once (default: the number of cores).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -273,7 +274,7 @@ struct SubmitArgs {
     #[command(flatten)]
     common: Common,
     /// The master (HOST:PORT); default: found on this machine.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_master_addr)]
     master: Option<String>,
     // Numbers and durations take values that start with '-' (and refuse
     // them with the range), instead of clap's "unexpected argument '-1'".
@@ -316,7 +317,7 @@ struct ResultsArgs {
     #[command(flatten)]
     common: Common,
     /// The master (HOST:PORT); default: found on this machine.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_master_addr)]
     master: Option<String>,
     /// Print each result as one JSON object per line.
     #[arg(long)]
@@ -334,7 +335,7 @@ struct CancelArgs {
     #[command(flatten)]
     common: Common,
     /// The master (HOST:PORT); default: found on this machine.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_master_addr)]
     master: Option<String>,
     /// Why, for the tasks' results (their submitter sees it).
     #[arg(long, default_value = "", hide_default_value = true, value_parser = parse_reason)]
@@ -352,7 +353,7 @@ struct StatusArgs {
     #[command(flatten)]
     common: Common,
     /// The master (HOST:PORT); default: found on this machine.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_master_addr)]
     master: Option<String>,
     /// Print the master's status report as JSON (its `histograms` list only
     /// those with samples; the table shows all, empty ones as 0).
@@ -488,7 +489,7 @@ fn main() -> ExitCode {
             },
         })) {
             Command::Demo(a) => {
-                let secret = load_secret(&a.common).map_err(Failure::Run)?;
+                let secret = load_secret(&a.common)?;
                 runner::demo::run(runner::demo::DemoOptions {
                     workers: a.workers,
                     tasks: a.tasks,
@@ -523,10 +524,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_secret(common: &Common) -> Result<Option<Secret>, String> {
+/// The shared secret the arguments name. Every way it can fail (no such
+/// file, too short) is in what was asked: a usage error.
+fn load_secret(common: &Common) -> Result<Option<Secret>, Failure> {
     if let Some(path) = &common.secret_file {
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read --secret-file {}: {e}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            Failure::Usage(format!("cannot read --secret-file {}: {e}", path.display()))
+        })?;
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt;
@@ -539,12 +543,12 @@ fn load_secret(common: &Common) -> Result<Option<Secret>, String> {
         }
         return Secret::from_text(&bytes)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display()));
+            .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())));
     }
     match std::env::var_os(runner::proto::handshake::SECRET_ENV) {
         Some(v) => Secret::from_text(v.as_encoded_bytes())
             .map(Some)
-            .map_err(|e| format!("{}: {e}", runner::proto::handshake::SECRET_ENV)),
+            .map_err(|e| Failure::Usage(format!("{}: {e}", runner::proto::handshake::SECRET_ENV))),
         None => Ok(None),
     }
 }
@@ -855,7 +859,7 @@ async fn connect(
     common: &Common,
     master: &Option<String>,
     reconnect: Option<Duration>,
-) -> Result<Client, String> {
+) -> Result<Client, Failure> {
     let opts = ClientOptions {
         wire: common.wire.into(),
         secret: load_secret(common)?,
@@ -865,12 +869,14 @@ async fn connect(
     match master {
         Some(m) => {
             let addr: SocketAddr = runner::net::resolve(m).await?;
-            Client::connect(addr, opts).await.map_err(|e| e.to_string())
+            Ok(Client::connect(addr, opts)
+                .await
+                .map_err(|e| e.to_string())?)
         }
-        None => Client::connect_local(opts)
+        None => Ok(Client::connect_local(opts)
             .await
             .map(|(c, _)| c)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())?),
     }
 }
 
@@ -1256,9 +1262,7 @@ fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);
     }
-    if s.rsplit_once(':')
-        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
+    if !is_host_port(s) {
         return Err("expected HOST:PORT or IP:PORT, e.g. 127.0.0.1:9464 or localhost:9464 ([::1]:9464 for IPv6)".into());
     }
     let addrs: Vec<_> = s
@@ -1271,6 +1275,33 @@ fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+fn parse_compact_at(s: &str) -> Result<u64, String> {
+    let min = runner::journal::COMPACT_AT_BYTES_MIN;
+    match s.parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "expected a number of bytes, at least {min} (the default is {})",
+            runner::journal::COMPACT_AT_BYTES_DEFAULT
+        )),
+    }
+}
+
+/// Whether `s` has the form HOST:PORT: a host and a port of 1-65535.
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// A master's address as given (`--master`): checked for its form here, so
+/// that a missing or impossible port is an argument error; the name is
+/// looked up when it is dialed.
+fn parse_master_addr(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() || is_host_port(s) {
+        return Ok(s.to_string());
+    }
+    Err("expected HOST:PORT, e.g. 127.0.0.1:4999 or node1:4999 ([::1]:4999 for IPv6); the port is 1-65535".into())
 }
 
 fn parse_scan_host(s: &str) -> Result<String, String> {

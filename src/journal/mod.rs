@@ -85,6 +85,10 @@ const JOURNAL_FILE_MODE: u32 = 0o600;
 /// compaction, unless configured otherwise.
 pub const COMPACT_AT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// The smallest `--journal-compact-at` a master takes: below a page, every
+/// few records would rewrite the file.
+pub const COMPACT_AT_BYTES_MIN: u64 = 4096;
+
 /// A journal past its threshold is compacted, however little it grew,
 /// once the tasks and results it holds fall to this fraction (1/N) of those
 /// at its last compaction: a drained backlog would otherwise leave the file
@@ -888,12 +892,16 @@ impl Writer {
     }
 
     /// Whether the live items have fallen to a small part of those at the
-    /// last compaction ([`COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN`]).
+    /// last compaction ([`COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN`]). Nothing
+    /// drains from nothing: a journal compacted empty would otherwise count
+    /// as drained for ever, and one whose empty file is past its threshold
+    /// be compacted again at every look.
     fn drained(&self) -> bool {
         let now = (self.compacted_live as i64)
             .saturating_add(self.taken_delta - self.compacted_delta)
             .max(0) as u64;
-        now.saturating_mul(COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN) <= self.compacted_live
+        self.compacted_live > 0
+            && now.saturating_mul(COMPACT_WHEN_LIVE_FALLS_TO_ONE_IN) <= self.compacted_live
     }
 
     /// Installs a compaction that has finished, or notes its failure; true
