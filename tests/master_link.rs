@@ -276,6 +276,7 @@ fn tick_with_segments(
             let arrivals = Arrivals {
                 data_segments: *segments,
                 out_of_order: Some(0),
+                bytes_received: None,
             };
             l.transport(arrivals, t0 + at);
         }
@@ -318,6 +319,56 @@ fn a_held_up_worker_is_let_go_when_its_keeping_runs_out() {
     assert!(at > cap && at <= cap + ms(100), "{at:?}");
 }
 
+/// A frame of results larger than a slow link moves in five worker-timeouts
+/// (8 MiB at 1 Mbit/s): the pong behind it cannot come sooner, and the
+/// worker is kept while the frame's bytes arrive in order; once more than
+/// the largest frame has come without one read, it is let go.
+#[test]
+fn a_worker_uploading_a_frame_slower_than_its_keeping_is_kept_while_its_bytes_arrive() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let ms = Duration::from_millis;
+    let frame = runner::limits::FRAME_BYTES_MAX as u64;
+    // 100 KiB every 100 ms: the largest frame takes about 16 s.
+    let per_tick = 100 * 1024;
+    let mut at = ms(100);
+    let (mut segments, mut bytes) = (10u32, 0u64);
+    let mut first_read = None;
+    let lost = loop {
+        segments += 70;
+        bytes += per_tick;
+        if l.wants_transport(t0 + at) {
+            first_read.get_or_insert(bytes);
+            l.transport(
+                Arrivals {
+                    data_segments: segments,
+                    out_of_order: Some(0),
+                    bytes_received: Some(bytes),
+                },
+                t0 + at,
+            );
+        }
+        if let Some(d) = l.tick(t0 + at).lost {
+            break (at, d);
+        }
+        at += ms(100);
+        assert!(at < ms(60_000), "never let go");
+    };
+    let cap = TIMING.worker_timeout * HELD_UP_TIMEOUTS_MAX;
+    assert!(
+        lost.0 > cap * 2,
+        "kept past the bound while bytes arrived: {lost:?}"
+    );
+    assert!(matches!(lost.1, Departure::HeartbeatLost(_)));
+    // Let go once more than a frame had come since the silence was first
+    // read, at the tick that saw it.
+    let came = bytes - first_read.unwrap();
+    assert!(
+        came > frame && came <= frame + per_tick,
+        "{came} bytes in the silence, a frame is {frame}"
+    );
+}
+
 /// What a session does over a silence that began at `t0`: it wakes when
 /// the link asks (10 ms at the soonest, as the session's own floor), reads
 /// the connection's counts, which `counts` gives for each moment, and ticks.
@@ -352,6 +403,7 @@ fn behind_a_hole(from: Duration, late: u32) -> impl Fn(Duration) -> Arrivals {
     move |at| Arrivals {
         data_segments: 100 + u32::from(at >= from) * late,
         out_of_order: Some(7 + u32::from(at >= from) * late),
+        bytes_received: None,
     }
 }
 
@@ -416,6 +468,7 @@ fn marks_in_a_second(out_of_order: u32) -> u32 {
     let counts = Arrivals {
         data_segments: 1,
         out_of_order: Some(out_of_order),
+        bytes_received: None,
     };
     let mut marks = 0;
     for ms in 0..1000 {

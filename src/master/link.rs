@@ -199,6 +199,11 @@ pub struct WorkerLink<R> {
     lossy: bool,
     /// This silence's keeping was reported already.
     held_reported: bool,
+    /// Bytes received in order as first read in this silence.
+    silence_bytes: Option<u64>,
+    /// Less than the largest frame has arrived in order since then: what
+    /// arrives is still part of one frame (see [`WorkerLink::transport`]).
+    within_a_frame: bool,
     /// The previous tick: a much later one means the master was paused.
     last_tick: Instant,
     next_ping: Instant,
@@ -243,6 +248,8 @@ impl<R> WorkerLink<R> {
             hole: false,
             lossy: false,
             held_reported: false,
+            silence_bytes: None,
+            within_a_frame: false,
             last_tick: now,
             next_ping: now,
             ping_seq: 0,
@@ -296,6 +303,8 @@ impl<R> WorkerLink<R> {
         self.seen = None;
         self.hole = false;
         self.held_reported = false;
+        self.silence_bytes = None;
+        self.within_a_frame = false;
     }
 
     /// Whether the session should read its connection's [`Arrivals`] now,
@@ -348,6 +357,13 @@ impl<R> WorkerLink<R> {
     ///
     /// A stopped, frozen or cut-off worker sends nothing new, and on a link
     /// that loses nothing no segment arrives out of order.
+    ///
+    /// Data that keeps arriving in order keeps the worker past the
+    /// [`HELD_UP_TIMEOUTS_MAX`] bound too, as long as less than the largest
+    /// frame has arrived in this silence: a frame of results larger than
+    /// the link moves in that time (8 MiB at 1 Mbit/s is over a minute) is
+    /// still coming in, and the pong behind it with it. More than a frame
+    /// without one read is no honest worker's stream.
     pub fn transport(&mut self, arrivals: Arrivals, now: Instant) {
         if self
             .seen
@@ -355,6 +371,15 @@ impl<R> WorkerLink<R> {
         {
             self.last_arrival = now;
         }
+        if self.seen.is_none() {
+            self.silence_bytes = arrivals.bytes_received;
+        }
+        self.within_a_frame = match (self.silence_bytes, arrivals.bytes_received) {
+            (Some(from), Some(to)) => {
+                to.saturating_sub(from) <= crate::limits::FRAME_BYTES_MAX as u64
+            }
+            _ => false,
+        };
         // Without a mark (no frame read yet, or no count of out-of-order
         // segments), the first reading of this silence stands in for it.
         let mark = self
@@ -605,8 +630,9 @@ impl<R> WorkerLink<R> {
         let silent = self.silent_for(now);
         let arriving =
             now.saturating_duration_since(self.last_arrival) <= self.timing.worker_timeout;
-        let held_up =
-            (arriving || self.hole) && silent <= self.timing.worker_timeout * HELD_UP_TIMEOUTS_MAX;
+        let held_up = (arriving && self.within_a_frame)
+            || ((arriving || self.hole)
+                && silent <= self.timing.worker_timeout * HELD_UP_TIMEOUTS_MAX);
         if silent > self.timing.worker_timeout && !held_up {
             return Tick {
                 ping: None,

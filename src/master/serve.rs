@@ -1057,7 +1057,7 @@ pub(crate) async fn worker_session(
                 }
                 let t = link.tick(now);
                 if let Some(silent) = t.held_up {
-                    tracing::info!(worker = %node, silent_ms = silent.as_millis() as u64, "worker silent past its timeout, but its frames are held up in transit (TCP repairing a lost segment); keeping it");
+                    tracing::info!(worker = %node, silent_ms = silent.as_millis() as u64, "worker silent past its timeout, but data from it is still arriving (a frame larger than the link moves in a heartbeat, or frames held up while TCP repairs a lost segment); keeping it");
                 }
                 wake.as_mut().reset(link.next_wake().max(now + TICK_MIN).into());
                 if let Some(lost) = t.lost {

@@ -294,6 +294,11 @@ const TCPI_DATA_SEGS_IN: usize = 152;
 #[cfg(target_os = "linux")]
 const TCPI_BYTES_ACKED: usize = 120;
 
+/// Offset of `tcpi_bytes_received` (since Linux 4.1): the fourth of those
+/// `u64`.
+#[cfg(target_os = "linux")]
+const TCPI_BYTES_RECEIVED: usize = 128;
+
 /// Offset of `tcpi_rcv_ooopack` (since Linux 5.4): after `delivered`,
 /// `delivered_ce`, `bytes_sent`, `bytes_retrans`, `dsack_dups` and
 /// `reord_seen`.
@@ -355,6 +360,9 @@ pub struct Arrivals {
     /// Segments received out of order, that is behind a hole in the stream
     /// (`tcpi_rcv_ooopack`); `None` before Linux 5.4.
     pub out_of_order: Option<u32>,
+    /// Bytes received in order (`tcpi_bytes_received`); `None` before
+    /// Linux 4.1.
+    pub bytes_received: Option<u64>,
 }
 
 /// The connection's [`Arrivals`], read with one system call; `None` where
@@ -366,6 +374,7 @@ pub fn arrivals(stream: &TcpStream) -> Option<Arrivals> {
         Some(Arrivals {
             data_segments: u32::from_ne_bytes(field(&info, len, TCPI_DATA_SEGS_IN)?),
             out_of_order: field(&info, len, TCPI_RCV_OOOPACK).map(u32::from_ne_bytes),
+            bytes_received: field(&info, len, TCPI_BYTES_RECEIVED).map(u64::from_ne_bytes),
         })
     }
     #[cfg(not(target_os = "linux"))]
@@ -509,6 +518,14 @@ mod tests {
         assert_eq!(
             after.out_of_order, before.out_of_order,
             "loopback reorders nothing"
+        );
+        assert_eq!(
+            after
+                .bytes_received
+                .zip(before.bytes_received)
+                .map(|(a, b)| a - b),
+            Some(4),
+            "the 4 bytes of the peer's pong"
         );
     }
 
