@@ -1798,6 +1798,54 @@ async fn messages_that_arrive_with_the_hello_are_answered_without_waiting_for_mo
     assert_eq!(types, ["hello", "accepted", "results"]);
 }
 
+/// A worker let go while it still runs its attempts (stopped past its
+/// timeout, then thawed) comes back with them running: the master has given
+/// them out again, their results would not count, and they would hold the
+/// slots it counts as free (a WAN review saw a returned worker make no
+/// progress for 51 s). Its new session stops them.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_02_a_worker_let_go_and_back_stops_the_attempts_it_held_and_takes_new_work() {
+    let (mut c, mut client) = Cluster::ready(
+        PORT_BASE,
+        Opts {
+            workers: 1,
+            slots: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let long = client
+        .submit(task("sleep", "60000", 128, 3, 0))
+        .await
+        .unwrap();
+    c.wait_busy(&client, "w1").await;
+    c.worker("w1").signal(libc::SIGSTOP);
+    c.wait_status(&client, Duration::from_secs(5), "w1 let go", |s| {
+        s.workers.is_empty()
+    })
+    .await;
+    c.worker("w1").signal(libc::SIGCONT);
+    c.wait_status(&client, Duration::from_secs(10), "w1 back", |s| {
+        s.workers.len() == 1
+    })
+    .await;
+    // The long task went back to the queue and out again, as attempt 2; the
+    // echo gets the worker's one slot once attempt 2 is cancelled too.
+    let echo = client
+        .submit(task("echo", "not stuck", 255, 0, 0))
+        .await
+        .unwrap();
+    client.cancel(vec![long], "test over").await.unwrap();
+    let got = collect(&mut client, 2, Duration::from_secs(20)).await;
+    assert_eq!(got[&echo].status, TaskStatus::Ok, "{:?}", got[&echo]);
+    assert_eq!(got[&long].status, TaskStatus::Cancelled);
+    let log = c.worker_log("w1");
+    assert!(
+        log.contains("attempt cancelled by the master") && log.contains("attempt=1"),
+        "the attempt from before was stopped: {log}"
+    );
+}
+
 /// A worker registers at first contact. Its `register` follows its hello at
 /// once, and when both came in one read the master had let it wait for the
 /// next bytes on the connection: a heartbeat later.

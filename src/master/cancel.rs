@@ -42,6 +42,8 @@ pub(crate) struct CancelState {
     pub last_request: AtomicInstant,
     /// Attempts from before the restart that workers may still run.
     pub orphans: Mutex<Orphans>,
+    /// Attempts of workers let go that may come back still running them.
+    pub lost: Mutex<LostAttempts>,
     /// Restored tasks that had been handed out before the restart, and how
     /// many attempts: until each finishes, a worker may still run those.
     pub restored_out: Mutex<FxHashMap<u64, u32>>,
@@ -57,6 +59,7 @@ impl CancelState {
             sweep_pending: AtomicBool::new(false),
             last_request: AtomicInstant::new(std::time::Instant::now()),
             orphans: Mutex::new(Orphans::default()),
+            lost: Mutex::new(LostAttempts::default()),
             restored_out: Mutex::new(restored_out),
         }
     }
@@ -180,6 +183,70 @@ impl Orphans {
     }
 }
 
+/// The attempts of workers let go while they may still run them (cut off
+/// by the network, or reconnected): a worker keeps its attempts across
+/// sessions, and when it comes back they would fill the slots the master
+/// counts as free, its new work waiting behind them, for results that
+/// come too late to count. Its next session stops them. Kept per node id
+/// for [`LOST_ATTEMPTS_KEEP`] (a worker cut off longer has ended them with
+/// itself, by its master-timeout, or should be told by then), and for at
+/// most [`LOST_ATTEMPTS_MAX`] attempts in all, the oldest going first.
+#[derive(Default)]
+pub(crate) struct LostAttempts {
+    by_node: FxHashMap<Text, (std::time::Instant, Vec<Cancel>)>,
+    total: usize,
+}
+
+/// How long a let-go worker's attempts are kept for its return.
+pub(crate) const LOST_ATTEMPTS_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Most let-go workers' attempts kept, all workers together.
+pub(crate) const LOST_ATTEMPTS_MAX: usize = 1 << 20;
+
+impl LostAttempts {
+    /// Notes the attempts `node` held when it was let go at `now`.
+    pub fn note(&mut self, node: &Text, attempts: Vec<Cancel>, now: std::time::Instant) {
+        self.by_node.retain(|_, (at, list)| {
+            let keep = now.saturating_duration_since(*at) < LOST_ATTEMPTS_KEEP;
+            if !keep {
+                self.total -= list.len();
+            }
+            keep
+        });
+        while self.total + attempts.len() > LOST_ATTEMPTS_MAX {
+            let Some(oldest) = self
+                .by_node
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(n, _)| n.clone())
+            else {
+                break;
+            };
+            if let Some((_, list)) = self.by_node.remove(&oldest) {
+                self.total -= list.len();
+            }
+        }
+        let entry = self
+            .by_node
+            .entry(node.clone())
+            .or_insert_with(|| (now, Vec::new()));
+        entry.0 = now;
+        self.total += attempts.len();
+        entry.1.extend(attempts);
+    }
+
+    /// The attempts to stop on `node`'s new session.
+    pub fn take(&mut self, node: &Text) -> Vec<Cancel> {
+        let list = self
+            .by_node
+            .remove(node)
+            .map(|(_, l)| l)
+            .unwrap_or_default();
+        self.total -= list.len();
+        list
+    }
+}
+
 /// Sends a finished request's report to the client that asked.
 pub(crate) fn send_report(report: CancelReport, to: &Route) {
     let _ = to.tx.send(ClientOut::Msg(ToClient::CancelReport(report)));
@@ -211,6 +278,10 @@ impl Shared {
             .cancels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn lost_attempts(&self) -> std::sync::MutexGuard<'_, LostAttempts> {
+        self.cancel.lost.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn orphans(&self) -> std::sync::MutexGuard<'_, Orphans> {

@@ -716,6 +716,17 @@ impl<R> WorkerLink<R> {
             .collect()
     }
 
+    /// The attempts it holds, as the `cancel` that would stop each.
+    pub fn held_attempts(&self) -> Vec<Cancel> {
+        self.in_flight
+            .values()
+            .map(|f| Cancel {
+                task_id: f.record.id,
+                attempt: f.record.attempt,
+            })
+            .collect()
+    }
+
     /// The worker is gone. Every attempt it held fails with `why`, counted
     /// against its task's retries, and is queued again at once (or reported
     /// failed if out of retries); except when the worker left on purpose

@@ -875,6 +875,12 @@ pub(crate) async fn worker_session(
     if !shared.orphans().is_empty() {
         cancel.notify_one();
     }
+    // What this worker ran when it was last let go, if it may run it still.
+    let mut lost_attempts = shared.lost_attempts().take(&node);
+    if !lost_attempts.is_empty() {
+        tracing::info!(worker = %node, attempts = lost_attempts.len(), "stopping the attempts the worker held when it was let go: they were given out again");
+        cancel.notify_one();
+    }
     stats
         .last_heard_ms
         .store(shared.millis(Instant::now()), Ordering::Relaxed);
@@ -1043,6 +1049,7 @@ pub(crate) async fn worker_session(
                 // run: this one is told of each (it ignores those it lacks).
                 let orphans = shared.orphans().since(&mut orphans_sent);
                 out.extend(orphans.into_iter().map(ToWorker::Cancel));
+                out.extend(lost_attempts.drain(..).map(ToWorker::Cancel));
                 stats.in_flight.store(link.in_flight() as u32, Ordering::Relaxed);
                 if let Err(e) = net::write_unless_stalled(write_all(&mut write, &mut out), read.get_ref().as_ref(), stall).await {
                     break Departure::ConnectionClosed(e.to_string());
@@ -1113,6 +1120,17 @@ pub(crate) async fn worker_session(
             tracing::info!(worker = %node, "told worker the master is shutting down")
         }
         d => tracing::warn!(worker = %node, %addr, attempts = held, "worker removed: {d}"),
+    }
+    if matches!(
+        departure,
+        Departure::HeartbeatLost(_) | Departure::ConnectionClosed(_) | Departure::Replaced
+    ) && held > 0
+    {
+        // The worker may still run these (cut off, or reconnected): see
+        // `LostAttempts`.
+        shared
+            .lost_attempts()
+            .note(&node, link.held_attempts(), Instant::now());
     }
     let now = Instant::now();
     let outcomes = link.depart(&departure, now);
