@@ -375,6 +375,57 @@ fn tasks_left_without_a_result_fail_the_run_with_a_non_zero_exit() {
     assert!(stderr.contains("FAILED: 10 lost"), "{stderr}");
 }
 
+/// A master with a shared secret can be driven: `--secret-file`, or
+/// RUNNER_SECRET as for runner.
+#[test]
+fn loadgen_drives_a_master_that_has_a_secret() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a secret of more than sixteen bytes\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    // No workers: the tasks are accepted (the handshake passed) and never run.
+    let mut master = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["master", "--quiet", "--scan", "1-1", "--port", "26980"])
+        .args(["--secret-file", secret])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the master starts");
+    let mut line = String::new();
+    std::io::BufReader::new(master.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().trim_start_matches("master listening on ");
+    let run = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
+        cmd.args(["--master", addr, "--tasks", "5", "--drain-timeout", "1s"])
+            .args(extra)
+            .arg("--quiet")
+            .env_remove("RUNNER_SECRET");
+        if let Some(v) = env {
+            cmd.env("RUNNER_SECRET", v);
+        }
+        let out = cmd.output().expect("loadgen runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let with_file = run(&["--secret-file", secret], None);
+    let with_env = run(&[], Some("a secret of more than sixteen bytes"));
+    let without = run(&[], None);
+    let _ = master.kill();
+    let _ = master.wait();
+    for (code, stdout) in [&with_file, &with_env] {
+        assert!(
+            stdout.contains("accepted / ok / failed            5 / 0 / 0"),
+            "{code:?} {stdout}"
+        );
+    }
+    assert!(!without.1.contains("accepted"), "{without:?}");
+    assert_ne!(without.0, Some(0));
+}
+
 #[test]
 fn arguments_that_cannot_work_are_refused_with_the_reason_before_any_load() {
     for (args, code, needle) in [

@@ -108,6 +108,10 @@ struct RunArgs {
     /// Drive this master instead of starting one.
     #[arg(long)]
     master: Option<String>,
+    /// The driven master's shared secret, from this file (default: the
+    /// RUNNER_SECRET variable, as for runner).
+    #[arg(long, value_name = "PATH", requires = "master")]
+    secret_file: Option<std::path::PathBuf>,
     /// Workers to start with the master.
     #[arg(long, default_value_t = 2, conflicts_with = "master")]
     spawn_workers: u32,
@@ -478,9 +482,32 @@ async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
+/// The driven master's secret: `--secret-file`, or RUNNER_SECRET.
+fn secret(a: &RunArgs) -> Result<Option<runner::proto::handshake::Secret>, String> {
+    use runner::proto::handshake::{Secret, SECRET_ENV};
+    if let Some(path) = &a.secret_file {
+        let text = std::fs::read(path)
+            .map_err(|e| format!("cannot read --secret-file {}: {e}", path.display()))?;
+        return Secret::from_text(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()));
+    }
+    match std::env::var_os(SECRET_ENV) {
+        Some(v) if a.master.is_some() => Secret::from_text(v.as_encoded_bytes())
+            .map(Some)
+            .map_err(|e| format!("{SECRET_ENV}: {e}")),
+        _ => Ok(None),
+    }
+}
+
+fn options(
+    a: &RunArgs,
+    master: Option<std::net::SocketAddr>,
+    secret: Option<runner::proto::handshake::Secret>,
+) -> LoadOptions {
     LoadOptions {
         master,
+        secret,
         spawn_workers: a.spawn_workers,
         worker_slots: a.worker_slots,
         prefetch: a.prefetch,
@@ -531,7 +558,14 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
         None => None,
     };
     let window = a.duration.unwrap_or(Duration::from_secs(10));
-    let opts = options(&a, master);
+    let secret = match secret(&a) {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("loadgen: {why}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let opts = options(&a, master, secret);
     let r = loadgen::run_pool(&opts, a.fake_workers, window)
         .await
         .map_err(|e| e.to_string())?;
@@ -627,7 +661,14 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,
     };
-    let opts = options(&a, master);
+    let secret = match secret(&a) {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("loadgen: {why}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let opts = options(&a, master, secret);
     let o = match loadgen::run(opts).await {
         Ok(o) => o,
         Err(loadgen::LoadError::Usage(why)) => {

@@ -29,6 +29,8 @@ use crate::proto::{Accepted, NewTask, Payload, StatusReport, TaskStatus, Text, W
 pub struct LoadOptions {
     /// Drive this master, or spawn one.
     pub master: Option<SocketAddr>,
+    /// The driven master's shared secret, if it has one.
+    pub secret: Option<crate::proto::handshake::Secret>,
     /// Workers to spawn with the master (when `master` is none).
     pub spawn_workers: u32,
     /// Slots per spawned worker (0: its cores).
@@ -762,7 +764,7 @@ pub async fn run(opts: LoadOptions) -> Result<Outcome, LoadError> {
         .master
         .or(spawned.as_ref().map(|s| s.master_addr))
         .ok_or_else(|| LoadError::Usage("no master".into()))?;
-    let mut client = connect(addr, opts.wire).await?;
+    let mut client = connect(addr, opts.wire, opts.secret.clone()).await?;
     if let Some(s) = &spawned {
         wait_workers(&client, s.workers.len()).await?;
     }
@@ -1167,7 +1169,7 @@ pub async fn run_pool(
         .or(spawned.as_ref().map(|s| s.master_addr))
         .ok_or_else(|| LoadError::Usage("no master".into()))?;
     let pid = spawned.as_ref().and_then(|s| s.master.id());
-    let client = connect(addr, opts.wire).await?;
+    let client = connect(addr, opts.wire, opts.secret.clone()).await?;
     let heartbeat = Duration::from_secs(1);
     let r = fake::hold_pool(addr, pid, n, opts.wire, heartbeat, window, &client)
         .await
@@ -1177,9 +1179,14 @@ pub async fn run_pool(
     Ok(r)
 }
 
-async fn connect(addr: SocketAddr, wire: Wire) -> Result<Client, LoadError> {
+async fn connect(
+    addr: SocketAddr,
+    wire: Wire,
+    secret: Option<crate::proto::handshake::Secret>,
+) -> Result<Client, LoadError> {
     let opts = ClientOptions {
         wire,
+        secret,
         name: "loadgen".into(),
         ..ClientOptions::default()
     };
