@@ -369,6 +369,22 @@ fn a_worker_uploading_a_frame_slower_than_its_keeping_is_kept_while_its_bytes_ar
     );
 }
 
+/// A round trip longer than the heartbeat (a far worker) is measured: the
+/// pings sent meanwhile do not replace the one it answers.
+#[test]
+fn a_round_trip_longer_than_the_heartbeat_is_measured() {
+    let t0 = Instant::now();
+    let mut l = link(1, 0, t0);
+    let ms = Duration::from_millis;
+    let first = l.tick(t0).ping.expect("a ping at once").seq;
+    for at in [200, 400, 600] {
+        l.heard(t0 + ms(at));
+        assert!(l.tick(t0 + ms(at)).ping.is_some());
+    }
+    assert_eq!(l.pong(first, t0 + ms(700)), Some(ms(700)));
+    assert_eq!(l.rtt, Some(ms(700)));
+}
+
 /// What a session does over a silence that began at `t0`: it wakes when
 /// the link asks (10 ms at the soonest, as the session's own floor), reads
 /// the connection's counts, which `counts` gives for each moment, and ticks.

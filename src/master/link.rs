@@ -645,7 +645,13 @@ impl<R> WorkerLink<R> {
         let mut ping = None;
         if now >= self.next_ping {
             self.ping_seq += 1;
-            self.ping_sent = Some((self.ping_seq, now));
+            // The round trip is timed on the oldest ping not yet answered:
+            // on a link slower than the heartbeat, each newer ping would
+            // replace it before its pong came, and no round trip longer
+            // than a heartbeat would ever be measured.
+            if self.ping_sent.is_none() {
+                self.ping_sent = Some((self.ping_seq, now));
+            }
             self.next_ping = now + self.timing.heartbeat;
             ping = Some(Ping { seq: self.ping_seq });
         }
