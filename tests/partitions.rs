@@ -299,15 +299,15 @@ fn fault_03_a_partitioned_worker_is_removed_its_tasks_finish_elsewhere_and_it_re
         removed < Duration::from_millis(1200 + 1000),
         "removed after {removed:?} (worker-timeout 1 s + heartbeat 200 ms, and status polling)"
     );
-    // Healed: w2 is found again and registers anew; the results of the
-    // attempts it kept running (re-run elsewhere meanwhile) come late and
-    // are dropped.
+    // Healed: w2 is found again and registers anew; the attempts it kept
+    // running (re-run elsewhere meanwhile) are stopped, and a result of one
+    // that finished first comes late and is dropped.
     lab(&["heal", "h2"]);
     net.wait("w2 back", Duration::from_secs(10), |s| {
         Net::has_worker(s, "w2")
     });
     net.wait_log(
-        "late result for an attempt no longer assigned here; dropped worker=w2",
+        "stopping the attempts the worker held when it was let go: they were given out again worker=w2",
         Duration::from_secs(10),
     );
     // Every task finished exactly once.
