@@ -342,12 +342,20 @@ fn a_realtime_open_loop_runs_its_cluster_under_realtime_and_loses_nothing() {
     assert_eq!(run.summary["ok"], accepted, "{}", run.summary);
 }
 
-#[test]
-fn tasks_left_without_a_result_fail_the_run_with_a_non_zero_exit() {
+/// A master that scans nothing, on `port` or the next free one, with
+/// `extra` arguments; and the address it listens on.
+fn master_without_workers(port: u16, extra: &[&str]) -> (std::process::Child, String) {
     use std::io::BufRead;
-    // A master with no workers accepts the tasks and never runs them.
     let mut master = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(["master", "--quiet", "--scan", "1-1", "--port", "26990"])
+        .args([
+            "master",
+            "--quiet",
+            "--scan",
+            "1-1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the master starts");
@@ -355,7 +363,18 @@ fn tasks_left_without_a_result_fail_the_run_with_a_non_zero_exit() {
     std::io::BufReader::new(master.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line.trim().trim_start_matches("master listening on ");
+    let addr = line
+        .trim()
+        .trim_start_matches("master listening on ")
+        .to_string();
+    (master, addr)
+}
+
+#[test]
+fn tasks_left_without_a_result_fail_the_run_with_a_non_zero_exit() {
+    // A master with no workers accepts the tasks and never runs them.
+    let (mut master, addr) = master_without_workers(26990, &[]);
+    let addr = addr.as_str();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["--master", addr, "--tasks", "10", "--drain-timeout", "1s"])
         .arg("--quiet")
@@ -379,23 +398,13 @@ fn tasks_left_without_a_result_fail_the_run_with_a_non_zero_exit() {
 /// RUNNER_SECRET as for runner.
 #[test]
 fn loadgen_drives_a_master_that_has_a_secret() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "a secret of more than sixteen bytes\n").unwrap();
     let secret = secret.to_str().unwrap();
     // No workers: the tasks are accepted (the handshake passed) and never run.
-    let mut master = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(["master", "--quiet", "--scan", "1-1", "--port", "26980"])
-        .args(["--secret-file", secret])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the master starts");
-    let mut line = String::new();
-    std::io::BufReader::new(master.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().trim_start_matches("master listening on ");
+    let (mut master, addr) = master_without_workers(26980, &["--secret-file", secret]);
+    let addr = addr.as_str();
     let run = |extra: &[&str], env: Option<&str>| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
         cmd.args(["--master", addr, "--tasks", "5", "--drain-timeout", "1s"])

@@ -112,6 +112,9 @@ struct RunArgs {
     /// RUNNER_SECRET variable, as for runner).
     #[arg(long, value_name = "PATH", requires = "master")]
     secret_file: Option<std::path::PathBuf>,
+    /// What `secret_file` (or RUNNER_SECRET) holds, read by `check`.
+    #[arg(skip)]
+    secret: Option<runner::proto::handshake::Secret>,
     /// Workers to start with the master.
     #[arg(long, default_value_t = 2, conflicts_with = "master")]
     spawn_workers: u32,
@@ -244,10 +247,15 @@ fn main() -> ExitCode {
     let matches = Cli::command()
         .try_get_matches()
         .unwrap_or_else(|e| runner::cli::exit_with(e));
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| runner::cli::exit_with(e));
-    if let (None, Err(e)) = (&cli.command, check(&cli.run, &matches)) {
-        eprintln!("loadgen: {e}");
-        return ExitCode::from(2);
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| runner::cli::exit_with(e));
+    if cli.command.is_none() {
+        match check(&cli.run, &matches) {
+            Ok(secret) => cli.run.secret = secret,
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     // One thread: the client's connection task and the load loop hand each
     // other results without cross-thread wake-ups, and the cluster keeps the
@@ -302,7 +310,9 @@ const CHAOS_EVERY_MIN: Duration = Duration::from_millis(100);
 /// Refuses, before any load, options that cannot work together or would be
 /// ignored: a run that does something other than what was asked for looks
 /// like a result.
-fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
+/// Refuses arguments that cannot work, before any load; returns the driven
+/// master's secret, read once it has been checked.
+fn check(a: &RunArgs, m: &ArgMatches) -> Result<Option<runner::proto::handshake::Secret>, String> {
     let given = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
     if let Some(dir) = &a.report {
         report::check_dir(dir)?;
@@ -329,7 +339,7 @@ fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
                 ignored.join(", ")
             ));
         }
-        return Ok(());
+        return secret(a);
     }
     if a.tasks.is_none() && a.duration.is_none() {
         return Err("give --tasks N or --duration D (see --help)".into());
@@ -460,7 +470,7 @@ fn check(a: &RunArgs, m: &ArgMatches) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    secret(a)
 }
 
 async fn run_baseline(b: BaselineArgs) -> Result<ExitCode, String> {
@@ -500,14 +510,10 @@ fn secret(a: &RunArgs) -> Result<Option<runner::proto::handshake::Secret>, Strin
     }
 }
 
-fn options(
-    a: &RunArgs,
-    master: Option<std::net::SocketAddr>,
-    secret: Option<runner::proto::handshake::Secret>,
-) -> LoadOptions {
+fn options(a: &RunArgs, master: Option<std::net::SocketAddr>) -> LoadOptions {
     LoadOptions {
         master,
-        secret,
+        secret: a.secret.clone(),
         spawn_workers: a.spawn_workers,
         worker_slots: a.worker_slots,
         prefetch: a.prefetch,
@@ -558,14 +564,7 @@ async fn run_pool(a: RunArgs, command: &str) -> Result<ExitCode, String> {
         None => None,
     };
     let window = a.duration.unwrap_or(Duration::from_secs(10));
-    let secret = match secret(&a) {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("loadgen: {why}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let opts = options(&a, master, secret);
+    let opts = options(&a, master);
     let r = loadgen::run_pool(&opts, a.fake_workers, window)
         .await
         .map_err(|e| e.to_string())?;
@@ -661,14 +660,7 @@ async fn run_load(a: RunArgs) -> Result<ExitCode, String> {
         Some(m) => Some(runner::net::resolve(m).await?),
         None => None,
     };
-    let secret = match secret(&a) {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("loadgen: {why}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let opts = options(&a, master, secret);
+    let opts = options(&a, master);
     let o = match loadgen::run(opts).await {
         Ok(o) => o,
         Err(loadgen::LoadError::Usage(why)) => {
